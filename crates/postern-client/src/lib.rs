@@ -1,0 +1,708 @@
+//! The Postern client SDK.
+//!
+//! A [`Client`] is a device: a home directory holding its keys, the server
+//! link and its local message store. [`Client::connect`] opens a
+//! [`Connection`] (a Noise session over TCP) for requests — register, send,
+//! whoami — and [`Client::listen`] gives a [`Listener`], an async stream of
+//! received messages and connection-state events that reconnects by itself.
+//!
+//! Received messages are stored in the home before they are acked, so a
+//! crash never loses one; sends wait in the home's outbox until the server
+//! confirms them and are retried with the same id, so a retry is delivered
+//! once.
+//!
+//! Payloads are not yet end-to-end encrypted: the MLS layer arrives in its
+//! own change and will wrap [`content::Content`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod content;
+mod home;
+mod listener;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use postern_proto::frame::envelope;
+use postern_proto::ids::{AccountId, DeviceAddr};
+use postern_proto::keys::{NoiseKeypair, sign_device_binding};
+use postern_proto::link::ServerLink;
+use postern_proto::pb::{self, ErrorCode, envelope::Body, request::Kind as Req, response::Kind as Resp};
+use postern_proto::PROTOCOL_VERSION;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+pub use home::{Home, PendingSend, StoredMessage};
+pub use listener::{ConnectionState, Event, Listener};
+
+/// How long connecting (TCP plus handshake) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may wait for its response.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What went wrong on the client side.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The home directory has no client yet.
+    #[error("{0} is not a Postern home; run `postern --home DIR setup LINK` first")]
+    NotSetUp(PathBuf),
+    /// The home directory is already set up.
+    #[error("{0} is already set up; use another --home")]
+    AlreadySetUp(PathBuf),
+    /// The home could not be opened or written.
+    #[error("cannot use the home {0}: {1}")]
+    Home(PathBuf, String),
+    /// The local database failed.
+    #[error("local database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The stored server link is unreadable.
+    #[error("bad server link: {0}")]
+    Link(#[from] postern_proto::link::LinkError),
+    /// This device has no account yet.
+    #[error("this device is not registered; run `postern register PHONE` first")]
+    NotRegistered,
+    /// The server could not be reached or the connection broke.
+    #[error("connection failed: {0}")]
+    Transport(#[from] postern_transport::TransportError),
+    /// The connection closed before the answer came.
+    #[error("the connection to the server closed")]
+    Disconnected,
+    /// The server did not answer in time.
+    #[error("the server did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The server refused the request.
+    #[error("{message}")]
+    Server {
+        /// Typed reason.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+        /// For rate limits: when to retry.
+        retry_after: Option<Duration>,
+    },
+    /// The server sent something that does not follow the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+}
+
+impl ClientError {
+    /// The server's error code, if the server refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// True for failures that a reconnect may cure.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Transport(_) | ClientError::Disconnected | ClientError::Timeout(_)
+        ) || matches!(
+            self.code(),
+            Some(ErrorCode::Internal | ErrorCode::Unavailable)
+        )
+    }
+}
+
+/// Who to send to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recipient {
+    /// A phone number in international form.
+    Phone(String),
+    /// A username, without '@'.
+    Username(String),
+    /// An account id.
+    Account(AccountId),
+}
+
+impl std::str::FromStr for Recipient {
+    type Err = std::convert::Infallible;
+    /// `@name` is a username, 32 hex digits an account id, anything else a
+    /// phone number (validated by the server).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        Ok(if let Some(name) = s.strip_prefix('@') {
+            Recipient::Username(name.to_ascii_lowercase())
+        } else if let Ok(id) = s.parse::<AccountId>() {
+            Recipient::Account(id)
+        } else {
+            Recipient::Phone(s.to_owned())
+        })
+    }
+}
+
+/// A received message, decoded.
+#[derive(Clone, Debug)]
+pub struct ReceivedMessage {
+    /// Server sequence number for this device.
+    pub seq: u64,
+    /// The sending device.
+    pub sender: DeviceAddr,
+    /// What this device calls the sender: `@username`, a phone number it
+    /// sent to, or the account id.
+    pub from: String,
+    /// The text.
+    pub text: String,
+    /// Sender's clock, ms since the Unix epoch.
+    pub sent_at: i64,
+    /// Server's clock at acceptance.
+    pub received_at: i64,
+}
+
+/// Who this device is, as the server sees it.
+#[derive(Clone, Debug)]
+pub struct Whoami {
+    /// The account.
+    pub account: AccountId,
+    /// This device's number.
+    pub device_id: u32,
+    /// E.164.
+    pub phone: String,
+    /// Username, if set.
+    pub username: Option<String>,
+    /// All devices of the account.
+    pub devices: Vec<pb::DeviceInfo>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    home: Mutex<Home>,
+    link: ServerLink,
+    noise: NoiseKeypair,
+    identity: SigningKey,
+    device: Mutex<Option<DeviceAddr>>,
+}
+
+/// A device: its home directory and keys. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Creates a home in `dir` bound to `link`, with fresh device keys.
+    pub fn setup(dir: &Path, link: &ServerLink) -> Result<Client, ClientError> {
+        if dir.join("client.db").exists() {
+            return Err(ClientError::AlreadySetUp(dir.to_owned()));
+        }
+        let home = Home::open(dir, true)?;
+        let noise = NoiseKeypair::generate();
+        let identity = SigningKey::generate(&mut rand::rngs::OsRng);
+        home.set("server_link", link.to_string().as_bytes())?;
+        home.set("noise_secret", noise.secret())?;
+        home.set("identity_secret", identity.as_bytes())?;
+        drop(home);
+        Client::open(dir)
+    }
+
+    /// Opens the home in `dir`.
+    pub fn open(dir: &Path) -> Result<Client, ClientError> {
+        let home = Home::open(dir, false)?;
+        let corrupt = |what: &str| ClientError::Home(dir.to_owned(), format!("{what} is missing or damaged"));
+        let link: ServerLink = home
+            .get_text("server_link")?
+            .ok_or_else(|| corrupt("the server link"))?
+            .parse()?;
+        let noise_secret = Zeroizing::new(home.get("noise_secret")?.ok_or_else(|| corrupt("the device key"))?);
+        let noise = NoiseKeypair::from_secret(
+            noise_secret[..].try_into().map_err(|_| corrupt("the device key"))?,
+        );
+        let identity_secret = Zeroizing::new(home.get("identity_secret")?.ok_or_else(|| corrupt("the identity key"))?);
+        let identity = SigningKey::from_bytes(
+            identity_secret[..].try_into().map_err(|_| corrupt("the identity key"))?,
+        );
+        let device = match (home.get("account_id")?, home.get_text("device_id")?) {
+            (Some(a), Some(d)) => Some(DeviceAddr {
+                account: AccountId::from_slice(&a).ok_or_else(|| corrupt("the account id"))?,
+                device: d.parse().map_err(|_| corrupt("the device id"))?,
+            }),
+            _ => None,
+        };
+        Ok(Client {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                home: Mutex::new(home),
+                link,
+                noise,
+                identity,
+                device: Mutex::new(device),
+            }),
+        })
+    }
+
+    /// The home directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The server link this home is bound to.
+    pub fn link(&self) -> &ServerLink {
+        &self.inner.link
+    }
+
+    /// This device's address, once registered.
+    pub fn device(&self) -> Option<DeviceAddr> {
+        *lock(&self.inner.device)
+    }
+
+    /// Runs `f` on the home database.
+    pub fn with_home<T>(&self, f: impl FnOnce(&mut Home) -> T) -> T {
+        f(&mut lock(&self.inner.home))
+    }
+
+    /// Connects to the server (each TCP endpoint of the link in turn).
+    pub async fn connect(&self) -> Result<Connection, ClientError> {
+        let hello = pb::ClientHello {
+            version: PROTOCOL_VERSION,
+            software: concat!("postern/", env!("CARGO_PKG_VERSION")).into(),
+        };
+        let mut last = None;
+        for addr in &self.inner.link.tcp {
+            let attempt = async {
+                let stream = postern_transport::tcp::connect(addr, CONNECT_TIMEOUT).await?;
+                postern_transport::client_handshake(
+                    stream,
+                    &self.inner.noise,
+                    &self.inner.link.noise_key,
+                    &hello,
+                    CONNECT_TIMEOUT,
+                )
+                .await
+            };
+            match attempt.await {
+                Ok((conn, server_hello)) => {
+                    if let Some(e) = server_hello.error {
+                        return Err(server_error(e));
+                    }
+                    let device = server_hello
+                        .device
+                        .as_ref()
+                        .and_then(|d| DeviceAddr::try_from(d).ok());
+                    return Ok(Connection::start(self.clone(), conn, device));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map(ClientError::Transport).unwrap_or(ClientError::Disconnected))
+    }
+
+    /// A stream of received messages and connection-state events that
+    /// reconnects by itself.
+    pub fn listen(&self) -> Listener {
+        Listener::new(self.clone())
+    }
+
+    fn device_keys(&self, name: &str) -> pb::DeviceKeys {
+        pb::DeviceKeys {
+            identity_key: self.inner.identity.verifying_key().to_bytes().to_vec().into(),
+            binding_signature: sign_device_binding(&self.inner.identity, &self.inner.noise.public)
+                .to_vec()
+                .into(),
+            name: name.into(),
+        }
+    }
+
+    fn registered(&self, r: &pb::Registered) -> Result<DeviceAddr, ClientError> {
+        let addr = r
+            .device
+            .as_ref()
+            .and_then(|d| DeviceAddr::try_from(d).ok())
+            .ok_or(ClientError::Protocol("registration answer without a device"))?;
+        self.with_home(|h| -> Result<(), ClientError> {
+            h.set("account_id", &addr.account.0)?;
+            h.set("device_id", addr.device.to_string().as_bytes())?;
+            h.set("phone", r.phone.as_bytes())?;
+            h.set("username", r.username.as_bytes())?;
+            h.remember_contact(addr.account, Some(&r.phone), Some(&r.username))
+        })?;
+        *lock(&self.inner.device) = Some(addr);
+        Ok(addr)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn server_error(e: pb::Error) -> ClientError {
+    ClientError::Server {
+        code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+        message: e.message,
+        retry_after: (e.retry_after_ms > 0).then(|| Duration::from_millis(e.retry_after_ms)),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+type Pending = oneshot::Sender<Result<Resp, ClientError>>;
+
+enum Command {
+    Call(Req, Pending),
+}
+
+/// A live session with the server. Requests may be issued concurrently
+/// from clones of nothing: use one task, or wrap in an Arc.
+pub struct Connection {
+    client: Client,
+    commands: mpsc::Sender<Command>,
+    deliveries: mpsc::UnboundedReceiver<pb::Deliver>,
+    ready: VecDeque<ReceivedMessage>,
+    device: Option<DeviceAddr>,
+}
+
+impl Connection {
+    fn start<S>(client: Client, conn: postern_transport::Connection<S>, device: Option<DeviceAddr>) -> Self
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (commands, rx) = mpsc::channel(256);
+        let (deliver_tx, deliveries) = mpsc::unbounded_channel();
+        tokio::spawn(io_task(conn, rx, deliver_tx));
+        Connection {
+            client,
+            commands,
+            deliveries,
+            ready: VecDeque::new(),
+            device,
+        }
+    }
+
+    /// The device the server authenticated this session as.
+    pub fn device(&self) -> Option<DeviceAddr> {
+        self.device
+    }
+
+    /// Sends a request and waits for its response; server refusals become
+    /// [`ClientError::Server`].
+    pub async fn call(&self, req: Req) -> Result<Resp, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Call(req, tx))
+            .await
+            .map_err(|_| ClientError::Disconnected)?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
+            Ok(Err(_)) => Err(ClientError::Disconnected),
+            Ok(Ok(Ok(Resp::Error(e)))) => Err(server_error(e)),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// Asks the server to text a registration code to `phone`.
+    pub async fn request_code(&self, phone: &str) -> Result<pb::CodeSent, ClientError> {
+        match self.call(Req::RequestCode(pb::RequestCode { phone: phone.into() })).await? {
+            Resp::CodeSent(c) => Ok(c),
+            _ => Err(ClientError::Protocol("unexpected answer to a code request")),
+        }
+    }
+
+    /// Registers a new account for `phone` with this device as its first.
+    pub async fn register(
+        &mut self,
+        phone: &str,
+        code: &str,
+        username: Option<&str>,
+        device_name: &str,
+    ) -> Result<DeviceAddr, ClientError> {
+        let req = Req::Register(pb::Register {
+            phone: phone.into(),
+            code: code.into(),
+            device: Some(self.client.device_keys(device_name)),
+            username: username.unwrap_or_default().into(),
+        });
+        match self.call(req).await? {
+            Resp::Registered(r) => {
+                let addr = self.client.registered(&r)?;
+                self.device = Some(addr);
+                Ok(addr)
+            }
+            _ => Err(ClientError::Protocol("unexpected answer to register")),
+        }
+    }
+
+    /// From a registered device: a one-time token another device redeems
+    /// with [`Connection::link_device`] to join this account.
+    pub async fn create_link_token(&self) -> Result<Vec<u8>, ClientError> {
+        match self.call(Req::CreateLinkToken(pb::CreateLinkToken {})).await? {
+            Resp::LinkToken(t) => Ok(t.token.to_vec()),
+            _ => Err(ClientError::Protocol("unexpected answer to a link-token request")),
+        }
+    }
+
+    /// From a new device: joins the account that created `token`.
+    pub async fn link_device(&mut self, token: &[u8], device_name: &str) -> Result<DeviceAddr, ClientError> {
+        let req = Req::LinkDevice(pb::LinkDevice {
+            token: token.to_vec().into(),
+            device: Some(self.client.device_keys(device_name)),
+        });
+        match self.call(req).await? {
+            Resp::Registered(r) => {
+                let addr = self.client.registered(&r)?;
+                self.device = Some(addr);
+                Ok(addr)
+            }
+            _ => Err(ClientError::Protocol("unexpected answer to a device link")),
+        }
+    }
+
+    /// Sets (or with an empty name clears) this account's username.
+    pub async fn set_username(&self, name: &str) -> Result<(), ClientError> {
+        self.call(Req::SetUsername(pb::SetUsername { username: name.into() }))
+            .await?;
+        let name = name.trim().trim_start_matches('@').to_ascii_lowercase();
+        self.client.with_home(|h| h.set("username", name.as_bytes()))
+    }
+
+    /// Who this device is.
+    pub async fn whoami(&self) -> Result<Whoami, ClientError> {
+        match self.call(Req::Whoami(pb::Whoami {})).await? {
+            Resp::Account(a) => Ok(Whoami {
+                account: AccountId::from_slice(&a.account_id)
+                    .ok_or(ClientError::Protocol("bad account id"))?,
+                device_id: a.device_id,
+                phone: a.phone,
+                username: (!a.username.is_empty()).then_some(a.username),
+                devices: a.devices,
+            }),
+            _ => Err(ClientError::Protocol("unexpected answer to whoami")),
+        }
+    }
+
+    /// The account a recipient names, from the contacts, else the server.
+    pub async fn resolve(&self, to: &Recipient) -> Result<AccountId, ClientError> {
+        use pb::resolve::Who;
+        let (known, who) = match to {
+            Recipient::Account(id) => return Ok(*id),
+            Recipient::Phone(p) => (self.client.with_home(|h| h.contact_by_phone(p))?, Who::Phone(p.clone())),
+            Recipient::Username(u) => (
+                self.client.with_home(|h| h.contact_by_username(u))?,
+                Who::Username(u.clone()),
+            ),
+        };
+        if let Some(id) = known {
+            return Ok(id);
+        }
+        match self.call(Req::Resolve(pb::Resolve { who: Some(who) })).await? {
+            Resp::Resolved(r) => {
+                let id = AccountId::from_slice(&r.account_id).ok_or(ClientError::Protocol("bad account id"))?;
+                let phone = match to {
+                    Recipient::Phone(p) => Some(p.as_str()),
+                    _ => None,
+                };
+                let username = (!r.username.is_empty()).then_some(r.username.as_str());
+                self.client.with_home(|h| h.remember_contact(id, phone, username))?;
+                Ok(id)
+            }
+            _ => Err(ClientError::Protocol("unexpected answer to resolve")),
+        }
+    }
+
+    /// Sends a text: stored in the outbox first, then sent; returns once
+    /// the server has durably accepted it.
+    pub async fn send_text(&self, to: &Recipient, text: &str) -> Result<pb::Sent, ClientError> {
+        let pending = self.queue_text(to, text).await?;
+        self.send_pending(&pending).await
+    }
+
+    /// Resolves the recipient and puts the text in the outbox with a fresh
+    /// message id, without sending it; [`Connection::flush_outbox`] or
+    /// [`Connection::send_pending`] sends it.
+    pub async fn queue_text(&self, to: &Recipient, text: &str) -> Result<PendingSend, ClientError> {
+        let to = self.resolve(to).await?;
+        let payload = content::Content {
+            text: text.into(),
+            sent_at_ms: now_ms(),
+        }
+        .encode_to_vec();
+        let pending = PendingSend {
+            client_message_id: rand::random(),
+            to,
+            payload,
+        };
+        self.client.with_home(|h| h.outbox_add(&pending, now_ms()))?;
+        Ok(pending)
+    }
+
+    /// Sends one outbox entry (again) and removes it once confirmed.
+    pub async fn send_pending(&self, p: &PendingSend) -> Result<pb::Sent, ClientError> {
+        let req = Req::Send(pb::Send {
+            client_message_id: p.client_message_id.to_vec().into(),
+            to_account_id: p.to.0.to_vec().into(),
+            payload: p.payload.clone().into(),
+        });
+        match self.call(req).await? {
+            Resp::Sent(s) => {
+                self.client.with_home(|h| h.outbox_remove(&p.client_message_id))?;
+                Ok(s)
+            }
+            _ => Err(ClientError::Protocol("unexpected answer to send")),
+        }
+    }
+
+    /// Sends everything in the outbox, oldest first (what an interrupted
+    /// run left, with the ids it had), and returns what the server said.
+    pub async fn flush_outbox(&self) -> Result<Vec<(PendingSend, pb::Sent)>, ClientError> {
+        let pending = self.client.with_home(|h| h.outbox())?;
+        let mut done = Vec::with_capacity(pending.len());
+        for p in pending {
+            let sent = self.send_pending(&p).await?;
+            done.push((p, sent));
+        }
+        Ok(done)
+    }
+
+    /// Starts delivery of messages after the last one stored in the home.
+    pub async fn subscribe(&self) -> Result<(), ClientError> {
+        if self.device.is_none() {
+            return Err(ClientError::NotRegistered);
+        }
+        let after_seq = self.client.with_home(|h| h.last_seq())?;
+        self.call(Req::Subscribe(pb::Subscribe { after_seq })).await?;
+        Ok(())
+    }
+
+    /// The next received message (after [`Connection::subscribe`]). Each
+    /// batch is stored in the home, then acked, before it is returned.
+    /// `None` when the connection closed.
+    pub async fn recv(&mut self) -> Result<Option<ReceivedMessage>, ClientError> {
+        loop {
+            if let Some(m) = self.ready.pop_front() {
+                return Ok(Some(m));
+            }
+            let Some(batch) = self.deliveries.recv().await else {
+                return Ok(None);
+            };
+            self.take_batch(batch).await?;
+        }
+    }
+
+    async fn take_batch(&mut self, batch: pb::Deliver) -> Result<(), ClientError> {
+        let Some(last) = batch.messages.iter().map(|m| m.seq).max() else {
+            return Ok(());
+        };
+        let mut decoded = Vec::with_capacity(batch.messages.len());
+        for m in batch.messages {
+            let Some(sender) = m.sender.as_ref().and_then(|s| DeviceAddr::try_from(s).ok()) else {
+                continue;
+            };
+            let (text, sent_at) = match content::Content::decode(m.payload) {
+                Ok(c) => (c.text, c.sent_at_ms),
+                Err(_) => ("[a message this version cannot read]".to_owned(), m.received_at_ms),
+            };
+            decoded.push(StoredMessage {
+                seq: m.seq,
+                sender,
+                client_message_id: m.client_message_id[..].try_into().unwrap_or([0; 16]),
+                sent_at,
+                received_at: m.received_at_ms,
+                text,
+            });
+        }
+        let fresh = self.client.with_home(|h| h.store_received(decoded))?;
+        self.call(Req::Ack(pb::Ack { up_to_seq: last })).await?;
+        let mut names: HashMap<AccountId, String> = HashMap::new();
+        for m in fresh {
+            let account = m.sender.account;
+            if !names.contains_key(&account) {
+                let name = self.sender_name(account).await;
+                names.insert(account, name);
+            }
+            self.ready.push_back(ReceivedMessage {
+                seq: m.seq,
+                sender: m.sender,
+                from: names[&account].clone(),
+                text: m.text,
+                sent_at: m.sent_at,
+                received_at: m.received_at,
+            });
+        }
+        Ok(())
+    }
+
+    async fn sender_name(&self, account: AccountId) -> String {
+        if let Ok(Some(name)) = self.client.with_home(|h| h.contact_name(account)) {
+            return name;
+        }
+        let req = Req::Resolve(pb::Resolve {
+            who: Some(pb::resolve::Who::AccountId(account.0.to_vec().into())),
+        });
+        if let Ok(Resp::Resolved(r)) = self.call(req).await
+            && !r.username.is_empty()
+        {
+            let _ = self.client.with_home(|h| h.remember_contact(account, None, Some(&r.username)));
+            return format!("@{}", r.username);
+        }
+        account.to_string()
+    }
+}
+
+async fn io_task<S>(
+    conn: postern_transport::Connection<S>,
+    mut commands: mpsc::Receiver<Command>,
+    deliveries: mpsc::UnboundedSender<pb::Deliver>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = conn.split();
+    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    let mut next_id = 1u64;
+    let mut out = Vec::new();
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break };
+                let mut cmd = Some(cmd);
+                // Take everything queued, so it leaves in one write.
+                while let Some(Command::Call(req, reply)) = cmd {
+                    let id = next_id;
+                    next_id += 1;
+                    pending.insert(id, reply);
+                    out.push(envelope(id, Body::Request(pb::Request { kind: Some(req) })));
+                    cmd = commands.try_recv().ok();
+                }
+                if writer.send_batch(out.iter()).await.is_err() {
+                    break;
+                }
+                out.clear();
+            }
+            read = reader.recv() => {
+                match read {
+                    Ok(Some(env)) => match env.body {
+                        Some(Body::Response(r)) => {
+                            if let Some(reply) = pending.remove(&env.id) {
+                                let _ = reply.send(r.kind.ok_or(ClientError::Protocol("empty response")));
+                            }
+                        }
+                        Some(Body::Push(pb::Push { kind: Some(pb::push::Kind::Deliver(d)) })) => {
+                            let _ = deliveries.send(d);
+                        }
+                        Some(Body::Push(pb::Push { kind: Some(pb::push::Kind::GoAway(g)) })) => {
+                            tracing::info!(reason = %g.reason, "server asked us to reconnect");
+                            break;
+                        }
+                        _ => {}
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "connection failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    for (_, reply) in pending.drain() {
+        let _ = reply.send(Err(ClientError::Disconnected));
+    }
+}

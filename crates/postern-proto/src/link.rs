@@ -1,0 +1,345 @@
+//! `postern://` server links, which bootstrap a client.
+//!
+//! A server link names where to reach a server and the server's Noise static
+//! public key:
+//!
+//! ```text
+//! postern://server?v=1&tcp=HOST:PORT[&tcp=HOST:PORT...]&key=BASE64URL
+//! ```
+//!
+//! Later versions add other carriers and a directory key, so parameters this
+//! version does not know are ignored; everything it does know is checked.
+//! Links are pasted by people and shown as QR codes, so errors say exactly
+//! which part is wrong.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The scheme every Postern link starts with.
+pub const SCHEME: &str = "postern://";
+
+/// The link format version this crate writes and reads.
+pub const LINK_VERSION: u32 = 1;
+
+/// Longest link accepted, in bytes.
+pub const MAX_LINK_LEN: usize = 4096;
+
+/// What was wrong with a link.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The link is longer than [`MAX_LINK_LEN`].
+    #[error("link is {0} bytes long; links are at most {MAX_LINK_LEN} bytes")]
+    TooLong(usize),
+    /// The link does not start with `postern://`.
+    #[error("not a Postern link: it must start with \"postern://\"")]
+    Scheme,
+    /// The link is a Postern link of another kind (e.g. a relay link).
+    #[error("this is a \"{0}\" link, not a server link (postern://server?...)")]
+    NotServerLink(String),
+    /// The link contains percent-encoding, which no valid server link needs.
+    #[error("link contains '%': server links never need percent-encoding; copy the link exactly")]
+    PercentEncoded,
+    /// A required parameter is absent.
+    #[error("link has no \"{0}\" parameter")]
+    Missing(&'static str),
+    /// A parameter that may appear once appears again.
+    #[error("link has more than one \"{0}\" parameter")]
+    Duplicate(&'static str),
+    /// The version is not one this client understands.
+    #[error(
+        "link version \"{0}\" is not supported (this client reads version {LINK_VERSION}); update Postern"
+    )]
+    UnsupportedVersion(String),
+    /// The key is not base64url without padding.
+    #[error("server key is not unpadded base64url: {0}")]
+    KeyEncoding(String),
+    /// The key does not decode to 32 bytes.
+    #[error("server key is {0} bytes long, expected 32")]
+    KeyLength(usize),
+    /// The link names no endpoint to connect to.
+    #[error("link names no endpoint (tcp=HOST:PORT)")]
+    NoEndpoint,
+    /// A `tcp` endpoint is not `HOST:PORT`.
+    #[error("endpoint \"{endpoint}\" is invalid: {reason}")]
+    BadEndpoint {
+        /// The endpoint as written in the link.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// A parsed server link.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerLink {
+    /// TCP endpoints in canonical `HOST:PORT` form (lowercase host names,
+    /// IPv6 addresses in brackets), in the order to try them.
+    pub tcp: Vec<String>,
+    /// The server's Noise static public key.
+    pub noise_key: [u8; 32],
+}
+
+impl fmt::Display for ServerLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{SCHEME}server?v={LINK_VERSION}")?;
+        for endpoint in &self.tcp {
+            write!(f, "&tcp={endpoint}")?;
+        }
+        write!(f, "&key={}", URL_SAFE_NO_PAD.encode(self.noise_key))
+    }
+}
+
+impl FromStr for ServerLink {
+    type Err = LinkError;
+
+    fn from_str(link: &str) -> Result<Self, LinkError> {
+        let link = link.trim();
+        if link.len() > MAX_LINK_LEN {
+            return Err(LinkError::TooLong(link.len()));
+        }
+        let rest = link
+            .get(..SCHEME.len())
+            .filter(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
+            .and_then(|_| link.get(SCHEME.len()..))
+            .ok_or(LinkError::Scheme)?;
+        if rest.contains('%') {
+            return Err(LinkError::PercentEncoded);
+        }
+        let (kind, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let kind = kind.strip_suffix('/').unwrap_or(kind);
+        if kind != "server" {
+            return Err(LinkError::NotServerLink(kind.to_owned()));
+        }
+
+        let mut version = None;
+        let mut key = None;
+        let mut tcp = Vec::new();
+        for param in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = param.split_once('=').unwrap_or((param, ""));
+            match name {
+                "v" => set_once(&mut version, value, "v")?,
+                "key" => set_once(&mut key, value, "key")?,
+                "tcp" => tcp.push(parse_endpoint(value)?),
+                _ => {}
+            }
+        }
+
+        let version = version.ok_or(LinkError::Missing("v"))?;
+        if version != LINK_VERSION.to_string() {
+            return Err(LinkError::UnsupportedVersion(version.to_owned()));
+        }
+        let key = key.ok_or(LinkError::Missing("key"))?;
+        let key = URL_SAFE_NO_PAD
+            .decode(key)
+            .map_err(|e| LinkError::KeyEncoding(e.to_string()))?;
+        let noise_key = key
+            .as_slice()
+            .try_into()
+            .map_err(|_| LinkError::KeyLength(key.len()))?;
+        if tcp.is_empty() {
+            return Err(LinkError::NoEndpoint);
+        }
+        Ok(ServerLink { tcp, noise_key })
+    }
+}
+
+fn set_once<'a>(
+    slot: &mut Option<&'a str>,
+    value: &'a str,
+    name: &'static str,
+) -> Result<(), LinkError> {
+    if slot.replace(value).is_some() {
+        return Err(LinkError::Duplicate(name));
+    }
+    Ok(())
+}
+
+/// Checks `HOST:PORT` and returns its canonical form.
+fn parse_endpoint(endpoint: &str) -> Result<String, LinkError> {
+    let bad = |reason| LinkError::BadEndpoint {
+        endpoint: endpoint.to_owned(),
+        reason,
+    };
+    let (host, port) = if let Some(bracketed) = endpoint.strip_prefix('[') {
+        let (addr, port) = bracketed
+            .split_once("]:")
+            .ok_or_else(|| bad("an IPv6 address is written [ADDRESS]:PORT"))?;
+        let addr: Ipv6Addr = addr
+            .parse()
+            .map_err(|_| bad("the text in brackets is not an IPv6 address"))?;
+        (format!("[{addr}]"), port)
+    } else {
+        let (host, port) = endpoint
+            .rsplit_once(':')
+            .ok_or_else(|| bad("it has no port; write HOST:PORT"))?;
+        if host.contains(':') {
+            return Err(bad("an IPv6 address must be in brackets: [ADDRESS]:PORT"));
+        }
+        (
+            canonical_host(host)
+                .ok_or_else(|| bad("the host is not a valid host name or IPv4 address"))?,
+            port,
+        )
+    };
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|&p| p != 0 && !port.starts_with('+'))
+        .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
+    Ok(format!("{host}:{port}"))
+}
+
+/// A lowercase DNS name (letters, digits, '-' inside labels, '.' between
+/// labels) or a dotted-quad IPv4 address.
+fn canonical_host(host: &str) -> Option<String> {
+    if let Ok(addr) = host.parse::<Ipv4Addr>() {
+        return Some(addr.to_string());
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let valid_label = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let all_numeric = name.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    (name.len() <= 253 && !all_numeric && name.split('.').all(valid_label))
+        .then(|| name.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: [u8; 32] = [7; 32];
+
+    fn key_text() -> String {
+        URL_SAFE_NO_PAD.encode(KEY)
+    }
+
+    #[test]
+    fn parses_a_link_with_several_endpoints_and_unknown_parameters() {
+        let text = format!(
+            "postern://server?v=1&tcp=Chat.Example.org:7443&tcp=[0:0::1]:7443&tcp=192.0.2.1:1&quic=x:1&key={}",
+            key_text()
+        );
+        let link: ServerLink = text.parse().unwrap();
+        assert_eq!(
+            link.tcp,
+            ["chat.example.org:7443", "[::1]:7443", "192.0.2.1:1"]
+        );
+        assert_eq!(link.noise_key, KEY);
+        assert_eq!(
+            link.to_string(),
+            format!(
+                "postern://server?v=1&tcp=chat.example.org:7443&tcp=[::1]:7443&tcp=192.0.2.1:1&key={}",
+                key_text()
+            )
+        );
+    }
+
+    #[test]
+    fn reports_what_is_wrong() {
+        let key = key_text();
+        let cases: Vec<(String, LinkError)> = vec![
+            ("https://x".into(), LinkError::Scheme),
+            (
+                format!("postern://relay?v=1&key={key}"),
+                LinkError::NotServerLink("relay".into()),
+            ),
+            (
+                format!("postern://server?tcp=a:1&key={key}"),
+                LinkError::Missing("v"),
+            ),
+            (
+                "postern://server?v=1&tcp=a:1".into(),
+                LinkError::Missing("key"),
+            ),
+            (
+                format!("postern://server?v=2&tcp=a:1&key={key}"),
+                LinkError::UnsupportedVersion("2".into()),
+            ),
+            (
+                format!("postern://server?v=1&key={key}"),
+                LinkError::NoEndpoint,
+            ),
+            (
+                "postern://server?v=1&tcp=a:1&key=AAAA".into(),
+                LinkError::KeyLength(3),
+            ),
+            (
+                format!("postern://server?v=1&v=1&tcp=a:1&key={key}"),
+                LinkError::Duplicate("v"),
+            ),
+            (
+                format!("postern://server?v=1&tcp=a%3A1&key={key}"),
+                LinkError::PercentEncoded,
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(text.parse::<ServerLink>(), Err(want), "{text}");
+        }
+        let long = format!(
+            "postern://server?v=1&tcp=a:1&key={key}&x={}",
+            "y".repeat(MAX_LINK_LEN)
+        );
+        assert_eq!(
+            long.parse::<ServerLink>(),
+            Err(LinkError::TooLong(long.len()))
+        );
+        assert!(matches!(
+            format!("postern://server?v=1&tcp=a:1&key={key}=").parse::<ServerLink>(),
+            Err(LinkError::KeyEncoding(_))
+        ));
+        for endpoint in [
+            "a", "a:0", "a:65536", "a:+1", "::1:7443", "[::1]", "[zz]:1", "-a:1", "a..b:1",
+            "1.2.3:4", ":1", "a_b:1",
+        ] {
+            assert!(
+                matches!(
+                    format!("postern://server?v=1&tcp={endpoint}&key={key}").parse::<ServerLink>(),
+                    Err(LinkError::BadEndpoint { .. })
+                ),
+                "{endpoint}"
+            );
+        }
+    }
+
+    fn arb_endpoint() -> impl Strategy<Value = String> {
+        let port = 1..=u16::MAX;
+        prop_oneof![
+            (
+                "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\\.[a-z]{1,8}){0,3}",
+                port.clone()
+            )
+                .prop_filter("not all digits", |(h, _)| !h
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b == b'.'))
+                .prop_map(|(h, p)| format!("{h}:{p}")),
+            (any::<[u8; 4]>(), port.clone())
+                .prop_map(|(a, p)| format!("{}:{p}", Ipv4Addr::from(a))),
+            (any::<[u16; 8]>(), port).prop_map(|(a, p)| format!("[{}]:{p}", Ipv6Addr::from(a))),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn links_round_trip(tcp in proptest::collection::vec(arb_endpoint(), 1..5), noise_key in any::<[u8; 32]>()) {
+            let link = ServerLink { tcp, noise_key };
+            prop_assert_eq!(link.to_string().parse::<ServerLink>(), Ok(link));
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = text.parse::<ServerLink>();
+            let _ = format!("postern://server?{text}").parse::<ServerLink>();
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! One client connection: handshake, request dispatch, and pushing queued
+//! messages to a subscribed device.
+//!
+//! Everything for one connection runs in one task: reading frames, running
+//! up to `max_inflight_requests` requests concurrently, fetching queued
+//! messages when woken, and writing responses and pushes in batches. Bad
+//! frames end only this connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
+use postern_proto::frame::envelope;
+use postern_proto::ids::DeviceAddr;
+use postern_proto::keys::NoiseKeypair;
+use postern_proto::pb::{self, ErrorCode, envelope::Body, request::Kind as Req};
+use postern_proto::{MAX_PAYLOAD_LEN, PROTOCOL_VERSION};
+use postern_store::StoredMessage;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::{Instant, sleep_until};
+
+use crate::service::{Service, SessionInfo, now_ms};
+
+/// Messages fetched from the store per push.
+const FETCH_BATCH: usize = 256;
+/// Payload bytes fetched per push; keeps a Deliver frame under the frame limit.
+const FETCH_BYTES: usize = 512 * 1024;
+const _: () = assert!(FETCH_BYTES + MAX_PAYLOAD_LEN < postern_proto::frame::MAX_FRAME_LEN);
+
+/// Serves one accepted stream until it closes.
+pub(crate) async fn serve<S>(
+    service: Arc<Service>,
+    keys: Arc<NoiseKeypair>,
+    handshakes: Arc<Semaphore>,
+    stream: S,
+    peer: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = service.limits().clone();
+    // Bound the CPU a flood of handshakes can take; waiting here is fine,
+    // the handshake timeout below still applies to the client.
+    let Ok(permit) = handshakes.acquire_owned().await else {
+        return;
+    };
+    let (pending, hello) =
+        match postern_transport::server_accept(stream, &keys, limits.handshake_timeout).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "handshake failed");
+                return;
+            }
+        };
+    if hello.client.version != PROTOCOL_VERSION {
+        tracing::debug!(version = hello.client.version, "refused unsupported version");
+        let refusal = pb::ServerHello {
+            version: PROTOCOL_VERSION,
+            error: Some(pb::Error {
+                code: ErrorCode::UnsupportedVersion as i32,
+                message: format!(
+                    "this server speaks protocol version {PROTOCOL_VERSION}; update Postern"
+                ),
+                retry_after_ms: 0,
+            }),
+            device: None,
+            server_time_ms: now_ms(),
+        };
+        let _ = pending.refuse(&refusal).await;
+        return;
+    }
+    let device = match service
+        .store()
+        .device_by_noise_key(&hello.remote_static)
+        .await
+    {
+        Ok(d) => d.map(|d| d.addr),
+        Err(e) => {
+            tracing::error!(error = %e, "store failure during handshake");
+            return;
+        }
+    };
+    let accept = pb::ServerHello {
+        version: PROTOCOL_VERSION,
+        error: None,
+        device: device.map(Into::into),
+        server_time_ms: now_ms(),
+    };
+    let conn = match pending.accept(&accept).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    drop(permit);
+    let session = SessionInfo {
+        device,
+        noise_key: hello.remote_static,
+        peer_ip: peer.ip(),
+    };
+    if let Err(e) = Connection::new(service, session).run(conn).await {
+        tracing::debug!(error = %e, "connection closed");
+    }
+}
+
+/// A delivery cursor for a subscribed device.
+struct Delivery {
+    device: DeviceAddr,
+    /// Highest seq pushed on this connection.
+    pushed: u64,
+    /// Highest seq the client acked.
+    acked: u64,
+    /// A wake-up arrived (or may have) since the last fetch started.
+    wake: bool,
+    notify: Arc<Notify>,
+    _subscription: crate::hub::Subscription,
+}
+
+struct Connection {
+    service: Arc<Service>,
+    session: SessionInfo,
+    delivery: Option<Delivery>,
+}
+
+type Reply = (u64, pb::Response, Option<DeviceAddr>);
+
+impl Connection {
+    fn new(service: Arc<Service>, session: SessionInfo) -> Self {
+        Connection {
+            service,
+            session,
+            delivery: None,
+        }
+    }
+
+    async fn run<S>(
+        mut self,
+        conn: postern_transport::Connection<S>,
+    ) -> Result<(), postern_transport::TransportError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (mut reader, mut writer) = conn.split();
+        let limits = self.service.limits().clone();
+        let mut inflight = FuturesUnordered::new();
+        let mut fetching = None;
+        let mut outbox: Vec<pb::Envelope> = Vec::new();
+        let mut deadline = Instant::now() + limits.idle_timeout;
+
+        loop {
+            if fetching.is_none()
+                && let Some(d) = self.delivery.as_mut()
+                && d.wake
+                && d.pushed.saturating_sub(d.acked) < limits.delivery_window
+            {
+                d.wake = false;
+                let store = self.service.store().clone();
+                let (device, after) = (d.device, d.pushed);
+                fetching = Some(Box::pin(async move {
+                    store.fetch(device, after, FETCH_BATCH, FETCH_BYTES).await
+                }));
+            }
+            let notified = async {
+                match &self.delivery {
+                    Some(d) if !d.wake => d.notify.notified().await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                    self.finish(reply, &mut outbox);
+                    // Collect every other reply that is already done, so
+                    // they leave in one write.
+                    while let Some(Some(reply)) = inflight.next().now_or_never() {
+                        self.finish(reply, &mut outbox);
+                    }
+                }
+                read = reader.recv(), if inflight.len() < limits.max_inflight_requests => {
+                    let Some(env) = read? else { return Ok(()) };
+                    deadline = Instant::now() + limits.idle_timeout;
+                    match self.dispatch(env) {
+                        Dispatch::Now(reply) => outbox.push(reply),
+                        Dispatch::Later(fut) => inflight.push(fut),
+                        Dispatch::Close(reply) => {
+                            writer.send(&reply).await?;
+                            return Ok(());
+                        }
+                    }
+                }
+                fetched = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
+                    fetching = None;
+                    match fetched {
+                        Ok(batch) => self.push(batch, &mut outbox),
+                        Err(e) => {
+                            tracing::error!(error = %e, "fetch failed");
+                            if let Some(d) = self.delivery.as_mut() {
+                                d.wake = true;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                () = notified => {
+                    if let Some(d) = self.delivery.as_mut() {
+                        d.wake = true;
+                    }
+                }
+                () = sleep_until(deadline) => {
+                    tracing::debug!("idle timeout");
+                    return Ok(());
+                }
+            }
+            if !outbox.is_empty() {
+                writer.send_batch(outbox.iter()).await?;
+                outbox.clear();
+                if outbox.capacity() > 64 {
+                    outbox = Vec::new();
+                }
+            }
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        env: pb::Envelope,
+    ) -> Dispatch<impl Future<Output = Reply> + use<>> {
+        let id = env.id;
+        let request = match env.body {
+            Some(Body::Request(r)) => r,
+            _ => {
+                return Dispatch::Close(error_envelope(
+                    id,
+                    ErrorCode::BadRequest,
+                    "clients send requests only",
+                ));
+            }
+        };
+        match (&request.kind, self.session.device) {
+            (Some(Req::Subscribe(sub)), Some(device)) => {
+                let notify = Arc::new(Notify::new());
+                let subscription = self.service.hub().subscribe(device, notify.clone());
+                self.delivery = Some(Delivery {
+                    device,
+                    pushed: sub.after_seq,
+                    acked: sub.after_seq,
+                    wake: true,
+                    notify,
+                    _subscription: subscription,
+                });
+                return Dispatch::Now(ok_envelope(id));
+            }
+            (Some(Req::Ack(ack)), Some(device)) => {
+                if let Some(d) = self.delivery.as_mut() {
+                    d.acked = d.acked.max(ack.up_to_seq.min(d.pushed));
+                    d.wake = true;
+                }
+                let store = self.service.store().clone();
+                let up_to = ack.up_to_seq;
+                return Dispatch::Later(
+                    async move {
+                        let response = match store.ack(device, up_to).await {
+                            Ok(()) => ok_response(),
+                            Err(e) => {
+                                tracing::error!(error = %e, "ack failed");
+                                error_response(ErrorCode::Internal, "the server failed; ack again")
+                            }
+                        };
+                        (id, response, None)
+                    }
+                    .left_future(),
+                );
+            }
+            _ => {}
+        }
+        let service = self.service.clone();
+        let session = self.session.clone();
+        Dispatch::Later(
+            async move {
+                let outcome = service.handle(&session, request).await;
+                (id, outcome.response, outcome.authenticated)
+            }
+            .right_future(),
+        )
+    }
+
+    fn finish(&mut self, (id, response, authenticated): Reply, outbox: &mut Vec<pb::Envelope>) {
+        if let Some(device) = authenticated {
+            self.session.device = Some(device);
+        }
+        outbox.push(envelope(id, Body::Response(response)));
+    }
+
+    fn push(&mut self, batch: Vec<StoredMessage>, outbox: &mut Vec<pb::Envelope>) {
+        let Some(d) = self.delivery.as_mut() else {
+            return;
+        };
+        let Some(last) = batch.last() else { return };
+        d.pushed = last.seq;
+        // There may be more than one batch waiting.
+        d.wake = true;
+        let messages = batch
+            .into_iter()
+            .map(|m| pb::QueuedMessage {
+                seq: m.seq,
+                sender: Some(m.sender.into()),
+                client_message_id: m.client_message_id.to_vec().into(),
+                received_at_ms: m.received_at,
+                payload: m.payload,
+            })
+            .collect();
+        outbox.push(envelope(
+            0,
+            Body::Push(pb::Push {
+                kind: Some(pb::push::Kind::Deliver(pb::Deliver { messages })),
+            }),
+        ));
+    }
+}
+
+enum Dispatch<F> {
+    Now(pb::Envelope),
+    Later(F),
+    Close(pb::Envelope),
+}
+
+fn ok_response() -> pb::Response {
+    pb::Response {
+        kind: Some(pb::response::Kind::Ok(pb::Ok {})),
+    }
+}
+
+fn ok_envelope(id: u64) -> pb::Envelope {
+    envelope(id, Body::Response(ok_response()))
+}
+
+fn error_response(code: ErrorCode, message: &str) -> pb::Response {
+    pb::Response {
+        kind: Some(pb::response::Kind::Error(pb::Error {
+            code: code as i32,
+            message: message.into(),
+            retry_after_ms: 0,
+        })),
+    }
+}
+
+fn error_envelope(id: u64, code: ErrorCode, message: &str) -> pb::Envelope {
+    envelope(id, Body::Response(error_response(code, message)))
+}

@@ -1,0 +1,306 @@
+//! The Postern server: accounts, devices, delivery queues, SMS gateways and
+//! the HTTP API, wired to a store and to carrier listeners.
+//!
+//! From the socket inward: a TCP listener accepts ([`Server::start`]), each
+//! connection runs a Noise handshake and then the request loop in `conn`,
+//! requests are handled by [`service::Service`], messages go to per-device
+//! queues in the store and wake subscribed connections through the hub.
+//!
+//! The server never parses message payloads and never logs phone numbers,
+//! codes or payloads.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+mod conn;
+mod http;
+pub mod hub;
+pub mod phone;
+pub mod ratelimit;
+pub mod service;
+pub mod sms;
+pub mod username;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use postern_proto::keys::NoiseKeypair;
+use postern_proto::link::ServerLink;
+use postern_store::{SqliteOptions, SqliteStore, Store, Synchronous};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+pub use config::ServerConfig;
+use config::SmsGatewayKind;
+use service::{Service, now_ms};
+
+/// State every connection and the HTTP API share.
+pub(crate) struct Shared {
+    service: Arc<Service>,
+    keys: Arc<NoiseKeypair>,
+    link: ServerLink,
+    connections: AtomicUsize,
+    handshakes: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// The server; see [`Server::start`].
+pub struct Server;
+
+/// A started server: its addresses, its link, and a handle to stop it.
+pub struct RunningServer {
+    /// Where clients connect (TCP).
+    pub client_addr: SocketAddr,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    /// The link clients bootstrap from.
+    pub link: ServerLink,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    store: SqliteStore,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Opens the data directory and store, binds the listeners, writes
+    /// `server-link.txt`, and starts serving in the background.
+    pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
+        create_private_dir(&cfg.data_dir)?;
+        let keys = Arc::new(load_or_create_key(&cfg.data_dir.join("server.key"))?);
+
+        let synchronous = match cfg.sqlite_synchronous.as_str() {
+            "full" => Synchronous::Full,
+            "normal" => Synchronous::Normal,
+            other => bail!("sqlite_synchronous must be \"full\" or \"normal\", not {other:?}"),
+        };
+        let mut opts = SqliteOptions::new(cfg.data_dir.join("postern.db"));
+        opts.synchronous = synchronous;
+        let store = SqliteStore::open(opts)
+            .await
+            .with_context(|| format!("cannot open the database in {}", cfg.data_dir.display()))?;
+
+        let sms: Arc<dyn sms::SmsGateway> = match cfg.sms.gateway {
+            SmsGatewayKind::Outbox => Arc::new(sms::OutboxGateway::new(
+                cfg.sms
+                    .outbox
+                    .clone()
+                    .unwrap_or_else(|| cfg.data_dir.join("sms-outbox.jsonl")),
+            )),
+            SmsGatewayKind::Webhook => {
+                let url = cfg.sms.webhook_url.clone().context(
+                    "the webhook SMS gateway needs sms.webhook_url in the config file",
+                )?;
+                Arc::new(sms::WebhookGateway::new(url)?)
+            }
+        };
+
+        let listener = postern_transport::tcp::bind(&cfg.listen.to_string())
+            .await
+            .with_context(|| format!("cannot listen for clients on {}", cfg.listen))?;
+        let client_addr = listener.local_addr()?;
+        let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_listen))?;
+        let http_addr = http_listener.local_addr()?;
+
+        let public = cfg.public_addr.clone().unwrap_or_else(|| {
+            let mut a = client_addr;
+            if a.ip().is_unspecified() {
+                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            a.to_string()
+        });
+        let link = ServerLink {
+            tcp: vec![public],
+            noise_key: keys.public,
+        };
+        let link_path = cfg.data_dir.join("server-link.txt");
+        std::fs::write(&link_path, format!("{link}\n"))
+            .with_context(|| format!("cannot write {}", link_path.display()))?;
+
+        let store_dyn: Arc<dyn Store> = Arc::new(store.clone());
+        let service = Arc::new(Service::new(
+            store_dyn.clone(),
+            sms,
+            Arc::new(hub::Hub::default()),
+            cfg.limits.clone(),
+            cfg.message_ttl,
+        ));
+        let shared = Arc::new(Shared {
+            service,
+            keys,
+            link: link.clone(),
+            connections: AtomicUsize::new(0),
+            handshakes: Arc::new(Semaphore::new(cfg.limits.max_handshakes)),
+        });
+
+        let (shutdown, stop) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(accept_loop(
+            listener,
+            shared.clone(),
+            cfg.limits.max_connections,
+            stop.clone(),
+        ));
+        let mut http_stop = stop.clone();
+        let router = http::router(shared.clone());
+        tasks.spawn(async move {
+            let serve = axum::serve(http_listener, router)
+                .with_graceful_shutdown(async move { stopped(&mut http_stop).await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tasks.spawn(purge_loop(store_dyn, stop));
+
+        Ok(RunningServer {
+            client_addr,
+            http_addr,
+            link,
+            shutdown,
+            tasks,
+            store,
+            shared,
+        })
+    }
+}
+
+impl RunningServer {
+    /// Connections open right now.
+    pub fn connections(&self) -> usize {
+        self.shared.connections()
+    }
+
+    /// Stops accepting, closes the listeners and the store. Requests already
+    /// acknowledged are durable before this returns.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.store.close().await;
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stopped(&mut stop) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, don't spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(max_connections, "connection limit reached; closing new connection");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        connections.spawn(async move {
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            conn::serve(
+                shared.service.clone(),
+                shared.keys.clone(),
+                shared.handshakes.clone(),
+                stream,
+                peer,
+            )
+            .await;
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        });
+    }
+    connections.shutdown().await;
+}
+
+async fn purge_loop(store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        match store.purge_expired(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "expired undelivered messages"),
+            Err(e) => tracing::warn!(error = %e, "purging expired messages failed"),
+        }
+        if let Err(e) = store.purge_codes(now).await {
+            tracing::warn!(error = %e, "purging expired codes failed");
+        }
+    }
+}
+
+/// Resolves once shutdown was requested (or the server handle is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Reads the server's Noise static key, or creates it (mode 0600).
+fn load_or_create_key(path: &Path) -> anyhow::Result<NoiseKeypair> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+            hex::decode_to_slice(text.trim(), &mut secret[..]).with_context(|| {
+                format!("{} is not a server key (64 hex digits)", path.display())
+            })?;
+            Ok(NoiseKeypair::from_secret(*secret))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let keys = NoiseKeypair::generate();
+            let text = zeroize::Zeroizing::new(hex::encode(keys.secret()));
+            write_private(path, text.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(keys)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}

@@ -1,0 +1,514 @@
+//! Request handling: accounts, devices and delivery, independent of sockets.
+//!
+//! [`Service::handle`] takes one decoded request and the session it came on
+//! and returns the response; connection handling (conn.rs) is only the
+//! shell around it, so the rules here are tested without a network.
+//!
+//! It must never log phone numbers, codes or payloads, and never look inside
+//! a payload.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use postern_proto::ids::{AccountId, DeviceAddr};
+use postern_proto::keys::verify_device_binding;
+use postern_proto::pb::{self, ErrorCode, request::Kind as Req, response::Kind as Resp};
+use postern_store::{NewDevice, NewMessage, Store, StoreError};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::Limits;
+use crate::hub::Hub;
+use crate::ratelimit::RateLimiter;
+use crate::sms::SmsGateway;
+use crate::{phone, username};
+
+/// How long a registration code stays valid.
+pub const CODE_TTL: Duration = Duration::from_secs(5 * 60);
+/// How long a device-link token stays valid.
+pub const LINK_TOKEN_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// What a request knows about the session it arrived on.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    /// The device the session is authenticated as, if any.
+    pub device: Option<DeviceAddr>,
+    /// The client's Noise static public key.
+    pub noise_key: [u8; 32],
+    /// Where the connection came from (for per-address limits only).
+    pub peer_ip: IpAddr,
+}
+
+/// A response, and the device the session is authenticated as afterwards
+/// when the request registered or linked one.
+pub struct Outcome {
+    /// What to send back.
+    pub response: pb::Response,
+    /// Set when the session just became authenticated.
+    pub authenticated: Option<DeviceAddr>,
+}
+
+/// The server's request handlers and the state they share.
+pub struct Service {
+    store: Arc<dyn Store>,
+    sms: Arc<dyn SmsGateway>,
+    hub: Arc<Hub>,
+    limits: Limits,
+    message_ttl: Duration,
+    code_requests_by_ip: RateLimiter<IpAddr>,
+    verify_attempts_by_ip: RateLimiter<IpAddr>,
+}
+
+/// A handler's early exit: an error to return to the client.
+struct Refusal(pb::Error);
+
+type Handled<T> = Result<T, Refusal>;
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal(pb::Error {
+        code: code as i32,
+        message: message.into(),
+        retry_after_ms: 0,
+    })
+}
+
+fn rate_limited(what: &str, wait: Duration) -> Refusal {
+    let secs = wait.as_secs().max(1);
+    Refusal(pb::Error {
+        code: ErrorCode::RateLimited as i32,
+        message: format!("too many {what}; try again in {secs} s"),
+        retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+    })
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::PhoneTaken => refuse(
+                ErrorCode::AlreadyRegistered,
+                "this phone number already has an account; link this device from one of its devices",
+            ),
+            StoreError::UsernameTaken => refuse(ErrorCode::UsernameTaken, "this username is taken"),
+            StoreError::DeviceKeyTaken => refuse(
+                ErrorCode::AlreadyAuthenticated,
+                "this device is already registered",
+            ),
+            StoreError::UnknownAccount => refuse(ErrorCode::UnknownRecipient, "no such account"),
+            e => {
+                tracing::error!(error = %e, "store failure");
+                refuse(ErrorCode::Internal, "the server failed; try again")
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn code_hash(phone: &str, code: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"postern code v1\0");
+    h.update(phone.as_bytes());
+    h.update([0]);
+    h.update(code.as_bytes());
+    h.finalize().into()
+}
+
+fn token_hash(token: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"postern link token v1\0");
+    h.update(token);
+    h.finalize().into()
+}
+
+impl Service {
+    /// A service over `store`, sending codes through `sms` and waking
+    /// connections through `hub`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        sms: Arc<dyn SmsGateway>,
+        hub: Arc<Hub>,
+        limits: Limits,
+        message_ttl: Duration,
+    ) -> Self {
+        let hour = Duration::from_secs(3600);
+        Service {
+            code_requests_by_ip: RateLimiter::new(limits.code_requests_per_ip_per_hour, hour),
+            verify_attempts_by_ip: RateLimiter::new(limits.verify_attempts_per_ip_per_hour, hour),
+            store,
+            sms,
+            hub,
+            limits,
+            message_ttl,
+        }
+    }
+
+    /// The store this service writes to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The wake-up hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Handles one request. Subscribe and Ack are connection state and are
+    /// handled by the connection; here they only check authentication.
+    pub async fn handle(&self, session: &SessionInfo, request: pb::Request) -> Outcome {
+        let mut authenticated = None;
+        let result = match request.kind {
+            None => Err(refuse(ErrorCode::BadRequest, "empty request")),
+            Some(Req::RequestCode(r)) => self.request_code(session, r).await,
+            Some(Req::Register(r)) => self
+                .register(session, r)
+                .await
+                .inspect(|(_, d)| authenticated = Some(*d))
+                .map(|(r, _)| r),
+            Some(Req::CreateLinkToken(_)) => self.create_link_token(session).await,
+            Some(Req::LinkDevice(r)) => self
+                .link_device(session, r)
+                .await
+                .inspect(|(_, d)| authenticated = Some(*d))
+                .map(|(r, _)| r),
+            Some(Req::SetUsername(r)) => self.set_username(session, r).await,
+            Some(Req::Whoami(_)) => self.whoami(session).await,
+            Some(Req::Resolve(r)) => self.resolve(session, r).await,
+            Some(Req::Send(r)) => self.send(session, r).await,
+            Some(Req::Subscribe(_)) | Some(Req::Ack(_)) => {
+                authed(session).map(|_| Resp::Ok(pb::Ok {}))
+            }
+            Some(Req::Ping(_)) => Ok(Resp::Pong(pb::Pong {
+                server_time_ms: now_ms(),
+            })),
+        };
+        let kind = result.unwrap_or_else(|Refusal(e)| Resp::Error(e));
+        Outcome {
+            response: pb::Response { kind: Some(kind) },
+            authenticated,
+        }
+    }
+
+    async fn request_code(&self, s: &SessionInfo, r: pb::RequestCode) -> Handled<Resp> {
+        let phone = phone::normalize(&r.phone)
+            .map_err(|e| refuse(ErrorCode::InvalidPhone, e.to_string()))?;
+        self.code_requests_by_ip
+            .check(&s.peer_ip, Instant::now())
+            .map_err(|w| rate_limited("code requests from your network", w))?;
+        let now = now_ms();
+        let interval = ms(self.limits.code_interval);
+        if self.store.codes_issued_since(&phone, now - interval).await? > 0 {
+            return Err(rate_limited(
+                "codes for this number",
+                self.limits.code_interval,
+            ));
+        }
+        let hour = ms(Duration::from_secs(3600));
+        if self.store.codes_issued_since(&phone, now - hour).await?
+            >= self.limits.codes_per_phone_per_hour
+        {
+            return Err(rate_limited(
+                "codes for this number",
+                Duration::from_secs(3600),
+            ));
+        }
+        let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
+        self.store
+            .issue_code(&phone, code_hash(&phone, &code), now, now + ms(CODE_TTL))
+            .await?;
+        if let Err(e) = self.sms.send_code(&phone, &code, now).await {
+            tracing::error!(error = %e, "SMS gateway failed");
+            return Err(refuse(
+                ErrorCode::Internal,
+                "the server could not send the SMS; try again later",
+            ));
+        }
+        Ok(Resp::CodeSent(pb::CodeSent {
+            phone,
+            expires_in_ms: u64::try_from(ms(CODE_TTL)).unwrap_or(0),
+        }))
+    }
+
+    /// Checks `code` for `phone` and consumes it.
+    async fn verify_code(&self, phone: &str, code: &str) -> Handled<()> {
+        let now = now_ms();
+        let invalid = || refuse(ErrorCode::CodeInvalid, "wrong code");
+        let stored = self.store.latest_code(phone).await?.ok_or_else(invalid)?;
+        if stored.used_at.is_some() {
+            return Err(refuse(
+                ErrorCode::CodeUsed,
+                "this code was already used; request a new one",
+            ));
+        }
+        if stored.expires_at <= now {
+            return Err(refuse(
+                ErrorCode::CodeExpired,
+                "this code has expired; request a new one",
+            ));
+        }
+        if stored.failed_attempts >= self.limits.max_code_attempts {
+            return Err(refuse(
+                ErrorCode::CodeInvalid,
+                "too many wrong codes; request a new one",
+            ));
+        }
+        let given = code_hash(phone, code.trim());
+        if !bool::from(given.ct_eq(&stored.code_hash)) {
+            self.store.record_failed_attempt(stored.id).await?;
+            return Err(invalid());
+        }
+        if !self.store.consume_code(stored.id, now).await? {
+            return Err(refuse(
+                ErrorCode::CodeUsed,
+                "this code was already used; request a new one",
+            ));
+        }
+        Ok(())
+    }
+
+    fn new_device(s: &SessionInfo, keys: Option<pb::DeviceKeys>) -> Handled<NewDevice> {
+        let keys = keys.ok_or_else(|| refuse(ErrorCode::BadRequest, "device keys missing"))?;
+        let identity_key =
+            verify_device_binding(&keys.identity_key, &s.noise_key, &keys.binding_signature)
+                .map_err(|e| refuse(ErrorCode::BadSignature, e.to_string()))?;
+        if keys.name.len() > 64 {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "device names are at most 64 bytes",
+            ));
+        }
+        Ok(NewDevice {
+            name: keys.name,
+            identity_key,
+            noise_key: s.noise_key,
+        })
+    }
+
+    fn unauthenticated(s: &SessionInfo) -> Handled<()> {
+        match s.device {
+            Some(_) => Err(refuse(
+                ErrorCode::AlreadyAuthenticated,
+                "this device is already registered",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    async fn register(&self, s: &SessionInfo, r: pb::Register) -> Handled<(Resp, DeviceAddr)> {
+        Self::unauthenticated(s)?;
+        let phone = phone::normalize(&r.phone)
+            .map_err(|e| refuse(ErrorCode::InvalidPhone, e.to_string()))?;
+        let device = Self::new_device(s, r.device)?;
+        let username = if r.username.is_empty() {
+            None
+        } else {
+            Some(
+                username::normalize(&r.username)
+                    .map_err(|e| refuse(ErrorCode::InvalidUsername, e.to_string()))?,
+            )
+        };
+        self.verify_attempts_by_ip
+            .check(&s.peer_ip, Instant::now())
+            .map_err(|w| rate_limited("attempts from your network", w))?;
+        if self.store.account_by_phone(&phone).await?.is_some() {
+            return Err(StoreError::PhoneTaken.into());
+        }
+        if let Some(name) = &username
+            && self.store.account_by_username(name).await?.is_some()
+        {
+            return Err(StoreError::UsernameTaken.into());
+        }
+        self.verify_code(&phone, &r.code).await?;
+        let (account, device) = self
+            .store
+            .create_account(&phone, username.as_deref(), device, now_ms())
+            .await?;
+        tracing::info!(device = %device.addr, "account registered");
+        Ok((
+            Resp::Registered(pb::Registered {
+                device: Some(device.addr.into()),
+                phone: account.phone,
+                username: account.username.unwrap_or_default(),
+            }),
+            device.addr,
+        ))
+    }
+
+    async fn create_link_token(&self, s: &SessionInfo) -> Handled<Resp> {
+        let me = authed(s)?;
+        let token: [u8; 32] = rand::rngs::OsRng.r#gen();
+        self.store
+            .create_link_token(
+                me.account,
+                token_hash(&token),
+                now_ms() + ms(LINK_TOKEN_TTL),
+            )
+            .await?;
+        Ok(Resp::LinkToken(pb::LinkToken {
+            token: token.to_vec().into(),
+            expires_in_ms: u64::try_from(ms(LINK_TOKEN_TTL)).unwrap_or(0),
+        }))
+    }
+
+    async fn link_device(&self, s: &SessionInfo, r: pb::LinkDevice) -> Handled<(Resp, DeviceAddr)> {
+        Self::unauthenticated(s)?;
+        let device = Self::new_device(s, r.device)?;
+        self.verify_attempts_by_ip
+            .check(&s.peer_ip, Instant::now())
+            .map_err(|w| rate_limited("attempts from your network", w))?;
+        let account_id = self
+            .store
+            .redeem_link_token(token_hash(&r.token), now_ms())
+            .await?
+            .ok_or_else(|| {
+                refuse(
+                    ErrorCode::TokenInvalid,
+                    "this device link is unknown, used or expired; create a new one",
+                )
+            })?;
+        let device = self.store.add_device(account_id, device, now_ms()).await?;
+        let account = self
+            .store
+            .account(account_id)
+            .await?
+            .ok_or(StoreError::UnknownAccount)?;
+        tracing::info!(device = %device.addr, "device linked");
+        Ok((
+            Resp::Registered(pb::Registered {
+                device: Some(device.addr.into()),
+                phone: account.phone,
+                username: account.username.unwrap_or_default(),
+            }),
+            device.addr,
+        ))
+    }
+
+    async fn set_username(&self, s: &SessionInfo, r: pb::SetUsername) -> Handled<Resp> {
+        let me = authed(s)?;
+        let name = if r.username.is_empty() {
+            None
+        } else {
+            Some(
+                username::normalize(&r.username)
+                    .map_err(|e| refuse(ErrorCode::InvalidUsername, e.to_string()))?,
+            )
+        };
+        self.store.set_username(me.account, name.as_deref()).await?;
+        Ok(Resp::Ok(pb::Ok {}))
+    }
+
+    async fn whoami(&self, s: &SessionInfo) -> Handled<Resp> {
+        let me = authed(s)?;
+        let account = self
+            .store
+            .account(me.account)
+            .await?
+            .ok_or(StoreError::UnknownAccount)?;
+        let devices = self.store.devices(me.account).await?;
+        Ok(Resp::Account(pb::Account {
+            account_id: account.id.0.to_vec().into(),
+            phone: account.phone,
+            username: account.username.unwrap_or_default(),
+            device_id: me.device,
+            devices: devices
+                .into_iter()
+                .map(|d| pb::DeviceInfo {
+                    device_id: d.addr.device,
+                    name: d.name,
+                    identity_key: d.identity_key.to_vec().into(),
+                    created_at_ms: d.created_at,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn resolve(&self, s: &SessionInfo, r: pb::Resolve) -> Handled<Resp> {
+        authed(s)?;
+        use pb::resolve::Who;
+        let unknown = || refuse(ErrorCode::UnknownRecipient, "no account with that name");
+        let account = match r.who {
+            None => return Err(refuse(ErrorCode::BadRequest, "resolve what?")),
+            Some(Who::Phone(p)) => {
+                let phone = phone::normalize(&p)
+                    .map_err(|e| refuse(ErrorCode::InvalidPhone, e.to_string()))?;
+                self.store.account_by_phone(&phone).await?
+            }
+            Some(Who::Username(u)) => {
+                let name = username::normalize(&u).map_err(|_| unknown())?;
+                self.store.account_by_username(&name).await?
+            }
+            Some(Who::AccountId(id)) => {
+                let id = AccountId::from_slice(&id)
+                    .ok_or_else(|| refuse(ErrorCode::BadRequest, "account ids are 16 bytes"))?;
+                self.store.account(id).await?
+            }
+        };
+        let account = account.ok_or_else(unknown)?;
+        Ok(Resp::Resolved(pb::Resolved {
+            account_id: account.id.0.to_vec().into(),
+            username: account.username.unwrap_or_default(),
+        }))
+    }
+
+    async fn send(&self, s: &SessionInfo, r: pb::Send) -> Handled<Resp> {
+        let me = authed(s)?;
+        let client_message_id: [u8; 16] = r.client_message_id[..].try_into().map_err(|_| {
+            refuse(ErrorCode::BadRequest, "client message ids are 16 bytes")
+        })?;
+        let to = AccountId::from_slice(&r.to_account_id)
+            .ok_or_else(|| refuse(ErrorCode::BadRequest, "account ids are 16 bytes"))?;
+        if r.payload.len() > postern_proto::MAX_PAYLOAD_LEN {
+            return Err(refuse(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "messages are at most {} bytes",
+                    postern_proto::MAX_PAYLOAD_LEN
+                ),
+            ));
+        }
+        let now = now_ms();
+        let enqueued = self
+            .store
+            .enqueue(NewMessage {
+                sender: me,
+                client_message_id,
+                to,
+                payload: r.payload,
+                received_at: now,
+                expires_at: now + ms(self.message_ttl),
+            })
+            .await?;
+        for (device, _) in &enqueued.deliveries {
+            self.hub.wake(device);
+        }
+        Ok(Resp::Sent(pb::Sent {
+            received_at_ms: enqueued.received_at,
+            duplicate: enqueued.duplicate,
+        }))
+    }
+}
+
+fn authed(s: &SessionInfo) -> Handled<DeviceAddr> {
+    s.device.ok_or_else(|| {
+        refuse(
+            ErrorCode::NotAuthenticated,
+            "register this device first (postern register PHONE)",
+        )
+    })
+}

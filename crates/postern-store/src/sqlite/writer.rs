@@ -1,0 +1,847 @@
+//! The single writer: owns the one write connection and commits in groups.
+//!
+//! Callers send a [`Command`] with a oneshot for the answer. The writer task
+//! takes the first waiting command, drains whatever else is already queued
+//! (up to `max_batch`) without waiting for more, runs them all in one
+//! `BEGIN IMMEDIATE` transaction and answers every caller after `COMMIT`, so
+//! one fsync serves the whole group and nobody hears `Ok` before their data
+//! is committed.
+//!
+//! Failure rules: a logical failure (unknown account, a name already taken)
+//! fails only its own command and leaves nothing of it behind — enqueue
+//! checks before it writes or undoes its one write, every other command runs
+//! in a `SAVEPOINT`. Any other database error rolls the whole transaction
+//! back and every caller in the batch gets it: nothing half-applied is ever
+//! committed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::seq_param;
+use crate::{
+    Account, AccountId, Device, DeviceAddr, Enqueued, Millis, NewDevice, NewMessage, Result,
+    StoreError,
+};
+
+/// Where a command's answer goes.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A write, with the data it needs and where to answer.
+pub(crate) enum Command {
+    Enqueue {
+        msg: NewMessage,
+        reply: Reply<Enqueued>,
+    },
+    Ack {
+        device: DeviceAddr,
+        up_to_seq: u64,
+        reply: Reply<()>,
+    },
+    PurgeExpired {
+        now: Millis,
+        reply: Reply<u64>,
+    },
+    CreateAccount {
+        id: AccountId,
+        phone: String,
+        username: Option<String>,
+        device: NewDevice,
+        now: Millis,
+        reply: Reply<(Account, Device)>,
+    },
+    AddDevice {
+        account: AccountId,
+        device: NewDevice,
+        now: Millis,
+        reply: Reply<Device>,
+    },
+    SetUsername {
+        account: AccountId,
+        username: Option<String>,
+        reply: Reply<()>,
+    },
+    CreateLinkToken {
+        account: AccountId,
+        hash: [u8; 32],
+        expires_at: Millis,
+        reply: Reply<()>,
+    },
+    RedeemLinkToken {
+        hash: [u8; 32],
+        now: Millis,
+        reply: Reply<Option<AccountId>>,
+    },
+    IssueCode {
+        phone: String,
+        code_hash: [u8; 32],
+        now: Millis,
+        expires_at: Millis,
+        reply: Reply<()>,
+    },
+    ConsumeCode {
+        id: i64,
+        now: Millis,
+        reply: Reply<bool>,
+    },
+    RecordFailedAttempt {
+        id: i64,
+        reply: Reply<u32>,
+    },
+    PurgeCodes {
+        before: Millis,
+        reply: Reply<u64>,
+    },
+}
+
+/// Group-commit counters of a store's writer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions run (committed or failed).
+    pub batches: u64,
+    /// Write calls they carried.
+    pub commands: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    commands: AtomicU64,
+}
+
+enum Message {
+    Command(Command),
+    Close(oneshot::Sender<()>),
+}
+
+/// The handle the store keeps to its writer task.
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Message>,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    /// Starts the writer task on `conn`.
+    pub(crate) fn spawn(conn: SqliteConnection, max_batch: usize) -> Self {
+        // Room for a few batches, so callers queue up while a commit syncs
+        // (that is what makes the next batch big) but not without bound.
+        let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4));
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(run(conn, rx, max_batch, counters.clone()));
+        Writer { tx, counters }
+    }
+
+    /// Sends a command and waits until it is committed (or failed).
+    pub(crate) async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Message::Command(command(reply)))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stops the writer once what it was sent before is committed.
+    pub(crate) async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.tx.send(Message::Close(done)).await.is_ok() {
+            // An error means another close got there first and the writer
+            // is gone: closed either way.
+            let _ = closed.await;
+        }
+    }
+
+    pub(crate) fn stats(&self) -> WriterStats {
+        WriterStats {
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            commands: self.counters.commands.load(Ordering::Relaxed),
+        }
+    }
+}
+
+async fn run(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Message>,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut closing = None;
+    while closing.is_none() {
+        match rx.recv().await {
+            None => break,
+            Some(Message::Close(done)) => closing = Some(done),
+            Some(Message::Command(cmd)) => batch.push(cmd),
+        }
+        while closing.is_none() && batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Message::Command(cmd)) => batch.push(cmd),
+                Ok(Message::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+            counters
+                .commands
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            run_batch(&mut conn, &mut batch).await;
+        }
+    }
+    // Whatever is still queued is dropped unanswered: its callers see Closed.
+    drop(rx);
+    if let Err(e) = conn.close().await {
+        tracing::warn!(error = %e, "closing the sqlite write connection failed");
+    }
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+/// Answers a caller once the batch's fate is known.
+type Settle = Box<dyn FnOnce(Option<&Arc<sqlx::Error>>) + Send>;
+
+fn settle<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> Settle {
+    Box::new(move |failed| {
+        let answer = match failed {
+            None => result,
+            Some(e) => Err(StoreError::Database(Box::new(e.clone()))),
+        };
+        // The caller may have given up waiting; nothing to do then.
+        let _ = reply.send(answer);
+    })
+}
+
+async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Command>) {
+    let mut settled = Vec::with_capacity(batch.len());
+    let mut commands = batch.drain(..);
+    let failure = match conn.begin_with("BEGIN IMMEDIATE").await {
+        Err(e) => Some(e),
+        Ok(mut tx) => {
+            let mut failure = None;
+            for cmd in commands.by_ref() {
+                let (settle, fatal) = apply(&mut tx, cmd).await;
+                settled.push(settle);
+                if fatal.is_some() {
+                    failure = fatal;
+                    break;
+                }
+            }
+            match failure {
+                None => tx.commit().await.err(),
+                Some(e) => {
+                    if let Err(rollback) = tx.rollback().await {
+                        tracing::warn!(error = %rollback, "rollback after a failed batch failed");
+                    }
+                    Some(e)
+                }
+            }
+        }
+    };
+    let failure = failure.map(Arc::new);
+    if let Some(e) = &failure {
+        tracing::warn!(error = %e, calls = settled.len() + commands.len(), "write batch failed");
+    }
+    for settle in settled {
+        settle(failure.as_ref());
+    }
+    if let Some(e) = &failure {
+        for cmd in commands {
+            cmd.fail(e);
+        }
+    }
+}
+
+/// Why a command did not succeed.
+enum Failure {
+    /// Only this command failed; the transaction is still good.
+    Logical(StoreError),
+    /// The transaction is unusable.
+    Fatal(sqlx::Error),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Logical(e)
+    }
+}
+
+/// For statements inside a savepoint: constraint violations are the
+/// caller's problem (SQLite undid just that statement), anything else is
+/// fatal.
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::error::ErrorKind;
+        let sqlx::Error::Database(dbe) = &e else {
+            return Failure::Fatal(e);
+        };
+        let typed = match dbe.kind() {
+            ErrorKind::UniqueViolation => {
+                let message = dbe.message();
+                if message.contains("accounts.phone") {
+                    StoreError::PhoneTaken
+                } else if message.contains("accounts.username") {
+                    StoreError::UsernameTaken
+                } else if message.contains("devices.noise_key") {
+                    StoreError::DeviceKeyTaken
+                } else {
+                    StoreError::Database(Box::new(e))
+                }
+            }
+            ErrorKind::ForeignKeyViolation => StoreError::UnknownAccount,
+            ErrorKind::NotNullViolation | ErrorKind::CheckViolation => {
+                StoreError::Database(Box::new(e))
+            }
+            _ => return Failure::Fatal(e),
+        };
+        Failure::Logical(typed)
+    }
+}
+
+/// Runs one command inside the batch transaction. Returns how to answer it
+/// and, if the transaction must be abandoned, why.
+async fn apply(conn: &mut SqliteConnection, cmd: Command) -> (Settle, Option<sqlx::Error>) {
+    // The message path skips the savepoint (two statements per call): enqueue
+    // and ack are written so that a logical failure leaves nothing behind.
+    let savepoint = !matches!(cmd, Command::Enqueue { .. } | Command::Ack { .. });
+    if savepoint && let Err(e) = sqlx::query("SAVEPOINT command").execute(&mut *conn).await {
+        return (cmd.into_settle(), Some(e));
+    }
+    let (settle, result) = execute(conn, cmd).await;
+    let fatal = match result {
+        Err(fatal) => return (settle, Some(fatal)),
+        Ok(_) if !savepoint => None,
+        Ok(true) => end_savepoint(conn, &["RELEASE command"]).await,
+        Ok(false) => end_savepoint(conn, &["ROLLBACK TO command", "RELEASE command"]).await,
+    };
+    (settle, fatal)
+}
+
+async fn end_savepoint(
+    conn: &mut SqliteConnection,
+    statements: &[&'static str],
+) -> Option<sqlx::Error> {
+    for sql in statements {
+        if let Err(e) = sqlx::query(*sql).execute(&mut *conn).await {
+            return Some(e);
+        }
+    }
+    None
+}
+
+/// How a command ended: `Ok(succeeded)`, or the error that dooms the batch.
+type Ended = Result<bool, sqlx::Error>;
+
+fn outcome<T: Send + 'static>(reply: Reply<T>, result: Result<T, Failure>) -> (Settle, Ended) {
+    match result {
+        Ok(v) => (settle(reply, Ok(v)), Ok(true)),
+        Err(Failure::Logical(e)) => (settle(reply, Err(e)), Ok(false)),
+        // The answer is replaced by the batch's error when settled.
+        Err(Failure::Fatal(e)) => (settle(reply, Err(StoreError::Closed)), Err(e)),
+    }
+}
+
+async fn execute(conn: &mut SqliteConnection, cmd: Command) -> (Settle, Ended) {
+    match cmd {
+        Command::Enqueue { msg, reply } => outcome(reply, enqueue(conn, msg).await),
+        Command::Ack {
+            device,
+            up_to_seq,
+            reply,
+        } => outcome(reply, ack(conn, device, up_to_seq).await),
+        Command::PurgeExpired { now, reply } => outcome(reply, purge_expired(conn, now).await),
+        Command::CreateAccount {
+            id,
+            phone,
+            username,
+            device,
+            now,
+            reply,
+        } => outcome(
+            reply,
+            create_account(conn, id, phone, username, device, now).await,
+        ),
+        Command::AddDevice {
+            account,
+            device,
+            now,
+            reply,
+        } => outcome(reply, add_device(conn, account, device, now).await),
+        Command::SetUsername {
+            account,
+            username,
+            reply,
+        } => outcome(reply, set_username(conn, account, username).await),
+        Command::CreateLinkToken {
+            account,
+            hash,
+            expires_at,
+            reply,
+        } => outcome(
+            reply,
+            create_link_token(conn, account, hash, expires_at).await,
+        ),
+        Command::RedeemLinkToken { hash, now, reply } => {
+            outcome(reply, redeem_link_token(conn, hash, now).await)
+        }
+        Command::IssueCode {
+            phone,
+            code_hash,
+            now,
+            expires_at,
+            reply,
+        } => outcome(
+            reply,
+            issue_code(conn, phone, code_hash, now, expires_at).await,
+        ),
+        Command::ConsumeCode { id, now, reply } => {
+            outcome(reply, consume_code(conn, id, now).await)
+        }
+        Command::RecordFailedAttempt { id, reply } => {
+            outcome(reply, record_failed_attempt(conn, id).await)
+        }
+        Command::PurgeCodes { before, reply } => outcome(reply, purge_codes(conn, before).await),
+    }
+}
+
+impl Command {
+    /// Answers with the batch's failure without running.
+    fn fail(self, e: &Arc<sqlx::Error>) {
+        self.into_settle()(Some(e));
+    }
+
+    /// An answer that only makes sense for a failed batch.
+    fn into_settle(self) -> Settle {
+        fn failed<T: Send + 'static>(reply: Reply<T>) -> Settle {
+            settle(reply, Err(StoreError::Closed))
+        }
+        match self {
+            Command::Enqueue { reply, .. } => failed(reply),
+            Command::Ack { reply, .. } => failed(reply),
+            Command::PurgeExpired { reply, .. } => failed(reply),
+            Command::CreateAccount { reply, .. } => failed(reply),
+            Command::AddDevice { reply, .. } => failed(reply),
+            Command::SetUsername { reply, .. } => failed(reply),
+            Command::CreateLinkToken { reply, .. } => failed(reply),
+            Command::RedeemLinkToken { reply, .. } => failed(reply),
+            Command::IssueCode { reply, .. } => failed(reply),
+            Command::ConsumeCode { reply, .. } => failed(reply),
+            Command::RecordFailedAttempt { reply, .. } => failed(reply),
+            Command::PurgeCodes { reply, .. } => failed(reply),
+        }
+    }
+}
+
+/// Marks an error on the message path as fatal: there is no savepoint to
+/// undo a partly done command, so the whole batch must roll back.
+fn fatal(e: sqlx::Error) -> Failure {
+    Failure::Fatal(e)
+}
+
+async fn enqueue(conn: &mut SqliteConnection, msg: NewMessage) -> Result<Enqueued, Failure> {
+    let sender = &msg.sender.account.0[..];
+    let id = &msg.client_message_id[..];
+    // Claim the client message id first: a duplicate (also one earlier in
+    // this very batch, which this transaction already sees) stops here.
+    let claimed = sqlx::query(
+        "INSERT INTO sends (sender_account, client_message_id, received_at, expires_at) \
+         VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(sender)
+    .bind(id)
+    .bind(msg.received_at)
+    .bind(msg.expires_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(fatal)?
+    .rows_affected();
+    if claimed == 0 {
+        let received_at: Millis = sqlx::query_scalar(
+            "SELECT received_at FROM sends WHERE sender_account = ? AND client_message_id = ?",
+        )
+        .bind(sender)
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(fatal)?;
+        return Ok(Enqueued {
+            duplicate: true,
+            received_at,
+            deliveries: Vec::new(),
+        });
+    }
+    // Take one sequence number in each of the recipient's queues.
+    let rows = sqlx::query(
+        "UPDATE devices SET next_seq = next_seq + 1 WHERE account_id = ? \
+         RETURNING device_id, next_seq - 1 AS seq",
+    )
+    .bind(&msg.to.0[..])
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(fatal)?;
+    if rows.is_empty() {
+        // No devices means no account (every account has its first device).
+        // Give the client message id back so nothing of this call remains.
+        sqlx::query("DELETE FROM sends WHERE sender_account = ? AND client_message_id = ?")
+            .bind(sender)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(fatal)?;
+        return Err(Failure::Logical(StoreError::UnknownAccount));
+    }
+    let mut deliveries = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let device: u32 = row.try_get("device_id").map_err(fatal)?;
+        let seq: u64 = row.try_get("seq").map_err(fatal)?;
+        deliveries.push((
+            DeviceAddr {
+                account: msg.to,
+                device,
+            },
+            seq,
+        ));
+    }
+    deliveries.sort_unstable();
+    // One statement copies the message into every device's queue, at the
+    // sequence number just taken (the writer is alone, nothing moved since).
+    sqlx::query(
+        "INSERT INTO queue (account_id, device_id, seq, sender_account, sender_device, \
+         client_message_id, received_at, expires_at, payload) \
+         SELECT account_id, device_id, next_seq - 1, ?, ?, ?, ?, ?, ? \
+         FROM devices WHERE account_id = ?",
+    )
+    .bind(sender)
+    .bind(msg.sender.device)
+    .bind(id)
+    .bind(msg.received_at)
+    .bind(msg.expires_at)
+    .bind(Vec::<u8>::from(msg.payload))
+    .bind(&msg.to.0[..])
+    .execute(&mut *conn)
+    .await
+    .map_err(fatal)?;
+    Ok(Enqueued {
+        duplicate: false,
+        received_at: msg.received_at,
+        deliveries,
+    })
+}
+
+async fn ack(
+    conn: &mut SqliteConnection,
+    device: DeviceAddr,
+    up_to_seq: u64,
+) -> Result<(), Failure> {
+    sqlx::query("DELETE FROM queue WHERE account_id = ? AND device_id = ? AND seq <= ?")
+        .bind(&device.account.0[..])
+        .bind(device.device)
+        .bind(seq_param(up_to_seq))
+        .execute(&mut *conn)
+        .await
+        .map_err(fatal)?;
+    Ok(())
+}
+
+/// A row counts as expired from its `expires_at` on.
+async fn purge_expired(conn: &mut SqliteConnection, now: Millis) -> Result<u64, Failure> {
+    let queued = sqlx::query("DELETE FROM queue WHERE expires_at <= ?")
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    sqlx::query("DELETE FROM sends WHERE expires_at <= ?")
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(queued)
+}
+
+async fn create_account(
+    conn: &mut SqliteConnection,
+    id: AccountId,
+    phone: String,
+    username: Option<String>,
+    device: NewDevice,
+    now: Millis,
+) -> Result<(Account, Device), Failure> {
+    sqlx::query("INSERT INTO accounts (id, phone, username, created_at) VALUES (?, ?, ?, ?)")
+        .bind(&id.0[..])
+        .bind(&phone)
+        .bind(&username)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO devices (account_id, device_id, name, identity_key, noise_key, created_at) \
+         VALUES (?, 1, ?, ?, ?, ?)",
+    )
+    .bind(&id.0[..])
+    .bind(&device.name)
+    .bind(&device.identity_key[..])
+    .bind(&device.noise_key[..])
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let account = Account {
+        id,
+        phone,
+        username,
+        created_at: now,
+    };
+    let device = Device {
+        addr: DeviceAddr {
+            account: id,
+            device: 1,
+        },
+        name: device.name,
+        identity_key: device.identity_key,
+        noise_key: device.noise_key,
+        created_at: now,
+    };
+    Ok((account, device))
+}
+
+async fn add_device(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    device: NewDevice,
+    now: Millis,
+) -> Result<Device, Failure> {
+    // The aggregate yields a row even for an account without devices; the
+    // foreign key then turns a missing account into UnknownAccount.
+    let number: u32 = sqlx::query_scalar(
+        "INSERT INTO devices (account_id, device_id, name, identity_key, noise_key, created_at) \
+         SELECT ?1, COALESCE(MAX(device_id), 0) + 1, ?2, ?3, ?4, ?5 \
+         FROM devices WHERE account_id = ?1 \
+         RETURNING device_id",
+    )
+    .bind(&account.0[..])
+    .bind(&device.name)
+    .bind(&device.identity_key[..])
+    .bind(&device.noise_key[..])
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Device {
+        addr: DeviceAddr {
+            account,
+            device: number,
+        },
+        name: device.name,
+        identity_key: device.identity_key,
+        noise_key: device.noise_key,
+        created_at: now,
+    })
+}
+
+async fn set_username(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    username: Option<String>,
+) -> Result<(), Failure> {
+    let changed = sqlx::query("UPDATE accounts SET username = ? WHERE id = ?")
+        .bind(&username)
+        .bind(&account.0[..])
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if changed == 0 {
+        return Err(StoreError::UnknownAccount.into());
+    }
+    Ok(())
+}
+
+async fn create_link_token(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    hash: [u8; 32],
+    expires_at: Millis,
+) -> Result<(), Failure> {
+    sqlx::query("INSERT INTO link_tokens (hash, account_id, expires_at) VALUES (?, ?, ?)")
+        .bind(&hash[..])
+        .bind(&account.0[..])
+        .bind(expires_at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn redeem_link_token(
+    conn: &mut SqliteConnection,
+    hash: [u8; 32],
+    now: Millis,
+) -> Result<Option<AccountId>, Failure> {
+    // An expired token is deleted all the same: it can never work again.
+    let row =
+        sqlx::query("DELETE FROM link_tokens WHERE hash = ? RETURNING account_id, expires_at")
+            .bind(&hash[..])
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let expires_at: Millis = row.try_get("expires_at")?;
+    if expires_at <= now {
+        return Ok(None);
+    }
+    Ok(Some(super::account_id(&row, "account_id")?))
+}
+
+async fn issue_code(
+    conn: &mut SqliteConnection,
+    phone: String,
+    code_hash: [u8; 32],
+    now: Millis,
+    expires_at: Millis,
+) -> Result<(), Failure> {
+    sqlx::query("INSERT INTO codes (phone, code_hash, issued_at, expires_at) VALUES (?, ?, ?, ?)")
+        .bind(&phone)
+        .bind(&code_hash[..])
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn consume_code(conn: &mut SqliteConnection, id: i64, now: Millis) -> Result<bool, Failure> {
+    let changed = sqlx::query("UPDATE codes SET used_at = ? WHERE id = ? AND used_at IS NULL")
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(changed == 1)
+}
+
+async fn record_failed_attempt(conn: &mut SqliteConnection, id: i64) -> Result<u32, Failure> {
+    let count: Option<u32> = sqlx::query_scalar(
+        "UPDATE codes SET failed_attempts = failed_attempts + 1 WHERE id = ? \
+         RETURNING failed_attempts",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(count.unwrap_or(0))
+}
+
+async fn purge_codes(conn: &mut SqliteConnection, before: Millis) -> Result<u64, Failure> {
+    let deleted = sqlx::query("DELETE FROM codes WHERE expires_at < ?")
+        .bind(before)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::sqlite::SqliteConnectOptions;
+
+    async fn connection(dir: &tempfile::TempDir) -> SqliteConnection {
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true);
+        let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
+        super::super::MIGRATOR.run(&mut conn).await.unwrap();
+        conn
+    }
+
+    fn issue(phone: &str) -> impl FnOnce(Reply<()>) -> Command {
+        let phone = phone.to_owned();
+        move |reply| Command::IssueCode {
+            phone,
+            code_hash: [0; 32],
+            now: 0,
+            expires_at: 1,
+            reply,
+        }
+    }
+
+    /// A database error in one command fails every call of its batch, and
+    /// nothing of the batch is committed — including the calls before it.
+    #[tokio::test]
+    async fn a_database_error_fails_the_whole_batch() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut conn = connection(&dir).await;
+        // Break the message path only.
+        sqlx::query("DROP TABLE queue")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let writer = Writer::spawn(conn, 16);
+        let recipient = AccountId([1; 16]);
+        let enqueue = |reply| Command::Enqueue {
+            msg: NewMessage {
+                sender: DeviceAddr {
+                    account: recipient,
+                    device: 1,
+                },
+                client_message_id: [0; 16],
+                to: recipient,
+                payload: bytes::Bytes::new(),
+                received_at: 0,
+                expires_at: 1,
+            },
+            reply,
+        };
+        let account = |reply| Command::CreateAccount {
+            id: recipient,
+            phone: "+1".into(),
+            username: None,
+            device: NewDevice {
+                name: String::new(),
+                identity_key: [0; 32],
+                noise_key: [0; 32],
+            },
+            now: 0,
+            reply,
+        };
+        // The writer task cannot run before all five are queued (this test
+        // runtime has one thread), so they form one batch.
+        let (before, created, failed, after, later) = tokio::join!(
+            writer.call(issue("+2")),
+            writer.call(account),
+            writer.call(enqueue),
+            writer.call(issue("+3")),
+            async {
+                tokio::task::yield_now().await;
+                writer.call(issue("+4")).await
+            },
+        );
+        for result in [before, after] {
+            assert!(matches!(result, Err(StoreError::Database(_))), "{result:?}");
+        }
+        assert!(
+            matches!(created, Err(StoreError::Database(_))),
+            "{created:?}"
+        );
+        assert!(matches!(failed, Err(StoreError::Database(_))), "{failed:?}");
+        later.unwrap();
+        assert_eq!(
+            writer.stats(),
+            WriterStats {
+                batches: 2,
+                commands: 5
+            }
+        );
+        writer.close().await;
+
+        let mut conn = connection(&dir).await;
+        let phones: Vec<String> = sqlx::query_scalar("SELECT phone FROM codes")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(phones, ["+4"]);
+        let accounts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(accounts, 0);
+    }
+}

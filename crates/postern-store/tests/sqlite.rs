@@ -1,0 +1,690 @@
+//! The SQLite store, driven through its traits as the server drives it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use bytes::Bytes;
+use postern_store::{
+    AccountId, AccountStore, CodeStore, Device, DeviceAddr, NewDevice, NewMessage, QueueStore,
+    SqliteOptions, SqliteStore, StoreError,
+};
+use tempfile::TempDir;
+
+const NOW: i64 = 1_700_000_000_000;
+const HOUR: i64 = 3_600_000;
+
+async fn open(dir: &TempDir) -> SqliteStore {
+    SqliteStore::open(SqliteOptions::new(
+        dir.path().join("data").join("postern.db"),
+    ))
+    .await
+    .expect("open store")
+}
+
+/// A device with keys no other test device has.
+fn new_device(name: &str) -> NewDevice {
+    static NEXT: AtomicU8 = AtomicU8::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    NewDevice {
+        name: name.to_owned(),
+        identity_key: [n; 32],
+        noise_key: {
+            let mut k = [n; 32];
+            k[0] = 0xee;
+            k
+        },
+    }
+}
+
+async fn account(store: &SqliteStore, phone: &str, devices: usize) -> Vec<Device> {
+    let (_, first) = store
+        .create_account(phone, None, new_device("first"), NOW)
+        .await
+        .unwrap();
+    let mut out = vec![first.clone()];
+    for i in 1..devices {
+        out.push(
+            store
+                .add_device(first.addr.account, new_device(&format!("d{i}")), NOW)
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+fn message(from: DeviceAddr, to: AccountId, id: u128, payload: &str) -> NewMessage {
+    NewMessage {
+        sender: from,
+        client_message_id: id.to_be_bytes(),
+        to,
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        received_at: NOW,
+        expires_at: NOW + HOUR,
+    }
+}
+
+#[tokio::test]
+async fn accounts_are_created_and_found() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let dev = new_device("laptop");
+    let (account, device) = store
+        .create_account("+15550001", Some("alice"), dev.clone(), NOW)
+        .await
+        .unwrap();
+    assert_eq!(account.phone, "+15550001");
+    assert_eq!(account.username.as_deref(), Some("alice"));
+    assert_eq!(device.addr.device, 1);
+    assert_eq!(device.noise_key, dev.noise_key);
+
+    assert_eq!(
+        store.account(account.id).await.unwrap(),
+        Some(account.clone())
+    );
+    assert_eq!(
+        store.account_by_phone("+15550001").await.unwrap(),
+        Some(account.clone())
+    );
+    assert_eq!(
+        store.account_by_username("alice").await.unwrap(),
+        Some(account.clone())
+    );
+    assert_eq!(
+        store.account_by_username("ALICE").await.unwrap(),
+        Some(account.clone()),
+        "usernames ignore case"
+    );
+    assert_eq!(store.account_by_phone("+15559999").await.unwrap(), None);
+    assert_eq!(store.account(AccountId([7; 16])).await.unwrap(), None);
+    assert_eq!(
+        store.devices(account.id).await.unwrap(),
+        vec![device.clone()]
+    );
+    assert_eq!(
+        store.device_by_noise_key(&dev.noise_key).await.unwrap(),
+        Some(device)
+    );
+    assert_eq!(store.device_by_noise_key(&[0; 32]).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn taken_phone_username_or_key_fail_with_typed_errors_and_create_nothing() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let dev = new_device("a");
+    store
+        .create_account("+15550001", Some("alice"), dev.clone(), NOW)
+        .await
+        .unwrap();
+
+    let err = store
+        .create_account("+15550001", None, new_device("b"), NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PhoneTaken), "{err:?}");
+
+    let err = store
+        .create_account("+15550002", Some("Alice"), new_device("b"), NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UsernameTaken), "{err:?}");
+
+    // The account row would be fine; its device is not, so neither is kept.
+    let err = store
+        .create_account("+15550003", Some("carol"), dev.clone(), NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DeviceKeyTaken), "{err:?}");
+    assert_eq!(store.account_by_phone("+15550003").await.unwrap(), None);
+    assert_eq!(store.account_by_username("carol").await.unwrap(), None);
+
+    // After all that, the phone is still free to register.
+    store
+        .create_account("+15550003", Some("carol"), new_device("c"), NOW)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn usernames_are_set_cleared_and_unique() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15550001", 1).await[0].addr.account;
+    let bob = account(&store, "+15550002", 1).await[0].addr.account;
+
+    store.set_username(alice, Some("alice")).await.unwrap();
+    let err = store.set_username(bob, Some("alice")).await.unwrap_err();
+    assert!(matches!(err, StoreError::UsernameTaken), "{err:?}");
+    store.set_username(alice, None).await.unwrap();
+    assert_eq!(store.account_by_username("alice").await.unwrap(), None);
+    assert_eq!(store.account(alice).await.unwrap().unwrap().username, None);
+    store.set_username(bob, Some("alice")).await.unwrap();
+    assert_eq!(
+        store
+            .account_by_username("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        bob
+    );
+    let err = store
+        .set_username(AccountId([9; 16]), Some("x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownAccount), "{err:?}");
+}
+
+#[tokio::test]
+async fn devices_are_numbered_in_order() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let devices = account(&store, "+15550001", 3).await;
+    let numbers: Vec<u32> = devices.iter().map(|d| d.addr.device).collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    let id = devices[0].addr.account;
+    assert_eq!(store.devices(id).await.unwrap(), devices);
+    assert_eq!(
+        store
+            .device_by_noise_key(&devices[2].noise_key)
+            .await
+            .unwrap(),
+        Some(devices[2].clone())
+    );
+
+    let err = store
+        .add_device(
+            id,
+            NewDevice {
+                ..devices[1].clone().into_new()
+            },
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DeviceKeyTaken), "{err:?}");
+    let err = store
+        .add_device(AccountId([3; 16]), new_device("x"), NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownAccount), "{err:?}");
+    assert_eq!(store.devices(AccountId([3; 16])).await.unwrap(), vec![]);
+}
+
+trait IntoNew {
+    fn into_new(self) -> NewDevice;
+}
+
+impl IntoNew for Device {
+    fn into_new(self) -> NewDevice {
+        NewDevice {
+            name: self.name,
+            identity_key: self.identity_key,
+            noise_key: self.noise_key,
+        }
+    }
+}
+
+#[tokio::test]
+async fn link_tokens_work_once_and_expire() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let id = account(&store, "+15550001", 1).await[0].addr.account;
+
+    store
+        .create_link_token(id, [1; 32], NOW + 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.redeem_link_token([1; 32], NOW).await.unwrap(),
+        Some(id)
+    );
+    assert_eq!(store.redeem_link_token([1; 32], NOW).await.unwrap(), None);
+
+    store
+        .create_link_token(id, [2; 32], NOW + 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.redeem_link_token([2; 32], NOW + 1000).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.redeem_link_token([2; 32], NOW).await.unwrap(),
+        None,
+        "an expired token is gone, not kept for later"
+    );
+    assert_eq!(store.redeem_link_token([3; 32], NOW).await.unwrap(), None);
+
+    let err = store
+        .create_link_token(AccountId([5; 16]), [4; 32], NOW + 1000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownAccount), "{err:?}");
+}
+
+#[tokio::test]
+async fn codes_are_issued_counted_consumed_once_and_purged() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let phone = "+15550001";
+    assert_eq!(store.latest_code(phone).await.unwrap(), None);
+    store
+        .issue_code(phone, [1; 32], NOW, NOW + 600_000)
+        .await
+        .unwrap();
+    store
+        .issue_code(phone, [2; 32], NOW + 1000, NOW + 601_000)
+        .await
+        .unwrap();
+    store
+        .issue_code("+15550002", [3; 32], NOW + 2000, NOW + 602_000)
+        .await
+        .unwrap();
+
+    assert_eq!(store.codes_issued_since(phone, NOW).await.unwrap(), 2);
+    assert_eq!(store.codes_issued_since(phone, NOW + 1).await.unwrap(), 1);
+    assert_eq!(
+        store.codes_issued_since(phone, NOW + 2000).await.unwrap(),
+        0
+    );
+
+    let code = store.latest_code(phone).await.unwrap().unwrap();
+    assert_eq!(code.code_hash, [2; 32]);
+    assert_eq!(code.issued_at, NOW + 1000);
+    assert_eq!(code.expires_at, NOW + 601_000);
+    assert_eq!((code.used_at, code.failed_attempts), (None, 0));
+
+    assert_eq!(store.record_failed_attempt(code.id).await.unwrap(), 1);
+    assert_eq!(store.record_failed_attempt(code.id).await.unwrap(), 2);
+    assert_eq!(store.record_failed_attempt(i64::MAX).await.unwrap(), 0);
+
+    // Two registrations race for the same code: exactly one wins.
+    let (a, b) = tokio::join!(
+        store.consume_code(code.id, NOW + 5000),
+        store.consume_code(code.id, NOW + 5001)
+    );
+    assert!(a.unwrap() ^ b.unwrap());
+    assert!(!store.consume_code(code.id, NOW + 6000).await.unwrap());
+    let code = store.latest_code(phone).await.unwrap().unwrap();
+    assert_eq!(code.failed_attempts, 2);
+    assert!(code.used_at.is_some());
+
+    assert_eq!(store.purge_codes(NOW + 600_500).await.unwrap(), 1);
+    assert_eq!(store.codes_issued_since(phone, 0).await.unwrap(), 1);
+    assert_eq!(store.purge_codes(NOW + HOUR).await.unwrap(), 2);
+    assert_eq!(store.latest_code(phone).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_message_reaches_every_device_with_increasing_sequence_numbers() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15550001", 1).await[0].addr;
+    let bob = account(&store, "+15550002", 3).await;
+    let to = bob[0].addr.account;
+
+    for i in 1..=3u64 {
+        let sent = store
+            .enqueue(message(alice, to, i.into(), &format!("hi {i}")))
+            .await
+            .unwrap();
+        assert!(!sent.duplicate);
+        assert_eq!(sent.received_at, NOW);
+        let expected: Vec<_> = bob.iter().map(|d| (d.addr, i)).collect();
+        assert_eq!(sent.deliveries, expected);
+    }
+    for device in &bob {
+        let got = store.fetch(device.addr, 0, 100, usize::MAX).await.unwrap();
+        let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(got[1].payload, Bytes::from_static(b"hi 2"));
+        assert_eq!(got[1].sender, alice);
+        assert_eq!(got[1].client_message_id, 2u128.to_be_bytes());
+        assert_eq!(got[1].received_at, NOW);
+    }
+
+    // A device added later starts its own queue at 1.
+    let late = store.add_device(to, new_device("late"), NOW).await.unwrap();
+    let sent = store.enqueue(message(alice, to, 4, "hi 4")).await.unwrap();
+    assert!(sent.deliveries.contains(&(late.addr, 1)));
+    assert!(sent.deliveries.contains(&(bob[0].addr, 4)));
+}
+
+#[tokio::test]
+async fn a_resent_message_is_stored_once() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15550001", 1).await[0].addr;
+    let bob = account(&store, "+15550002", 1).await[0].addr;
+
+    let first = store
+        .enqueue(message(alice, bob.account, 1, "hi"))
+        .await
+        .unwrap();
+    let mut again = message(alice, bob.account, 1, "hi");
+    again.received_at = NOW + 5000;
+    let again = store.enqueue(again).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.received_at, first.received_at);
+    assert!(again.deliveries.is_empty());
+
+    // The same id from another sender account is another message.
+    let carol = account(&store, "+15550003", 1).await[0].addr;
+    let other = store
+        .enqueue(message(carol, bob.account, 1, "yo"))
+        .await
+        .unwrap();
+    assert!(!other.duplicate);
+    assert_eq!(store.fetch(bob, 0, 10, usize::MAX).await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resends_in_one_batch_are_stored_once() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15550001", 1).await[0].addr;
+    let bob = account(&store, "+15550002", 2).await[0].addr;
+
+    let sends = (0..20).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.enqueue(message(alice, bob.account, 42, "hi")).await })
+    });
+    let results: Vec<_> = futures::future::join_all(sends).await;
+    let results: Vec<_> = results.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
+    assert!(results.iter().all(|r| r.received_at == NOW));
+    let stored = store.fetch(bob, 0, 100, usize::MAX).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].seq, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_recipient_fails_only_its_own_message() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15550001", 1).await[0].addr;
+    let bob = account(&store, "+15550002", 1).await[0].addr;
+    let nobody = AccountId([0xab; 16]);
+
+    let sends = (0..30u128).map(|i| {
+        let store = store.clone();
+        let to = if i % 3 == 0 { nobody } else { bob.account };
+        tokio::spawn(async move { (i, store.enqueue(message(alice, to, i, "x")).await) })
+    });
+    for done in futures::future::join_all(sends).await {
+        let (i, result) = done.unwrap();
+        if i % 3 == 0 {
+            assert!(
+                matches!(result, Err(StoreError::UnknownAccount)),
+                "{result:?}"
+            );
+        } else {
+            assert!(!result.unwrap().duplicate);
+        }
+    }
+    let stored = store.fetch(bob, 0, 100, usize::MAX).await.unwrap();
+    assert_eq!(stored.len(), 20);
+    let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+
+    // The failed sends left no idempotency record: a retry to a real
+    // recipient with the same id is a new message.
+    let retry = store
+        .enqueue(message(alice, bob.account, 0, "x"))
+        .await
+        .unwrap();
+    assert!(!retry.duplicate);
+}
+
+#[tokio::test]
+async fn fetch_respects_cursor_limit_and_byte_budget() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15550001", 1).await[0].addr;
+    let bob = account(&store, "+15550002", 1).await[0].addr;
+    for i in 1..=10u128 {
+        store
+            .enqueue(message(alice, bob.account, i, &"x".repeat(100)))
+            .await
+            .unwrap();
+    }
+    let seqs = |msgs: Vec<postern_store::StoredMessage>| -> Vec<u64> {
+        msgs.iter().map(|m| m.seq).collect()
+    };
+    assert_eq!(
+        seqs(store.fetch(bob, 0, 3, usize::MAX).await.unwrap()),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        seqs(store.fetch(bob, 8, 5, usize::MAX).await.unwrap()),
+        [9, 10]
+    );
+    assert_eq!(seqs(store.fetch(bob, 10, 5, usize::MAX).await.unwrap()), []);
+    assert_eq!(seqs(store.fetch(bob, 0, 0, usize::MAX).await.unwrap()), []);
+    assert_eq!(seqs(store.fetch(bob, 0, 10, 250).await.unwrap()), [1, 2]);
+    assert_eq!(seqs(store.fetch(bob, 0, 10, 300).await.unwrap()), [1, 2, 3]);
+    assert_eq!(
+        seqs(store.fetch(bob, 4, 10, 10).await.unwrap()),
+        [5],
+        "one message even if it alone is over budget"
+    );
+    let other = DeviceAddr { device: 2, ..bob };
+    assert_eq!(
+        seqs(store.fetch(other, 0, 10, usize::MAX).await.unwrap()),
+        []
+    );
+}
+
+#[tokio::test]
+async fn ack_deletes_up_to_the_sequence_number_of_one_device() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15550001", 1).await[0].addr;
+    let bob = account(&store, "+15550002", 2).await;
+    let (b1, b2) = (bob[0].addr, bob[1].addr);
+    for i in 1..=5u128 {
+        store
+            .enqueue(message(alice, b1.account, i, "x"))
+            .await
+            .unwrap();
+    }
+    store.ack(b1, 3).await.unwrap();
+    let left: Vec<u64> = store
+        .fetch(b1, 0, 10, usize::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(left, [4, 5]);
+    assert_eq!(store.fetch(b2, 0, 10, usize::MAX).await.unwrap().len(), 5);
+    store.ack(b1, u64::MAX).await.unwrap();
+    assert!(store.fetch(b1, 0, 10, usize::MAX).await.unwrap().is_empty());
+
+    // Sequence numbers are never reused after an ack.
+    let sent = store
+        .enqueue(message(alice, b1.account, 6, "x"))
+        .await
+        .unwrap();
+    assert!(sent.deliveries.contains(&(b1, 6)));
+}
+
+#[tokio::test]
+async fn purge_drops_expired_messages_and_their_send_records() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15550001", 1).await[0].addr;
+    let bob = account(&store, "+15550002", 2).await[0].addr;
+    let mut short = message(alice, bob.account, 1, "short");
+    short.expires_at = NOW + 1000;
+    store.enqueue(short.clone()).await.unwrap();
+    store
+        .enqueue(message(alice, bob.account, 2, "long"))
+        .await
+        .unwrap();
+
+    assert_eq!(store.purge_expired(NOW + 999).await.unwrap(), 0);
+    assert_eq!(
+        store.purge_expired(NOW + 1000).await.unwrap(),
+        2,
+        "one copy per device"
+    );
+    let left = store.fetch(bob, 0, 10, usize::MAX).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].payload, Bytes::from_static(b"long"));
+
+    // With its send record gone too, the old id is accepted again.
+    assert!(!store.enqueue(short).await.unwrap().duplicate);
+    assert!(
+        store
+            .enqueue(message(alice, bob.account, 2, "long"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_senders_get_gap_free_queues_in_few_commits() {
+    const TASKS: u128 = 50;
+    const PER_TASK: u128 = 40;
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let senders: Vec<DeviceAddr> = {
+        let mut v = Vec::new();
+        for i in 0..5 {
+            v.push(account(&store, &format!("+1555100{i}"), 1).await[0].addr);
+        }
+        v
+    };
+    let mut recipients = Vec::new();
+    for i in 0..4 {
+        recipients.push(account(&store, &format!("+1555200{i}"), 2).await);
+    }
+    let before = store.stats();
+
+    let tasks = (0..TASKS).map(|t| {
+        let store = store.clone();
+        let from = senders[(t % 5) as usize];
+        let to: Vec<AccountId> = recipients.iter().map(|r| r[0].addr.account).collect();
+        tokio::spawn(async move {
+            for i in 0..PER_TASK {
+                let id = t * 1000 + i;
+                let to = to[(id % 4) as usize];
+                let sent = store
+                    .enqueue(message(from, to, id, &id.to_string()))
+                    .await
+                    .unwrap();
+                assert!(!sent.duplicate);
+                assert_eq!(sent.deliveries.len(), 2);
+            }
+        })
+    });
+    for t in futures::future::join_all(tasks).await {
+        t.unwrap();
+    }
+
+    let stats = store.stats();
+    let commands = stats.commands - before.commands;
+    let batches = stats.batches - before.batches;
+    assert_eq!(commands, (TASKS * PER_TASK) as u64);
+    assert!(
+        batches < commands,
+        "group commit: {batches} batches for {commands} calls"
+    );
+
+    let mut all = HashSet::new();
+    for devices in &recipients {
+        let mut per_device = BTreeMap::new();
+        for d in devices {
+            let msgs = store.fetch(d.addr, 0, 10_000, usize::MAX).await.unwrap();
+            let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, (1..=msgs.len() as u64).collect::<Vec<_>>());
+            per_device.insert(
+                d.addr.device,
+                msgs.iter().map(|m| m.client_message_id).collect::<Vec<_>>(),
+            );
+            all.extend(msgs.iter().map(|m| (m.sender.account, m.client_message_id)));
+        }
+        // Every device of an account sees the same messages in the same order.
+        assert_eq!(per_device[&1], per_device[&2]);
+    }
+    assert_eq!(all.len(), (TASKS * PER_TASK) as usize);
+}
+
+#[tokio::test]
+async fn everything_is_there_after_reopening() {
+    let dir = TempDir::new().unwrap();
+    let (alice, bob);
+    {
+        let store = open(&dir).await;
+        alice = account(&store, "+15550001", 1).await[0].addr;
+        bob = account(&store, "+15550002", 2).await;
+        store
+            .set_username(alice.account, Some("alice"))
+            .await
+            .unwrap();
+        store
+            .issue_code("+15550003", [1; 32], NOW, NOW + HOUR)
+            .await
+            .unwrap();
+        store
+            .create_link_token(alice.account, [9; 32], NOW + HOUR)
+            .await
+            .unwrap();
+        for i in 1..=3u128 {
+            store
+                .enqueue(message(alice, bob[0].addr.account, i, "x"))
+                .await
+                .unwrap();
+        }
+        store.ack(bob[0].addr, 1).await.unwrap();
+        store.close().await;
+        let err = store.account_by_phone("+15550001").await.unwrap_err();
+        assert!(matches!(err, StoreError::Closed), "{err:?}");
+        let err = store
+            .enqueue(message(alice, bob[0].addr.account, 4, "x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Closed), "{err:?}");
+    }
+    let store = open(&dir).await;
+    assert_eq!(
+        store
+            .account_by_username("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        alice.account
+    );
+    assert_eq!(store.devices(bob[0].addr.account).await.unwrap(), bob);
+    assert!(store.latest_code("+15550003").await.unwrap().is_some());
+    assert_eq!(
+        store.redeem_link_token([9; 32], NOW).await.unwrap(),
+        Some(alice.account)
+    );
+    let seqs = |m: Vec<postern_store::StoredMessage>| m.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.fetch(bob[0].addr, 0, 10, usize::MAX).await.unwrap()),
+        [2, 3]
+    );
+    assert_eq!(
+        seqs(store.fetch(bob[1].addr, 0, 10, usize::MAX).await.unwrap()),
+        [1, 2, 3]
+    );
+    assert!(
+        store
+            .enqueue(message(alice, bob[0].addr.account, 3, "x"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    let next = store
+        .enqueue(message(alice, bob[0].addr.account, 4, "x"))
+        .await
+        .unwrap();
+    assert_eq!(next.deliveries, vec![(bob[0].addr, 4), (bob[1].addr, 4)]);
+}

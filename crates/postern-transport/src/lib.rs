@@ -1,0 +1,70 @@
+//! Postern's carriers and the thin async shell around the sans-IO session.
+//!
+//! This crate owns how bytes cross the network — only TCP ([`tcp`]) for now;
+//! TLS, WebSocket, QUIC and the cloak relay transport arrive later — and the
+//! tokio glue that runs a [`postern_proto::session`] over any carrier that is
+//! `AsyncRead + AsyncWrite`:
+//!
+//! - [`client_handshake`] runs the client's side and returns a [`Connection`]
+//!   and the server's hello;
+//! - [`server_accept`] reads the client's hello and returns a
+//!   [`PendingServer`], so the server can look the client's key up (in its
+//!   store, asynchronously) before it [accepts](PendingServer::accept) or
+//!   [refuses](PendingServer::refuse) the session;
+//! - a [`Connection`] [splits](Connection::split) into a [`ConnReader`] and a
+//!   [`ConnWriter`] for use from two tasks.
+//!
+//! It never parses payloads: envelopes go in and come out whole, and
+//! everything past the frame is the caller's business. Idle connections must
+//! stay cheap (the server budget is about 10 KiB each), so buffers are small
+//! while idle and grow only under load.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod connection;
+pub mod tcp;
+
+pub use connection::{
+    ConnReader, ConnWriter, Connection, PendingServer, client_handshake, server_accept,
+};
+
+use postern_proto::session::SessionError;
+
+/// What went wrong while carrying a session.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Reading from or writing to the carrier failed.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer did not complete a step (connecting, the handshake) in time.
+    #[error("timed out waiting for the peer")]
+    Timeout,
+    /// The session failed: the peer's bytes were invalid or not meant for us.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The peer closed the connection before the handshake finished.
+    #[error("the peer closed the connection during the handshake")]
+    Closed,
+    /// The peer closed the connection in the middle of a record or frame.
+    #[error("the peer closed the connection with {0} bytes of an unfinished record or frame")]
+    Truncated(usize),
+    /// A host name resolved to no address.
+    #[error("{0} resolves to no address")]
+    NoAddress(String),
+    /// Every address of a host refused or failed the connection.
+    #[error("could not connect to {addr}: {source}")]
+    Connect {
+        /// The address as given.
+        addr: String,
+        /// The last address's error.
+        source: std::io::Error,
+    },
+    /// Listening on an address failed.
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        /// The address as given.
+        addr: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,488 @@
+//! `postern bench`: measurements of a real server process over real
+//! loopback sockets.
+//!
+//! The server runs as a child process (`postern serve` with a generated
+//! config in a temporary directory), so its memory can be read from /proc
+//! and the load generator's work does not count as the server's. The load
+//! generator speaks the wire protocol directly (no client home), so what it
+//! measures is the server and its store, not client-side SQLite.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Seek};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use postern_proto::frame::envelope;
+use postern_proto::ids::DeviceAddr;
+use postern_proto::keys::{NoiseKeypair, sign_device_binding};
+use postern_proto::link::ServerLink;
+use postern_proto::pb::{self, envelope::Body, request::Kind as Req, response::Kind as Resp};
+use postern_transport::{ConnReader, ConnWriter};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, Semaphore};
+
+/// What to measure.
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Messages/s and send-to-receive latency, 1:1, through the durable store.
+    Delivery(DeliveryArgs),
+    /// Server memory per idle, authenticated, subscribed connection.
+    Idle(IdleArgs),
+}
+
+/// Options of `postern bench delivery`.
+#[derive(clap::Args)]
+pub struct DeliveryArgs {
+    /// Sender/receiver pairs (2 connections each).
+    #[arg(long, default_value_t = 50)]
+    pairs: usize,
+    /// Messages in all.
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Offered load in messages/s over all senders; 0 sends as fast as the
+    /// server accepts (throughput). Use about half the measured throughput
+    /// to read latency at moderate load.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Sends each sender keeps in flight.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// SQLite synchronous mode of the server: full or normal.
+    #[arg(long, default_value = "full")]
+    synchronous: String,
+}
+
+/// Options of `postern bench idle`.
+#[derive(clap::Args)]
+pub struct IdleArgs {
+    /// Idle connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    raise_fd_limit();
+    match cmd {
+        BenchCommand::Delivery(a) => delivery(a).await,
+        BenchCommand::Idle(a) => idle(a).await,
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit; many sockets.
+pub fn raise_fd_limit() {
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}
+
+/// A `postern serve` child process with a bench configuration.
+struct ServerProcess {
+    child: tokio::process::Child,
+    link: ServerLink,
+    outbox: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    async fn start(synchronous: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        let outbox = dir.path().join("outbox.jsonl");
+        let port = free_port()?;
+        let http = free_port()?;
+        let config = format!(
+            "data_dir = {data:?}\nlisten = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+             sqlite_synchronous = {synchronous:?}\n[sms]\noutbox = {outbox:?}\n[limits]\n\
+             max_connections = 1000000\ncode_interval = 0\ncodes_per_phone_per_hour = 1000000\n\
+             code_requests_per_ip_per_hour = 1000000\nverify_attempts_per_ip_per_hour = 1000000\n"
+        );
+        let config_path = dir.path().join("bench.toml");
+        std::fs::write(&config_path, config)?;
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("POSTERN_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the server process")?;
+        let link_path = data.join("server-link.txt");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let link = loop {
+            if let Ok(text) = std::fs::read_to_string(&link_path)
+                && let Ok(link) = text.trim().parse::<ServerLink>()
+                && TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+            {
+                break link;
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not start within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Ok(ServerProcess {
+            child,
+            link,
+            outbox,
+            _dir: dir,
+        })
+    }
+
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        let pid = self.child.id().context("the server exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .context("reading server memory needs Linux /proc")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc status")
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Reads codes from the outbox file incrementally (it grows by a line per
+/// registration; rereading it whole each time would be quadratic).
+struct Outbox {
+    path: PathBuf,
+    offset: u64,
+    codes: HashMap<String, String>,
+}
+
+impl Outbox {
+    fn code(&mut self, phone: &str) -> anyhow::Result<Option<String>> {
+        if let Some(c) = self.codes.remove(phone) {
+            return Ok(Some(c));
+        }
+        let mut f = std::io::BufReader::new(std::fs::File::open(&self.path)?);
+        f.seek(std::io::SeekFrom::Start(self.offset))?;
+        let mut line = String::new();
+        while f.read_line(&mut line)? > 0 {
+            if !line.ends_with('\n') {
+                break;
+            }
+            self.offset += line.len() as u64;
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            if let (Some(p), Some(c)) = (v["phone"].as_str(), v["code"].as_str()) {
+                self.codes.insert(p.to_owned(), c.to_owned());
+            }
+            line.clear();
+        }
+        Ok(self.codes.remove(phone))
+    }
+}
+
+type Reader = ConnReader<ReadHalf<TcpStream>>;
+type Writer = ConnWriter<WriteHalf<TcpStream>>;
+
+/// A bench device: its key and, once registered, its address.
+struct Device {
+    keys: NoiseKeypair,
+    addr: DeviceAddr,
+}
+
+async fn open(link: &ServerLink, keys: &NoiseKeypair) -> anyhow::Result<(Reader, Writer, pb::ServerHello)> {
+    let stream = postern_transport::tcp::connect(&link.tcp[0], Duration::from_secs(30)).await?;
+    let hello = pb::ClientHello {
+        version: postern_proto::PROTOCOL_VERSION,
+        software: "postern-bench".into(),
+    };
+    let (conn, server_hello) =
+        postern_transport::client_handshake(stream, keys, &link.noise_key, &hello, Duration::from_secs(30))
+            .await?;
+    let (r, w) = conn.split();
+    Ok((r, w, server_hello))
+}
+
+async fn call(r: &mut Reader, w: &mut Writer, req: Req) -> anyhow::Result<Resp> {
+    w.send(&envelope(1, Body::Request(pb::Request { kind: Some(req) })))
+        .await?;
+    loop {
+        let env = r.recv().await?.context("the server closed the connection")?;
+        if let Some(Body::Response(resp)) = env.body {
+            return match resp.kind {
+                Some(Resp::Error(e)) => bail!("server refused: {}", e.message),
+                Some(k) => Ok(k),
+                None => bail!("empty response"),
+            };
+        }
+    }
+}
+
+/// Registers `n` devices, `parallel` at a time, printing progress.
+async fn register_many(server: &ServerProcess, n: usize, parallel: usize) -> anyhow::Result<Vec<Device>> {
+    let outbox = Arc::new(Mutex::new(Outbox {
+        path: server.outbox.clone(),
+        offset: 0,
+        codes: HashMap::new(),
+    }));
+    let gate = Arc::new(Semaphore::new(parallel));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (link, outbox, gate, done) = (server.link.clone(), outbox.clone(), gate.clone(), done.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire().await?;
+            // +1 NXX 2XX XXXX: valid North American numbers, distinct per i.
+            let phone = format!("+1{}{:03}{:04}", [415, 650, 212, 305][i % 4], 200 + (i / 4) / 10_000, (i / 4) % 10_000);
+            let keys = NoiseKeypair::generate();
+            let (mut r, mut w, _) = open(&link, &keys).await?;
+            call(&mut r, &mut w, Req::RequestCode(pb::RequestCode { phone: phone.clone() })).await?;
+            let code = outbox.lock().await.code(&phone)?.context("no code in the outbox")?;
+            let identity = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+            let device = pb::DeviceKeys {
+                identity_key: identity.verifying_key().to_bytes().to_vec().into(),
+                binding_signature: sign_device_binding(&identity, &keys.public).to_vec().into(),
+                name: "bench".into(),
+            };
+            let resp = call(
+                &mut r,
+                &mut w,
+                Req::Register(pb::Register { phone, code, device: Some(device), username: String::new() }),
+            )
+            .await?;
+            let Resp::Registered(reg) = resp else { bail!("unexpected answer to register") };
+            let addr = DeviceAddr::try_from(reg.device.as_ref().context("no device")?)?;
+            let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if d % 1000 == 0 {
+                eprintln!("  registered {d}/{n}");
+            }
+            Ok::<_, anyhow::Error>((i, Device { keys, addr }))
+        });
+    }
+    let mut devices: Vec<Option<Device>> = (0..n).map(|_| None).collect();
+    while let Some(res) = tasks.join_next().await {
+        let (i, d) = res??;
+        devices[i] = Some(d);
+    }
+    Ok(devices.into_iter().flatten().collect())
+}
+
+async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
+    if a.pairs == 0 || a.messages == 0 || a.window == 0 {
+        bail!("--pairs, --messages and --window must be at least 1");
+    }
+    if a.size < 8 || a.size > postern_proto::MAX_PAYLOAD_LEN {
+        bail!("--size must be between 8 and {}", postern_proto::MAX_PAYLOAD_LEN);
+    }
+    eprintln!("Starting a server (SQLite, synchronous={})…", a.synchronous);
+    let server = ServerProcess::start(&a.synchronous).await?;
+    eprintln!("Registering {} devices…", a.pairs * 2);
+    let devices = register_many(&server, a.pairs * 2, 64).await?;
+    let per_sender = a.messages / a.pairs as u64;
+    let total = per_sender * a.pairs as u64;
+    let base = Instant::now();
+    let mut receivers = tokio::task::JoinSet::new();
+    let mut senders = Vec::new();
+    // Connect and subscribe every receiver before any sender starts.
+    for pair in devices.chunks(2) {
+        let [sender, receiver] = pair else { continue };
+        let (mut r, mut w, _) = open(&server.link, &receiver.keys).await?;
+        call(&mut r, &mut w, Req::Subscribe(pb::Subscribe { after_seq: 0 })).await?;
+        receivers.spawn(receive(r, w, per_sender, base));
+        senders.push((sender, receiver.addr));
+    }
+    eprintln!(
+        "Sending {total} messages of {} bytes from {} senders{}…",
+        a.size,
+        a.pairs,
+        if a.rate > 0 { format!(" at {} msg/s", a.rate) } else { String::new() }
+    );
+    let start = Instant::now();
+    let mut send_tasks = tokio::task::JoinSet::new();
+    for (sender, to) in senders {
+        let (r, w, _) = open(&server.link, &sender.keys).await?;
+        let rate = (a.rate > 0).then(|| a.rate as f64 / a.pairs as f64);
+        send_tasks.spawn(send(r, w, to, per_sender, a.size, a.window, rate, base));
+    }
+    while let Some(r) = send_tasks.join_next().await {
+        r??;
+    }
+    let accepted = start.elapsed();
+    let mut latencies = Vec::with_capacity(total as usize);
+    while let Some(r) = receivers.join_next().await {
+        latencies.extend(r??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let rss = server.rss_kib().unwrap_or(0);
+    let result = serde_json::json!({
+        "bench": "delivery",
+        "pairs": a.pairs,
+        "messages": total,
+        "size": a.size,
+        "offered_rate": a.rate,
+        "synchronous": a.synchronous,
+        "seconds": elapsed.as_secs_f64(),
+        "accepted_seconds": accepted.as_secs_f64(),
+        "messages_per_second": total as f64 / elapsed.as_secs_f64(),
+        "latency_ms_p50": pct(0.50) as f64 / 1000.0,
+        "latency_ms_p99": pct(0.99) as f64 / 1000.0,
+        "latency_ms_max": *latencies.last().unwrap_or(&0) as f64 / 1000.0,
+        "server_rss_mib": rss as f64 / 1024.0,
+    });
+    println!(
+        "delivered {total} messages in {:.2} s: {:.0} msg/s; latency p50 {:.1} ms, p99 {:.1} ms",
+        elapsed.as_secs_f64(),
+        result["messages_per_second"].as_f64().unwrap_or(0.0),
+        result["latency_ms_p50"].as_f64().unwrap_or(0.0),
+        result["latency_ms_p99"].as_f64().unwrap_or(0.0),
+    );
+    println!("{result}");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    mut r: Reader,
+    mut w: Writer,
+    to: DeviceAddr,
+    count: u64,
+    size: usize,
+    window: usize,
+    rate: Option<f64>,
+    base: Instant,
+) -> anyhow::Result<()> {
+    let permits = Arc::new(Semaphore::new(window));
+    let acks = {
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            let mut confirmed = 0;
+            while confirmed < count {
+                let env = r.recv().await?.context("the server closed the connection")?;
+                match env.body {
+                    Some(Body::Response(pb::Response { kind: Some(Resp::Sent(_)) })) => {
+                        confirmed += 1;
+                        permits.add_permits(1);
+                    }
+                    Some(Body::Response(pb::Response { kind: Some(Resp::Error(e)) })) => {
+                        bail!("send refused: {}", e.message)
+                    }
+                    _ => {}
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    let mut payload = vec![0x5a; size];
+    let mut sent = 0u64;
+    let mut batch = Vec::with_capacity(window);
+    while sent < count {
+        if let Some(rate) = rate {
+            let due = base + Duration::from_secs_f64(sent as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let first = permits.acquire().await?;
+        first.forget();
+        let mut n = 1;
+        while n < window && sent + (n as u64) < count && rate.is_none() {
+            match permits.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        batch.clear();
+        for _ in 0..n {
+            let stamp = base.elapsed().as_nanos() as u64;
+            payload[..8].copy_from_slice(&stamp.to_be_bytes());
+            let id: [u8; 16] = rand::random();
+            batch.push(envelope(
+                sent + 1,
+                Body::Request(pb::Request {
+                    kind: Some(Req::Send(pb::Send {
+                        client_message_id: id.to_vec().into(),
+                        to_account_id: to.account.0.to_vec().into(),
+                        payload: payload.clone().into(),
+                    })),
+                }),
+            ));
+            sent += 1;
+        }
+        w.send_batch(batch.iter()).await?;
+    }
+    acks.await??;
+    Ok(())
+}
+
+/// Receives `count` messages, acking each push; returns latencies in µs.
+async fn receive(mut r: Reader, mut w: Writer, count: u64, base: Instant) -> anyhow::Result<Vec<u32>> {
+    let mut latencies = Vec::with_capacity(count as usize);
+    while (latencies.len() as u64) < count {
+        let env = tokio::time::timeout(Duration::from_secs(60), r.recv())
+            .await
+            .context("no message for 60 s")??
+            .context("the server closed the connection")?;
+        if let Some(Body::Push(pb::Push { kind: Some(pb::push::Kind::Deliver(d)) })) = env.body {
+            let now = base.elapsed().as_nanos() as u64;
+            let mut last = 0;
+            for m in &d.messages {
+                let sent = m.payload.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                let micros = now.saturating_sub(sent.unwrap_or(now)) / 1000;
+                latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                last = m.seq;
+            }
+            w.send(&envelope(0, Body::Request(pb::Request { kind: Some(Req::Ack(pb::Ack { up_to_seq: last })) })))
+                .await?;
+        }
+    }
+    Ok(latencies)
+}
+
+async fn idle(a: IdleArgs) -> anyhow::Result<()> {
+    eprintln!("Starting a server…");
+    let server = ServerProcess::start("full").await?;
+    eprintln!("Registering {} devices…", a.connections);
+    let devices = register_many(&server, a.connections, 64).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = server.rss_kib()?;
+    eprintln!("Opening {} authenticated, subscribed connections…", a.connections);
+    let mut held = Vec::with_capacity(devices.len());
+    for (i, d) in devices.iter().enumerate() {
+        let (mut r, mut w, hello) = open(&server.link, &d.keys).await?;
+        if hello.device.is_none() {
+            bail!("device {} was not authenticated", d.addr);
+        }
+        call(&mut r, &mut w, Req::Subscribe(pb::Subscribe { after_seq: 0 })).await?;
+        held.push((r, w));
+        if (i + 1) % 1000 == 0 {
+            eprintln!("  {}/{}", i + 1, a.connections);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = server.rss_kib()?;
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / a.connections as f64;
+    let result = serde_json::json!({
+        "bench": "idle",
+        "connections": a.connections,
+        "server_rss_kib_before": before,
+        "server_rss_kib_after": after,
+        "bytes_per_connection": per,
+    });
+    println!(
+        "{} idle connections: server RSS {} KiB -> {} KiB, {:.0} bytes ({:.2} KiB) per connection",
+        a.connections,
+        before,
+        after,
+        per,
+        per / 1024.0
+    );
+    println!("{result}");
+    drop(held);
+    Ok(())
+}
+

@@ -1,0 +1,245 @@
+//! The member's commands: setup, request-code, register, send, recv,
+//! whoami, username. Each opens the home, connects, does one thing, and
+//! prints a result a script can use.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use postern_client::{Client, ClientError, ConnectionState, Event, ReceivedMessage, Recipient};
+use postern_proto::link::ServerLink;
+
+/// How often `send` retries (same message id) after a broken connection.
+const SEND_ATTEMPTS: u32 = 5;
+
+pub fn setup(home: &Path, link: &str) -> anyhow::Result<()> {
+    let text = if link.trim_start().starts_with("postern://") {
+        link.to_owned()
+    } else {
+        std::fs::read_to_string(link)
+            .with_context(|| format!("{link:?} is neither a postern:// link nor a readable file"))?
+    };
+    let link: ServerLink = text.trim().parse().context("this is not a valid server link")?;
+    Client::setup(home, &link)?;
+    println!("Home {} is set up for {}.", home.display(), link.tcp.join(", "));
+    println!("Next: postern --home {} register PHONE", home.display());
+    Ok(())
+}
+
+async fn connect(home: &Path) -> anyhow::Result<(Client, postern_client::Connection)> {
+    let client = Client::open(home)?;
+    let conn = client
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the server at {}", client.link().tcp.join(", ")))?;
+    Ok((client, conn))
+}
+
+pub async fn request_code(home: &Path, phone: &str) -> anyhow::Result<()> {
+    let (_, conn) = connect(home).await?;
+    let sent = conn.request_code(phone).await?;
+    println!(
+        "A code was sent to {}; it is valid for {} minutes.",
+        sent.phone,
+        sent.expires_in_ms / 60_000
+    );
+    Ok(())
+}
+
+pub async fn register(
+    home: &Path,
+    phone: &str,
+    code: Option<String>,
+    username: Option<&str>,
+    device_name: &str,
+) -> anyhow::Result<()> {
+    let (client, mut conn) = connect(home).await?;
+    if client.device().is_some() || conn.device().is_some() {
+        bail!("this home is already registered; use another --home for another account");
+    }
+    let code = match code {
+        Some(c) => c,
+        None => {
+            let sent = conn.request_code(phone).await?;
+            eprint!("Enter the code sent to {}: ", sent.phone);
+            std::io::stderr().flush().ok();
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the code from standard input")?;
+            line.trim().to_owned()
+        }
+    };
+    let addr = conn.register(phone, &code, username, device_name).await?;
+    println!("Registered: account {} device {}.", addr.account, addr.device);
+    Ok(())
+}
+
+pub async fn send(home: &Path, to: &str, text: &str) -> anyhow::Result<()> {
+    let to: Recipient = to.parse().expect("infallible");
+    let client = Client::open(home)?;
+    if client.device().is_none() {
+        return Err(ClientError::NotRegistered.into());
+    }
+    let mut queued: Option<[u8; 16]> = None;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = async {
+            let conn = client.connect().await?;
+            let id = match queued {
+                Some(id) => id,
+                None => {
+                    let p = conn.queue_text(&to, text).await?;
+                    queued = Some(p.client_message_id);
+                    p.client_message_id
+                }
+            };
+            // Sends, in order, whatever earlier runs left and this message;
+            // a message that reached the server before a broken connection
+            // is sent again with the same id and stored once.
+            let done = conn.flush_outbox().await?;
+            Ok::<_, ClientError>(done.into_iter().find(|(p, _)| p.client_message_id == id))
+        }
+        .await;
+        match result {
+            Ok(Some((_, sent))) => {
+                let note = if sent.duplicate { " (it had arrived before)" } else { "" };
+                println!("Sent; the server stored it at {} ms{note}.", sent.received_at_ms);
+                return Ok(());
+            }
+            Ok(None) => bail!("the message left the outbox without a confirmation; check with recv on the other side"),
+            Err(e) if e.is_transient() && attempt < SEND_ATTEMPTS => {
+                eprintln!("{e}; retrying…");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+pub async fn recv(home: &Path, wait: Option<f64>, json: bool) -> anyhow::Result<()> {
+    let client = Client::open(home)?;
+    if client.device().is_none() {
+        return Err(ClientError::NotRegistered.into());
+    }
+    match wait {
+        Some(secs) => {
+            if !(secs.is_finite() && secs >= 0.0) {
+                bail!("--wait takes a number of seconds, like 5 or 0.5");
+            }
+            let (_, mut conn) = connect(home).await?;
+            conn.flush_outbox().await?;
+            conn.subscribe().await?;
+            let idle = Duration::from_secs_f64(secs);
+            while let Ok(next) = tokio::time::timeout(idle, conn.recv()).await {
+                match next? {
+                    Some(m) => print_message(&m, json)?,
+                    None => bail!("the server closed the connection"),
+                }
+            }
+            Ok(())
+        }
+        None => {
+            let mut listener = client.listen();
+            let interactive = std::io::stderr().is_terminal();
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    event = listener.next() => match event? {
+                        Event::Message(m) => print_message(&m, json)?,
+                        Event::State(s) => {
+                            if interactive || !matches!(s, ConnectionState::Connecting) {
+                                eprintln!("[{}]", describe(&s));
+                            }
+                        }
+                    },
+                }
+            }
+        }
+    }
+}
+
+fn describe(s: &ConnectionState) -> String {
+    match s {
+        ConnectionState::Connecting => "connecting".into(),
+        ConnectionState::Ready => "ready".into(),
+        ConnectionState::Disconnected { reason, retry_in } => {
+            format!("disconnected: {reason}; retrying in {:.1} s", retry_in.as_secs_f64())
+        }
+    }
+}
+
+fn print_message(m: &ReceivedMessage, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let line = serde_json::json!({
+            "from": m.from,
+            "from_account": m.sender.account.to_string(),
+            "from_device": m.sender.device,
+            "text": m.text,
+            "sent_at": m.sent_at,
+            "received_at": m.received_at,
+            "seq": m.seq,
+        });
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(out, "{} {}: {}", format_time(m.sent_at), m.from, m.text)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `HH:MM:SS` UTC; enough to read a conversation without a date library.
+fn format_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+pub async fn whoami(home: &Path, json: bool) -> anyhow::Result<()> {
+    let (_, conn) = connect(home).await?;
+    if conn.device().is_none() {
+        return Err(ClientError::NotRegistered.into());
+    }
+    let me = conn.whoami().await?;
+    if json {
+        let devices: Vec<_> = me
+            .devices
+            .iter()
+            .map(|d| serde_json::json!({"device_id": d.device_id, "name": d.name, "created_at": d.created_at_ms}))
+            .collect();
+        let v = serde_json::json!({
+            "account": me.account.to_string(),
+            "device_id": me.device_id,
+            "phone": me.phone,
+            "username": me.username,
+            "devices": devices,
+        });
+        println!("{v}");
+    } else {
+        println!("account:  {}", me.account);
+        println!("phone:    {}", me.phone);
+        println!(
+            "username: {}",
+            me.username.as_deref().map(|u| format!("@{u}")).unwrap_or_else(|| "(none)".into())
+        );
+        println!("device:   {} of {}", me.device_id, me.devices.len());
+    }
+    Ok(())
+}
+
+pub async fn set_username(home: &Path, name: &str) -> anyhow::Result<()> {
+    let (_, conn) = connect(home).await?;
+    if conn.device().is_none() {
+        return Err(ClientError::NotRegistered.into());
+    }
+    conn.set_username(name).await?;
+    if name.is_empty() {
+        println!("Username cleared.");
+    } else {
+        println!("Username set to @{}.", name.trim_start_matches('@').to_ascii_lowercase());
+    }
+    Ok(())
+}

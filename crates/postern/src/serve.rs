@@ -1,0 +1,134 @@
+//! `postern serve`: configuration layering (defaults < TOML file <
+//! environment < flags) and the start-up banner.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use postern_server::config::SmsGatewayKind;
+use postern_server::{Server, ServerConfig};
+
+/// Flags of `postern serve`. Each can also be set by the environment
+/// variable shown, and in the TOML file given with --config.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see README "Configuration").
+    #[arg(long, env = "POSTERN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the database, the server key and the server link live.
+    /// Default: $XDG_DATA_HOME/postern.
+    #[arg(long, env = "POSTERN_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Client listen address (TCP). Default: 127.0.0.1:7447.
+    #[arg(long, env = "POSTERN_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// HOST:PORT clients are told to connect to (in the server link).
+    /// Default: the listen address.
+    #[arg(long, env = "POSTERN_PUBLIC_ADDR", value_name = "HOST:PORT")]
+    public_addr: Option<String>,
+    /// HTTP API listen address. Default: 127.0.0.1:7448.
+    #[arg(long, env = "POSTERN_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
+    /// Append registration codes to FILE instead of sending SMS (the
+    /// default gateway). Default: DATA_DIR/sms-outbox.jsonl.
+    #[arg(long, env = "POSTERN_SMS_OUTBOX", value_name = "FILE")]
+    sms_outbox: Option<PathBuf>,
+    /// POST registration codes as JSON to URL (a real SMS provider).
+    #[arg(long, env = "POSTERN_SMS_WEBHOOK", value_name = "URL", conflicts_with = "sms_outbox")]
+    sms_webhook: Option<String>,
+}
+
+impl ServeArgs {
+    /// The configuration these arguments describe.
+    pub fn config(self) -> anyhow::Result<ServerConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("{} is not a valid config file", path.display()))?
+            }
+            None => ServerConfig::default(),
+        };
+        if let Some(d) = self.data_dir {
+            cfg.data_dir = d;
+        }
+        if let Some(a) = self.listen {
+            cfg.listen = a;
+        }
+        if let Some(a) = self.public_addr {
+            cfg.public_addr = Some(a);
+        }
+        if let Some(a) = self.http_listen {
+            cfg.http_listen = a;
+        }
+        if let Some(f) = self.sms_outbox {
+            cfg.sms.gateway = SmsGatewayKind::Outbox;
+            cfg.sms.outbox = Some(f);
+        }
+        if let Some(url) = self.sms_webhook {
+            cfg.sms.gateway = SmsGatewayKind::Webhook;
+            cfg.sms.webhook_url = Some(url);
+        }
+        Ok(cfg)
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    let sms = match cfg.sms.gateway {
+        SmsGatewayKind::Outbox => format!(
+            "appended to {}",
+            cfg.sms
+                .outbox
+                .clone()
+                .unwrap_or_else(|| cfg.data_dir.join("sms-outbox.jsonl"))
+                .display()
+        ),
+        SmsGatewayKind::Webhook => "posted to the configured webhook".to_owned(),
+    };
+    let data_dir = cfg.data_dir.clone();
+    let server = Server::start(cfg).await?;
+    let link = server.link.to_string();
+    println!("Postern server {} is running.", env!("CARGO_PKG_VERSION"));
+    println!("  data dir:   {}", data_dir.display());
+    println!("  clients:    {} (TCP, Noise IK)", server.client_addr);
+    println!("  HTTP API:   http://{}/health", server.http_addr);
+    println!("  SMS codes:  {sms}");
+    println!();
+    println!("Server link (also in {}):", data_dir.join("server-link.txt").display());
+    println!("  {link}");
+    println!();
+    println!("Connect a member:");
+    println!("  postern --home alice setup '{link}'");
+    println!("  postern --home alice register +15551234567");
+    println!();
+    println!("Note: message payloads are not yet end-to-end encrypted (MLS is next).");
+    println!("Stop with Ctrl-C.");
+    shutdown_signal().await;
+    println!("Shutting down…");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
