@@ -100,6 +100,9 @@ pub struct Limits {
     pub max_inflight_requests: usize,
     /// Messages pushed to a device and not yet acked, per connection.
     pub delivery_window: u64,
+    /// How long a registration code stays valid.
+    #[serde(with = "humantime_secs")]
+    pub code_ttl: Duration,
     /// Codes sent to one phone number: at most one per this many seconds...
     #[serde(with = "humantime_secs")]
     pub code_interval: Duration,
@@ -123,6 +126,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(180),
             max_inflight_requests: 256,
             delivery_window: 2_048,
+            code_ttl: Duration::from_secs(300),
             code_interval: Duration::from_secs(30),
             codes_per_phone_per_hour: 5,
             code_requests_per_ip_per_hour: 20,

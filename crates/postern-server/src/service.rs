@@ -25,8 +25,6 @@ use crate::ratelimit::RateLimiter;
 use crate::sms::SmsGateway;
 use crate::{phone, username};
 
-/// How long a registration code stays valid.
-pub const CODE_TTL: Duration = Duration::from_secs(5 * 60);
 /// How long a device-link token stays valid.
 pub const LINK_TOKEN_TTL: Duration = Duration::from_secs(10 * 60);
 
@@ -230,7 +228,7 @@ impl Service {
         }
         let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
         self.store
-            .issue_code(&phone, code_hash(&phone, &code), now, now + ms(CODE_TTL))
+            .issue_code(&phone, code_hash(&phone, &code), now, now + ms(self.limits.code_ttl))
             .await?;
         if let Err(e) = self.sms.send_code(&phone, &code, now).await {
             tracing::error!(error = %e, "SMS gateway failed");
@@ -241,22 +239,19 @@ impl Service {
         }
         Ok(Resp::CodeSent(pb::CodeSent {
             phone,
-            expires_in_ms: u64::try_from(ms(CODE_TTL)).unwrap_or(0),
+            expires_in_ms: u64::try_from(ms(self.limits.code_ttl)).unwrap_or(0),
         }))
     }
 
-    /// Checks `code` for `phone` and consumes it.
-    async fn verify_code(&self, phone: &str, code: &str) -> Handled<()> {
-        let now = now_ms();
+    /// Checks `code` for `phone` without using it up; returns the code's
+    /// id for [`Service::consume`]. A wrong guess counts against the code.
+    async fn check_code(&self, phone: &str, code: &str) -> Handled<i64> {
         let invalid = || refuse(ErrorCode::CodeInvalid, "wrong code");
         let stored = self.store.latest_code(phone).await?.ok_or_else(invalid)?;
         if stored.used_at.is_some() {
-            return Err(refuse(
-                ErrorCode::CodeUsed,
-                "this code was already used; request a new one",
-            ));
+            return Err(code_used());
         }
-        if stored.expires_at <= now {
+        if stored.expires_at <= now_ms() {
             return Err(refuse(
                 ErrorCode::CodeExpired,
                 "this code has expired; request a new one",
@@ -273,13 +268,16 @@ impl Service {
             self.store.record_failed_attempt(stored.id).await?;
             return Err(invalid());
         }
-        if !self.store.consume_code(stored.id, now).await? {
-            return Err(refuse(
-                ErrorCode::CodeUsed,
-                "this code was already used; request a new one",
-            ));
+        Ok(stored.id)
+    }
+
+    /// Uses up a checked code; fails if a concurrent request used it first.
+    async fn consume(&self, code_id: i64) -> Handled<()> {
+        if self.store.consume_code(code_id, now_ms()).await? {
+            Ok(())
+        } else {
+            Err(code_used())
         }
-        Ok(())
     }
 
     fn new_device(s: &SessionInfo, keys: Option<pb::DeviceKeys>) -> Handled<NewDevice> {
@@ -326,6 +324,7 @@ impl Service {
         self.verify_attempts_by_ip
             .check(&s.peer_ip, Instant::now())
             .map_err(|w| rate_limited("attempts from your network", w))?;
+        let code_id = self.check_code(&phone, &r.code).await?;
         if self.store.account_by_phone(&phone).await?.is_some() {
             return Err(StoreError::PhoneTaken.into());
         }
@@ -334,7 +333,7 @@ impl Service {
         {
             return Err(StoreError::UsernameTaken.into());
         }
-        self.verify_code(&phone, &r.code).await?;
+        self.consume(code_id).await?;
         let (account, device) = self
             .store
             .create_account(&phone, username.as_deref(), device, now_ms())
@@ -502,6 +501,13 @@ impl Service {
             duplicate: enqueued.duplicate,
         }))
     }
+}
+
+fn code_used() -> Refusal {
+    refuse(
+        ErrorCode::CodeUsed,
+        "this code was already used; request a new one",
+    )
 }
 
 fn authed(s: &SessionInfo) -> Handled<DeviceAddr> {

@@ -99,7 +99,7 @@ impl SmsGateway for WebhookGateway {
         let body = serde_json::json!({
             "phone": phone,
             "code": code,
-            "text": format!("Your Postern code is {code}. It expires in 5 minutes."),
+            "text": format!("Your Postern code is {code}. Do not share it with anyone."),
         });
         let resp = self
             .client

@@ -26,6 +26,8 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
 
+mod mqtt;
+
 /// What to measure.
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
@@ -33,6 +35,8 @@ pub enum BenchCommand {
     Delivery(DeliveryArgs),
     /// Server memory per idle, authenticated, subscribed connection.
     Idle(IdleArgs),
+    /// The `delivery` traffic through an MQTT broker (QoS 1), for comparison.
+    Mqtt(mqtt::MqttArgs),
 }
 
 /// Options of `postern bench delivery`.
@@ -73,6 +77,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Delivery(a) => delivery(a).await,
         BenchCommand::Idle(a) => idle(a).await,
+        BenchCommand::Mqtt(a) => mqtt::run(a).await,
     }
 }
 
