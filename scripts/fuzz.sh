@@ -56,4 +56,4 @@ if [ "${#failed[@]}" -gt 0 ]; then
     echo "FAILED: ${failed[*]} (see fuzz/artifacts/)" >&2
     exit 1
 fi
-echo "all fuzz targets ran ${seconds}s without a crash: $targets" >&2
+echo "all fuzz targets ran ${seconds}s without a crash:" $targets >&2
