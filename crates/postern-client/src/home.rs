@@ -86,14 +86,16 @@ impl Home {
             return Err(ClientError::NotSetUp(dir.to_owned()));
         }
         if create {
-            std::fs::create_dir_all(dir).map_err(|e| ClientError::Home(dir.to_owned(), e.to_string()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ClientError::Home(dir.to_owned(), e.to_string()))?;
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
                 let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
             }
         }
-        let db = Connection::open(&path).map_err(|e| ClientError::Home(path.clone(), e.to_string()))?;
+        let db =
+            Connection::open(&path).map_err(|e| ClientError::Home(path.clone(), e.to_string()))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -115,7 +117,9 @@ impl Home {
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
         Ok(self
             .db
-            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
@@ -197,7 +201,8 @@ impl Home {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for m in batch {
-                let seq = i64::try_from(m.seq).map_err(|_| ClientError::Protocol("seq out of range"))?;
+                let seq =
+                    i64::try_from(m.seq).map_err(|_| ClientError::Protocol("seq out of range"))?;
                 let n = insert.execute(params![
                     seq,
                     &m.sender.account.0[..],
@@ -247,7 +252,11 @@ impl Home {
             "SELECT client_message_id, to_account, payload FROM outbox ORDER BY created_at, rowid",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?))
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {

@@ -26,12 +26,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use postern_proto::PROTOCOL_VERSION;
 use postern_proto::frame::envelope;
 use postern_proto::ids::{AccountId, DeviceAddr};
 use postern_proto::keys::{NoiseKeypair, sign_device_binding};
 use postern_proto::link::ServerLink;
-use postern_proto::pb::{self, ErrorCode, envelope::Body, request::Kind as Req, response::Kind as Resp};
-use postern_proto::PROTOCOL_VERSION;
+use postern_proto::pb::{
+    self, ErrorCode, envelope::Body, request::Kind as Req, response::Kind as Resp,
+};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
@@ -204,18 +206,29 @@ impl Client {
     /// Opens the home in `dir`.
     pub fn open(dir: &Path) -> Result<Client, ClientError> {
         let home = Home::open(dir, false)?;
-        let corrupt = |what: &str| ClientError::Home(dir.to_owned(), format!("{what} is missing or damaged"));
+        let corrupt =
+            |what: &str| ClientError::Home(dir.to_owned(), format!("{what} is missing or damaged"));
         let link: ServerLink = home
             .get_text("server_link")?
             .ok_or_else(|| corrupt("the server link"))?
             .parse()?;
-        let noise_secret = Zeroizing::new(home.get("noise_secret")?.ok_or_else(|| corrupt("the device key"))?);
-        let noise = NoiseKeypair::from_secret(
-            noise_secret[..].try_into().map_err(|_| corrupt("the device key"))?,
+        let noise_secret = Zeroizing::new(
+            home.get("noise_secret")?
+                .ok_or_else(|| corrupt("the device key"))?,
         );
-        let identity_secret = Zeroizing::new(home.get("identity_secret")?.ok_or_else(|| corrupt("the identity key"))?);
+        let noise = NoiseKeypair::from_secret(
+            noise_secret[..]
+                .try_into()
+                .map_err(|_| corrupt("the device key"))?,
+        );
+        let identity_secret = Zeroizing::new(
+            home.get("identity_secret")?
+                .ok_or_else(|| corrupt("the identity key"))?,
+        );
         let identity = SigningKey::from_bytes(
-            identity_secret[..].try_into().map_err(|_| corrupt("the identity key"))?,
+            identity_secret[..]
+                .try_into()
+                .map_err(|_| corrupt("the identity key"))?,
         );
         let device = match (home.get("account_id")?, home.get_text("device_id")?) {
             (Some(a), Some(d)) => Some(DeviceAddr {
@@ -289,7 +302,9 @@ impl Client {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.map(ClientError::Transport).unwrap_or(ClientError::Disconnected))
+        Err(last
+            .map(ClientError::Transport)
+            .unwrap_or(ClientError::Disconnected))
     }
 
     /// A stream of received messages and connection-state events that
@@ -300,7 +315,13 @@ impl Client {
 
     fn device_keys(&self, name: &str) -> pb::DeviceKeys {
         pb::DeviceKeys {
-            identity_key: self.inner.identity.verifying_key().to_bytes().to_vec().into(),
+            identity_key: self
+                .inner
+                .identity
+                .verifying_key()
+                .to_bytes()
+                .to_vec()
+                .into(),
             binding_signature: sign_device_binding(&self.inner.identity, &self.inner.noise.public)
                 .to_vec()
                 .into(),
@@ -313,7 +334,9 @@ impl Client {
             .device
             .as_ref()
             .and_then(|d| DeviceAddr::try_from(d).ok())
-            .ok_or(ClientError::Protocol("registration answer without a device"))?;
+            .ok_or(ClientError::Protocol(
+                "registration answer without a device",
+            ))?;
         self.with_home(|h| -> Result<(), ClientError> {
             h.set("account_id", &addr.account.0)?;
             h.set("device_id", addr.device.to_string().as_bytes())?;
@@ -362,7 +385,11 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn start<S>(client: Client, conn: postern_transport::Connection<S>, device: Option<DeviceAddr>) -> Self
+    fn start<S>(
+        client: Client,
+        conn: postern_transport::Connection<S>,
+        device: Option<DeviceAddr>,
+    ) -> Self
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -401,7 +428,12 @@ impl Connection {
 
     /// Asks the server to text a registration code to `phone`.
     pub async fn request_code(&self, phone: &str) -> Result<pb::CodeSent, ClientError> {
-        match self.call(Req::RequestCode(pb::RequestCode { phone: phone.into() })).await? {
+        match self
+            .call(Req::RequestCode(pb::RequestCode {
+                phone: phone.into(),
+            }))
+            .await?
+        {
             Resp::CodeSent(c) => Ok(c),
             _ => Err(ClientError::Protocol("unexpected answer to a code request")),
         }
@@ -434,14 +466,23 @@ impl Connection {
     /// From a registered device: a one-time token another device redeems
     /// with [`Connection::link_device`] to join this account.
     pub async fn create_link_token(&self) -> Result<Vec<u8>, ClientError> {
-        match self.call(Req::CreateLinkToken(pb::CreateLinkToken {})).await? {
+        match self
+            .call(Req::CreateLinkToken(pb::CreateLinkToken {}))
+            .await?
+        {
             Resp::LinkToken(t) => Ok(t.token.to_vec()),
-            _ => Err(ClientError::Protocol("unexpected answer to a link-token request")),
+            _ => Err(ClientError::Protocol(
+                "unexpected answer to a link-token request",
+            )),
         }
     }
 
     /// From a new device: joins the account that created `token`.
-    pub async fn link_device(&mut self, token: &[u8], device_name: &str) -> Result<DeviceAddr, ClientError> {
+    pub async fn link_device(
+        &mut self,
+        token: &[u8],
+        device_name: &str,
+    ) -> Result<DeviceAddr, ClientError> {
         let req = Req::LinkDevice(pb::LinkDevice {
             token: token.to_vec().into(),
             device: Some(self.client.device_keys(device_name)),
@@ -458,10 +499,13 @@ impl Connection {
 
     /// Sets (or with an empty name clears) this account's username.
     pub async fn set_username(&self, name: &str) -> Result<(), ClientError> {
-        self.call(Req::SetUsername(pb::SetUsername { username: name.into() }))
-            .await?;
+        self.call(Req::SetUsername(pb::SetUsername {
+            username: name.into(),
+        }))
+        .await?;
         let name = name.trim().trim_start_matches('@').to_ascii_lowercase();
-        self.client.with_home(|h| h.set("username", name.as_bytes()))
+        self.client
+            .with_home(|h| h.set("username", name.as_bytes()))
     }
 
     /// Who this device is.
@@ -484,7 +528,10 @@ impl Connection {
         use pb::resolve::Who;
         let (known, who) = match to {
             Recipient::Account(id) => return Ok(*id),
-            Recipient::Phone(p) => (self.client.with_home(|h| h.contact_by_phone(p))?, Who::Phone(p.clone())),
+            Recipient::Phone(p) => (
+                self.client.with_home(|h| h.contact_by_phone(p))?,
+                Who::Phone(p.clone()),
+            ),
             Recipient::Username(u) => (
                 self.client.with_home(|h| h.contact_by_username(u))?,
                 Who::Username(u.clone()),
@@ -493,15 +540,20 @@ impl Connection {
         if let Some(id) = known {
             return Ok(id);
         }
-        match self.call(Req::Resolve(pb::Resolve { who: Some(who) })).await? {
+        match self
+            .call(Req::Resolve(pb::Resolve { who: Some(who) }))
+            .await?
+        {
             Resp::Resolved(r) => {
-                let id = AccountId::from_slice(&r.account_id).ok_or(ClientError::Protocol("bad account id"))?;
+                let id = AccountId::from_slice(&r.account_id)
+                    .ok_or(ClientError::Protocol("bad account id"))?;
                 let phone = match to {
                     Recipient::Phone(p) => Some(p.as_str()),
                     _ => None,
                 };
                 let username = (!r.username.is_empty()).then_some(r.username.as_str());
-                self.client.with_home(|h| h.remember_contact(id, phone, username))?;
+                self.client
+                    .with_home(|h| h.remember_contact(id, phone, username))?;
                 Ok(id)
             }
             _ => Err(ClientError::Protocol("unexpected answer to resolve")),
@@ -530,7 +582,8 @@ impl Connection {
             to,
             payload,
         };
-        self.client.with_home(|h| h.outbox_add(&pending, now_ms()))?;
+        self.client
+            .with_home(|h| h.outbox_add(&pending, now_ms()))?;
         Ok(pending)
     }
 
@@ -543,7 +596,8 @@ impl Connection {
         });
         match self.call(req).await? {
             Resp::Sent(s) => {
-                self.client.with_home(|h| h.outbox_remove(&p.client_message_id))?;
+                self.client
+                    .with_home(|h| h.outbox_remove(&p.client_message_id))?;
                 Ok(s)
             }
             _ => Err(ClientError::Protocol("unexpected answer to send")),
@@ -568,7 +622,8 @@ impl Connection {
             return Err(ClientError::NotRegistered);
         }
         let after_seq = self.client.with_home(|h| h.last_seq())?;
-        self.call(Req::Subscribe(pb::Subscribe { after_seq })).await?;
+        self.call(Req::Subscribe(pb::Subscribe { after_seq }))
+            .await?;
         Ok(())
     }
 
@@ -598,7 +653,10 @@ impl Connection {
             };
             let (text, sent_at) = match content::Content::decode(m.payload) {
                 Ok(c) => (c.text, c.sent_at_ms),
-                Err(_) => ("[a message this version cannot read]".to_owned(), m.received_at_ms),
+                Err(_) => (
+                    "[a message this version cannot read]".to_owned(),
+                    m.received_at_ms,
+                ),
             };
             decoded.push(StoredMessage {
                 seq: m.seq,
@@ -614,9 +672,8 @@ impl Connection {
         let mut names: HashMap<AccountId, String> = HashMap::new();
         for m in fresh {
             let account = m.sender.account;
-            if !names.contains_key(&account) {
-                let name = self.sender_name(account).await;
-                names.insert(account, name);
+            if let std::collections::hash_map::Entry::Vacant(slot) = names.entry(account) {
+                slot.insert(self.sender_name(account).await);
             }
             self.ready.push_back(ReceivedMessage {
                 seq: m.seq,
@@ -640,7 +697,9 @@ impl Connection {
         if let Ok(Resp::Resolved(r)) = self.call(req).await
             && !r.username.is_empty()
         {
-            let _ = self.client.with_home(|h| h.remember_contact(account, None, Some(&r.username)));
+            let _ = self
+                .client
+                .with_home(|h| h.remember_contact(account, None, Some(&r.username)));
             return format!("@{}", r.username);
         }
         account.to_string()

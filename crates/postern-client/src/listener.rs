@@ -86,7 +86,10 @@ impl Listener {
                 Ok(Err(e)) if e.is_transient() => return Ok(self.disconnected(e)),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
-                    if let Err(e) = conn.call(postern_proto::pb::request::Kind::Ping(Default::default())).await {
+                    if let Err(e) = conn
+                        .call(postern_proto::pb::request::Kind::Ping(Default::default()))
+                        .await
+                    {
                         return Ok(self.disconnected(e));
                     }
                 }

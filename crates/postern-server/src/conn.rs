@@ -54,7 +54,10 @@ pub(crate) async fn serve<S>(
             }
         };
     if hello.client.version != PROTOCOL_VERSION {
-        tracing::debug!(version = hello.client.version, "refused unsupported version");
+        tracing::debug!(
+            version = hello.client.version,
+            "refused unsupported version"
+        );
         let refusal = pb::ServerHello {
             version: PROTOCOL_VERSION,
             error: Some(pb::Error {
@@ -222,10 +225,7 @@ impl Connection {
         }
     }
 
-    fn dispatch(
-        &mut self,
-        env: pb::Envelope,
-    ) -> Dispatch<impl Future<Output = Reply> + use<>> {
+    fn dispatch(&mut self, env: pb::Envelope) -> Dispatch<impl Future<Output = Reply> + use<>> {
         let id = env.id;
         let request = match env.body {
             Some(Body::Request(r)) => r,

@@ -96,9 +96,10 @@ impl Server {
                     .unwrap_or_else(|| cfg.data_dir.join("sms-outbox.jsonl")),
             )),
             SmsGatewayKind::Webhook => {
-                let url = cfg.sms.webhook_url.clone().context(
-                    "the webhook SMS gateway needs sms.webhook_url in the config file",
-                )?;
+                let url =
+                    cfg.sms.webhook_url.clone().context(
+                        "the webhook SMS gateway needs sms.webhook_url in the config file",
+                    )?;
                 Arc::new(sms::WebhookGateway::new(url)?)
             }
         };
@@ -212,7 +213,10 @@ async fn accept_loop(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(max_connections, "connection limit reached; closing new connection");
+            tracing::warn!(
+                max_connections,
+                "connection limit reached; closing new connection"
+            );
             continue;
         };
         let _ = stream.set_nodelay(true);

@@ -24,8 +24,8 @@ pub fn normalize(input: &str) -> Result<String, PhoneError> {
     if !trimmed.starts_with('+') {
         return Err(PhoneError::NotInternational);
     }
-    let number = phonenumber::parse(None, trimmed)
-        .map_err(|_| PhoneError::Invalid(trimmed.to_owned()))?;
+    let number =
+        phonenumber::parse(None, trimmed).map_err(|_| PhoneError::Invalid(trimmed.to_owned()))?;
     if !phonenumber::is_valid(&number) {
         return Err(PhoneError::Invalid(trimmed.to_owned()));
     }
@@ -48,6 +48,9 @@ mod tests {
         assert_eq!(normalize("4155552671"), Err(PhoneError::NotInternational));
         assert!(matches!(normalize("+1 555"), Err(PhoneError::Invalid(_))));
         assert!(matches!(normalize("+abc"), Err(PhoneError::Invalid(_))));
-        assert!(matches!(normalize(&"+1".repeat(100)), Err(PhoneError::Invalid(_))));
+        assert!(matches!(
+            normalize(&"+1".repeat(100)),
+            Err(PhoneError::Invalid(_))
+        ));
     }
 }

@@ -43,8 +43,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             tokens: self.capacity,
             at: now,
         });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.per_sec)
-            .min(self.capacity);
+        b.tokens =
+            (b.tokens + now.duration_since(b.at).as_secs_f64() * self.per_sec).min(self.capacity);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
@@ -69,7 +69,8 @@ mod tests {
         let wait = rl.check(&"a", t0).unwrap_err();
         assert!(wait <= Duration::from_secs(1) && wait > Duration::from_millis(900));
         rl.check(&"b", t0).expect("other keys are independent");
-        rl.check(&"a", t0 + Duration::from_secs(1)).expect("refilled");
+        rl.check(&"a", t0 + Duration::from_secs(1))
+            .expect("refilled");
         assert!(rl.check(&"a", t0 + Duration::from_secs(1)).is_err());
     }
 }

@@ -211,7 +211,12 @@ impl Service {
             .map_err(|w| rate_limited("code requests from your network", w))?;
         let now = now_ms();
         let interval = ms(self.limits.code_interval);
-        if self.store.codes_issued_since(&phone, now - interval).await? > 0 {
+        if self
+            .store
+            .codes_issued_since(&phone, now - interval)
+            .await?
+            > 0
+        {
             return Err(rate_limited(
                 "codes for this number",
                 self.limits.code_interval,
@@ -228,7 +233,12 @@ impl Service {
         }
         let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
         self.store
-            .issue_code(&phone, code_hash(&phone, &code), now, now + ms(self.limits.code_ttl))
+            .issue_code(
+                &phone,
+                code_hash(&phone, &code),
+                now,
+                now + ms(self.limits.code_ttl),
+            )
             .await?;
         if let Err(e) = self.sms.send_code(&phone, &code, now).await {
             tracing::error!(error = %e, "SMS gateway failed");
@@ -467,9 +477,9 @@ impl Service {
 
     async fn send(&self, s: &SessionInfo, r: pb::Send) -> Handled<Resp> {
         let me = authed(s)?;
-        let client_message_id: [u8; 16] = r.client_message_id[..].try_into().map_err(|_| {
-            refuse(ErrorCode::BadRequest, "client message ids are 16 bytes")
-        })?;
+        let client_message_id: [u8; 16] = r.client_message_id[..]
+            .try_into()
+            .map_err(|_| refuse(ErrorCode::BadRequest, "client message ids are 16 bytes"))?;
         let to = AccountId::from_slice(&r.to_account_id)
             .ok_or_else(|| refuse(ErrorCode::BadRequest, "account ids are 16 bytes"))?;
         if r.payload.len() > postern_proto::MAX_PAYLOAD_LEN {

@@ -56,7 +56,8 @@ impl OutboxGateway {
 #[async_trait]
 impl SmsGateway for OutboxGateway {
     async fn send_code(&self, phone: &str, code: &str, now_ms: i64) -> Result<(), SmsError> {
-        let mut line = serde_json::json!({ "phone": phone, "code": code, "at": now_ms }).to_string();
+        let mut line =
+            serde_json::json!({ "phone": phone, "code": code, "at": now_ms }).to_string();
         line.push('\n');
         let err = |source| SmsError::Outbox {
             path: self.path.clone(),
@@ -112,7 +113,10 @@ impl SmsGateway for WebhookGateway {
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(SmsError::Webhook(format!("endpoint answered {}", resp.status())))
+            Err(SmsError::Webhook(format!(
+                "endpoint answered {}",
+                resp.status()
+            )))
         }
     }
 }
@@ -127,10 +131,10 @@ pub fn outbox_code(path: &std::path::Path, phone: &str) -> std::io::Result<Optio
     };
     Ok(text
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["phone"] == phone)
-        .filter_map(|v| v["code"].as_str().map(str::to_owned))
-        .last())
+        .find_map(|v| v["code"].as_str().map(str::to_owned)))
 }
 
 #[cfg(test)]
@@ -147,8 +151,14 @@ mod tests {
         gw.send_code("+14155552671", "333333", 3).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-        assert_eq!(first, serde_json::json!({"phone": "+14155552671", "code": "111111", "at": 1}));
-        assert_eq!(outbox_code(&path, "+14155552671").unwrap().as_deref(), Some("333333"));
+        assert_eq!(
+            first,
+            serde_json::json!({"phone": "+14155552671", "code": "111111", "at": 1})
+        );
+        assert_eq!(
+            outbox_code(&path, "+14155552671").unwrap().as_deref(),
+            Some("333333")
+        );
         assert_eq!(outbox_code(&path, "+10000000000").unwrap(), None);
     }
 }

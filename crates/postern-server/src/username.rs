@@ -4,9 +4,7 @@
 
 /// Why a username was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "usernames are 3 to 32 characters: letters a-z, digits and '_', starting with a letter"
-)]
+#[error("usernames are 3 to 32 characters: letters a-z, digits and '_', starting with a letter")]
 pub struct UsernameError;
 
 /// Validates and normalizes a username.
@@ -36,7 +34,16 @@ mod tests {
 
     #[test]
     fn rejects() {
-        for bad in ["", "ab", "9lives", "_x1", "al ice", "ali-ce", "алиса", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "ab",
+            "9lives",
+            "_x1",
+            "al ice",
+            "ali-ce",
+            "алиса",
+            &"a".repeat(33),
+        ] {
             assert_eq!(normalize(bad), Err(UsernameError), "{bad:?}");
         }
     }

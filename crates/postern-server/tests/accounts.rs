@@ -151,9 +151,7 @@ async fn bad_numbers_and_usernames_get_clear_errors() {
     for bad in ["4155552671", "+1 555", "call me", ""] {
         let resp = request_code(&t, bad).await;
         assert_eq!(error_code(&resp), ErrorCode::InvalidPhone, "{bad:?}");
-        let Resp::Error(e) = resp else {
-            unreachable!()
-        };
+        let Resp::Error(e) = resp else { unreachable!() };
         assert!(e.message.contains("phone"), "{}", e.message);
     }
 

@@ -109,7 +109,9 @@ impl RawNoise {
 /// The server still registers and delivers for a well-behaved member.
 async fn still_serves(t: &TestServer, name: &str, phone: &str) {
     let (_, conn) = t.member(name, phone).await;
-    conn.whoami().await.expect("a well-behaved client is served");
+    conn.whoami()
+        .await
+        .expect("a well-behaved client is served");
 }
 
 async fn assert_closed_quickly(stream: &mut TcpStream) {
@@ -130,9 +132,13 @@ async fn an_oversized_frame_closes_only_that_connection() {
     let (mut raw, hello) = noise_connect(&t, postern_proto::PROTOCOL_VERSION).await;
     assert!(hello.error.is_none());
     // Announce 2 MiB; the server must refuse on the prefix alone.
-    raw.send_plaintext(&(2u32 * 1024 * 1024).to_be_bytes()).await;
+    raw.send_plaintext(&(2u32 * 1024 * 1024).to_be_bytes())
+        .await;
     raw.until_closed().await;
-    alice.whoami().await.expect("other connections are undisturbed");
+    alice
+        .whoami()
+        .await
+        .expect("other connections are undisturbed");
     still_serves(&t, "bob", "+14155552672").await;
 }
 
@@ -221,7 +227,8 @@ async fn a_handshake_for_the_wrong_key_or_garbage_is_dropped() {
 
 #[tokio::test]
 async fn silent_connections_time_out() {
-    let t = TestServer::start_with(|c| c.limits.handshake_timeout = Duration::from_millis(300)).await;
+    let t =
+        TestServer::start_with(|c| c.limits.handshake_timeout = Duration::from_millis(300)).await;
     let mut s = TcpStream::connect(t.server.client_addr).await.unwrap();
     assert_closed_quickly(&mut s).await;
 }

@@ -67,7 +67,8 @@ async fn offline_device_gets_queued_messages_in_order_and_acked_ones_are_gone() 
         ))
         .await;
     assert!(raw.hello.device.is_some(), "the device key authenticates");
-    raw.call(Req::Subscribe(pb::Subscribe { after_seq: 0 })).await;
+    raw.call(Req::Subscribe(pb::Subscribe { after_seq: 0 }))
+        .await;
     let pushed = tokio::time::timeout(Duration::from_millis(500), raw.r.recv()).await;
     assert!(pushed.is_err(), "nothing is left after the ack: {pushed:?}");
 }
@@ -174,7 +175,10 @@ async fn payloads_are_stored_and_delivered_byte_for_byte() {
     };
     let mut a = t.raw_with(&key(&alice_client)).await;
     // Not a valid client content encoding: the server must not care.
-    let payload: Vec<u8> = (0..=255u8).cycle().take(postern_proto::MAX_PAYLOAD_LEN).collect();
+    let payload: Vec<u8> = (0..=255u8)
+        .cycle()
+        .take(postern_proto::MAX_PAYLOAD_LEN)
+        .collect();
     let resp = a
         .call(Req::Send(pb::Send {
             client_message_id: vec![7; 16].into(),

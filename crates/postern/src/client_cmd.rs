@@ -20,19 +20,28 @@ pub fn setup(home: &Path, link: &str) -> anyhow::Result<()> {
         std::fs::read_to_string(link)
             .with_context(|| format!("{link:?} is neither a postern:// link nor a readable file"))?
     };
-    let link: ServerLink = text.trim().parse().context("this is not a valid server link")?;
+    let link: ServerLink = text
+        .trim()
+        .parse()
+        .context("this is not a valid server link")?;
     Client::setup(home, &link)?;
-    println!("Home {} is set up for {}.", home.display(), link.tcp.join(", "));
+    println!(
+        "Home {} is set up for {}.",
+        home.display(),
+        link.tcp.join(", ")
+    );
     println!("Next: postern --home {} register PHONE", home.display());
     Ok(())
 }
 
 async fn connect(home: &Path) -> anyhow::Result<(Client, postern_client::Connection)> {
     let client = Client::open(home)?;
-    let conn = client
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the server at {}", client.link().tcp.join(", ")))?;
+    let conn = client.connect().await.with_context(|| {
+        format!(
+            "cannot reach the server at {}",
+            client.link().tcp.join(", ")
+        )
+    })?;
     Ok((client, conn))
 }
 
@@ -73,7 +82,10 @@ pub async fn register(
         }
     };
     let addr = conn.register(phone, &code, username, device_name).await?;
-    println!("Registered: account {} device {}.", addr.account, addr.device);
+    println!(
+        "Registered: account {} device {}.",
+        addr.account, addr.device
+    );
     Ok(())
 }
 
@@ -106,11 +118,20 @@ pub async fn send(home: &Path, to: &str, text: &str) -> anyhow::Result<()> {
         .await;
         match result {
             Ok(Some((_, sent))) => {
-                let note = if sent.duplicate { " (it had arrived before)" } else { "" };
-                println!("Sent; the server stored it at {} ms{note}.", sent.received_at_ms);
+                let note = if sent.duplicate {
+                    " (it had arrived before)"
+                } else {
+                    ""
+                };
+                println!(
+                    "Sent; the server stored it at {} ms{note}.",
+                    sent.received_at_ms
+                );
                 return Ok(());
             }
-            Ok(None) => bail!("the message left the outbox without a confirmation; check with recv on the other side"),
+            Ok(None) => bail!(
+                "the message left the outbox without a confirmation; check with recv on the other side"
+            ),
             Err(e) if e.is_transient() && attempt < SEND_ATTEMPTS => {
                 eprintln!("{e}; retrying…");
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
@@ -167,7 +188,10 @@ fn describe(s: &ConnectionState) -> String {
         ConnectionState::Connecting => "connecting".into(),
         ConnectionState::Ready => "ready".into(),
         ConnectionState::Disconnected { reason, retry_in } => {
-            format!("disconnected: {reason}; retrying in {:.1} s", retry_in.as_secs_f64())
+            format!(
+                "disconnected: {reason}; retrying in {:.1} s",
+                retry_in.as_secs_f64()
+            )
         }
     }
 }
@@ -223,7 +247,10 @@ pub async fn whoami(home: &Path, json: bool) -> anyhow::Result<()> {
         println!("phone:    {}", me.phone);
         println!(
             "username: {}",
-            me.username.as_deref().map(|u| format!("@{u}")).unwrap_or_else(|| "(none)".into())
+            me.username
+                .as_deref()
+                .map(|u| format!("@{u}"))
+                .unwrap_or_else(|| "(none)".into())
         );
         println!("device:   {} of {}", me.device_id, me.devices.len());
     }
@@ -239,7 +266,10 @@ pub async fn set_username(home: &Path, name: &str) -> anyhow::Result<()> {
     if name.is_empty() {
         println!("Username cleared.");
     } else {
-        println!("Username set to @{}.", name.trim_start_matches('@').to_ascii_lowercase());
+        println!(
+            "Username set to @{}.",
+            name.trim_start_matches('@').to_ascii_lowercase()
+        );
     }
     Ok(())
 }

@@ -14,13 +14,18 @@ const BOB: &str = "+14155552672";
 pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let outbox = dir.path().join("sms-outbox.jsonl");
-    let mut cfg = ServerConfig::default();
-    cfg.data_dir = dir.path().join("server");
-    cfg.listen = "127.0.0.1:0".parse()?;
-    cfg.http_listen = "127.0.0.1:0".parse()?;
+    let mut cfg = ServerConfig {
+        data_dir: dir.path().join("server"),
+        listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
+        ..ServerConfig::default()
+    };
     cfg.sms.outbox = Some(outbox.clone());
     let server = Server::start(cfg).await?;
-    println!("1. A server is listening on {} (data in a temporary directory).", server.client_addr);
+    println!(
+        "1. A server is listening on {} (data in a temporary directory).",
+        server.client_addr
+    );
     println!("   Its link: {}", server.link);
 
     let alice = member(&server, dir.path(), "alice", ALICE, &outbox).await?;
@@ -28,13 +33,18 @@ pub async fn run() -> anyhow::Result<()> {
 
     let conversation = [
         (&alice, "bob", "Hi Bob, are you getting through today?"),
-        (&bob, "alice", "Yes, through Postern. The usual app is blocked again."),
+        (
+            &bob,
+            "alice",
+            "Yes, through Postern. The usual app is blocked again.",
+        ),
         (&alice, "bob", "Good. See you at six."),
     ];
     println!("3. They talk (each line: sent, stored by the server, received):");
     for (from, to, text) in conversation {
         let conn = from.connect().await?;
-        conn.send_text(&Recipient::Username(to.into()), text).await?;
+        conn.send_text(&Recipient::Username(to.into()), text)
+            .await?;
         let receiver = if to == "bob" { &bob } else { &alice };
         let mut rconn = receiver.connect().await?;
         rconn.subscribe().await?;
@@ -63,7 +73,10 @@ async fn member(
     let code = postern_server::sms::outbox_code(outbox, phone)?
         .context("the code did not reach the SMS outbox")?;
     let addr = conn.register(phone, &code, Some(name), "demo").await?;
-    println!("2. @{name} registered {phone} with SMS code {code} (account {}).", addr.account);
+    println!(
+        "2. @{name} registered {phone} with SMS code {code} (account {}).",
+        addr.account
+    );
     Ok(client)
 }
 

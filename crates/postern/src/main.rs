@@ -127,7 +127,10 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -154,9 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             code,
             username,
             device_name,
-        } => {
-            client_cmd::register(&home, &phone, code, username.as_deref(), &device_name).await
-        }
+        } => client_cmd::register(&home, &phone, code, username.as_deref(), &device_name).await,
         Command::Send { to, text } => client_cmd::send(&home, &to, &text).await,
         Command::Recv { wait, json } => client_cmd::recv(&home, wait, json).await,
         Command::Whoami { json } => client_cmd::whoami(&home, json).await,

@@ -34,7 +34,12 @@ pub struct ServeArgs {
     #[arg(long, env = "POSTERN_SMS_OUTBOX", value_name = "FILE")]
     sms_outbox: Option<PathBuf>,
     /// POST registration codes as JSON to URL (a real SMS provider).
-    #[arg(long, env = "POSTERN_SMS_WEBHOOK", value_name = "URL", conflicts_with = "sms_outbox")]
+    #[arg(
+        long,
+        env = "POSTERN_SMS_WEBHOOK",
+        value_name = "URL",
+        conflicts_with = "sms_outbox"
+    )]
     sms_webhook: Option<String>,
 }
 
@@ -96,7 +101,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("  HTTP API:   http://{}/health", server.http_addr);
     println!("  SMS codes:  {sms}");
     println!();
-    println!("Server link (also in {}):", data_dir.join("server-link.txt").display());
+    println!(
+        "Server link (also in {}):",
+        data_dir.join("server-link.txt").display()
+    );
     println!("  {link}");
     println!();
     println!("Connect a member:");

@@ -55,7 +55,14 @@ impl ServerProc {
                 panic!("server exited: {status}");
             }
             if let Ok(text) = std::fs::read_to_string(&link) {
-                let addr = text.split("tcp=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+                let addr = text
+                    .split("tcp=")
+                    .nth(1)
+                    .unwrap()
+                    .split('&')
+                    .next()
+                    .unwrap()
+                    .to_owned();
                 if std::net::TcpStream::connect(&addr).is_ok() {
                     return;
                 }
@@ -71,7 +78,11 @@ impl ServerProc {
 
     fn code(&self, phone: &str) -> String {
         let text = std::fs::read_to_string(&self.outbox).unwrap();
-        let line = text.lines().rev().find(|l| l.contains(phone)).expect("a code");
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.contains(phone))
+            .expect("a code");
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         v["code"].as_str().unwrap().to_owned()
     }
@@ -155,8 +166,7 @@ fn two_members_converse_through_the_cli() {
     member(&s, &alice, "+14155552671", "alice");
     member(&s, &bob, "+14155552672", "bob");
 
-    let who: serde_json::Value =
-        serde_json::from_str(&ok(&alice, &["whoami", "--json"])).unwrap();
+    let who: serde_json::Value = serde_json::from_str(&ok(&alice, &["whoami", "--json"])).unwrap();
     assert_eq!(who["phone"], "+14155552671");
     assert_eq!(who["username"], "alice");
 
@@ -204,7 +214,11 @@ fn register_reads_the_code_from_stdin() {
     };
     writeln!(child.stdin.take().unwrap(), "{code}").unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("Enter the code"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Registered"));
 }
@@ -217,7 +231,10 @@ fn errors_are_clear_and_exit_nonzero() {
 
     let out = postern(&home, &["send", "@x", "hi"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("setup"), "names the next step");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("setup"),
+        "names the next step"
+    );
 
     ok(&home, &["setup", s.link_file().to_str().unwrap()]);
     let out = postern(&home, &["setup", s.link_file().to_str().unwrap()]);
@@ -271,8 +288,14 @@ fn nothing_acknowledged_is_lost_when_the_server_is_killed() {
     s.kill9();
     s.restart();
     let acknowledged = sender.join().unwrap();
-    eprintln!("{} of 40 sends acknowledged across two SIGKILLs", acknowledged.len());
-    assert!(acknowledged.len() >= 20, "most sends succeed across restarts: {acknowledged:?}");
+    eprintln!(
+        "{} of 40 sends acknowledged across two SIGKILLs",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() >= 20,
+        "most sends succeed across restarts: {acknowledged:?}"
+    );
 
     let got: Vec<String> = recv_json(&bob, "1")
         .iter()
@@ -296,7 +319,11 @@ fn nothing_acknowledged_is_lost_when_the_server_is_killed() {
 #[test]
 fn the_demo_shows_a_conversation() {
     let out = Command::new(BIN).arg("demo").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("@alice -> @bob: Hi Bob"), "{text}");
     assert!(text.contains("@bob -> @alice:"), "{text}");
@@ -336,7 +363,10 @@ fn serve_with_no_flags_uses_defaults_under_the_data_home() {
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("postern://server?v=1&tcp=127.0.0.1:7447"), "{text}");
+    assert!(
+        text.contains("postern://server?v=1&tcp=127.0.0.1:7447"),
+        "{text}"
+    );
     assert!(text.contains("not yet end-to-end encrypted"));
     assert!(out.status.success());
 }

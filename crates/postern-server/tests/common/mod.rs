@@ -20,10 +20,12 @@ pub struct TestServer {
 }
 
 pub fn config(dir: &Path) -> ServerConfig {
-    let mut cfg = ServerConfig::default();
-    cfg.data_dir = dir.join("server");
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.http_listen = "127.0.0.1:0".parse().unwrap();
+    let mut cfg = ServerConfig {
+        data_dir: dir.join("server"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    };
     cfg.sms.outbox = Some(dir.join("outbox.jsonl"));
     cfg.limits.code_interval = Duration::ZERO;
     cfg

@@ -154,7 +154,9 @@ impl ServerProcess {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Reads codes from the outbox file incrementally (it grows by a line per
@@ -197,15 +199,23 @@ struct Device {
     addr: DeviceAddr,
 }
 
-async fn open(link: &ServerLink, keys: &NoiseKeypair) -> anyhow::Result<(Reader, Writer, pb::ServerHello)> {
+async fn open(
+    link: &ServerLink,
+    keys: &NoiseKeypair,
+) -> anyhow::Result<(Reader, Writer, pb::ServerHello)> {
     let stream = postern_transport::tcp::connect(&link.tcp[0], Duration::from_secs(30)).await?;
     let hello = pb::ClientHello {
         version: postern_proto::PROTOCOL_VERSION,
         software: "postern-bench".into(),
     };
-    let (conn, server_hello) =
-        postern_transport::client_handshake(stream, keys, &link.noise_key, &hello, Duration::from_secs(30))
-            .await?;
+    let (conn, server_hello) = postern_transport::client_handshake(
+        stream,
+        keys,
+        &link.noise_key,
+        &hello,
+        Duration::from_secs(30),
+    )
+    .await?;
     let (r, w) = conn.split();
     Ok((r, w, server_hello))
 }
@@ -214,7 +224,10 @@ async fn call(r: &mut Reader, w: &mut Writer, req: Req) -> anyhow::Result<Resp> 
     w.send(&envelope(1, Body::Request(pb::Request { kind: Some(req) })))
         .await?;
     loop {
-        let env = r.recv().await?.context("the server closed the connection")?;
+        let env = r
+            .recv()
+            .await?
+            .context("the server closed the connection")?;
         if let Some(Body::Response(resp)) = env.body {
             return match resp.kind {
                 Some(Resp::Error(e)) => bail!("server refused: {}", e.message),
@@ -226,7 +239,11 @@ async fn call(r: &mut Reader, w: &mut Writer, req: Req) -> anyhow::Result<Resp> 
 }
 
 /// Registers `n` devices, `parallel` at a time, printing progress.
-async fn register_many(server: &ServerProcess, n: usize, parallel: usize) -> anyhow::Result<Vec<Device>> {
+async fn register_many(
+    server: &ServerProcess,
+    n: usize,
+    parallel: usize,
+) -> anyhow::Result<Vec<Device>> {
     let outbox = Arc::new(Mutex::new(Outbox {
         path: server.outbox.clone(),
         offset: 0,
@@ -236,15 +253,36 @@ async fn register_many(server: &ServerProcess, n: usize, parallel: usize) -> any
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
-        let (link, outbox, gate, done) = (server.link.clone(), outbox.clone(), gate.clone(), done.clone());
+        let (link, outbox, gate, done) = (
+            server.link.clone(),
+            outbox.clone(),
+            gate.clone(),
+            done.clone(),
+        );
         tasks.spawn(async move {
             let _permit = gate.acquire().await?;
             // +1 NXX 2XX XXXX: valid North American numbers, distinct per i.
-            let phone = format!("+1{}{:03}{:04}", [415, 650, 212, 305][i % 4], 200 + (i / 4) / 10_000, (i / 4) % 10_000);
+            let phone = format!(
+                "+1{}{:03}{:04}",
+                [415, 650, 212, 305][i % 4],
+                200 + (i / 4) / 10_000,
+                (i / 4) % 10_000
+            );
             let keys = NoiseKeypair::generate();
             let (mut r, mut w, _) = open(&link, &keys).await?;
-            call(&mut r, &mut w, Req::RequestCode(pb::RequestCode { phone: phone.clone() })).await?;
-            let code = outbox.lock().await.code(&phone)?.context("no code in the outbox")?;
+            call(
+                &mut r,
+                &mut w,
+                Req::RequestCode(pb::RequestCode {
+                    phone: phone.clone(),
+                }),
+            )
+            .await?;
+            let code = outbox
+                .lock()
+                .await
+                .code(&phone)?
+                .context("no code in the outbox")?;
             let identity = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
             let device = pb::DeviceKeys {
                 identity_key: identity.verifying_key().to_bytes().to_vec().into(),
@@ -254,10 +292,17 @@ async fn register_many(server: &ServerProcess, n: usize, parallel: usize) -> any
             let resp = call(
                 &mut r,
                 &mut w,
-                Req::Register(pb::Register { phone, code, device: Some(device), username: String::new() }),
+                Req::Register(pb::Register {
+                    phone,
+                    code,
+                    device: Some(device),
+                    username: String::new(),
+                }),
             )
             .await?;
-            let Resp::Registered(reg) = resp else { bail!("unexpected answer to register") };
+            let Resp::Registered(reg) = resp else {
+                bail!("unexpected answer to register")
+            };
             let addr = DeviceAddr::try_from(reg.device.as_ref().context("no device")?)?;
             let d = done.fetch_add(1, Ordering::Relaxed) + 1;
             if d % 1000 == 0 {
@@ -279,7 +324,10 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
         bail!("--pairs, --messages and --window must be at least 1");
     }
     if a.size < 8 || a.size > postern_proto::MAX_PAYLOAD_LEN {
-        bail!("--size must be between 8 and {}", postern_proto::MAX_PAYLOAD_LEN);
+        bail!(
+            "--size must be between 8 and {}",
+            postern_proto::MAX_PAYLOAD_LEN
+        );
     }
     eprintln!("Starting a server (SQLite, synchronous={})…", a.synchronous);
     let server = ServerProcess::start(&a.synchronous).await?;
@@ -294,7 +342,12 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
     for pair in devices.chunks(2) {
         let [sender, receiver] = pair else { continue };
         let (mut r, mut w, _) = open(&server.link, &receiver.keys).await?;
-        call(&mut r, &mut w, Req::Subscribe(pb::Subscribe { after_seq: 0 })).await?;
+        call(
+            &mut r,
+            &mut w,
+            Req::Subscribe(pb::Subscribe { after_seq: 0 }),
+        )
+        .await?;
         receivers.spawn(receive(r, w, per_sender, base));
         senders.push((sender, receiver.addr));
     }
@@ -302,7 +355,11 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
         "Sending {total} messages of {} bytes from {} senders{}…",
         a.size,
         a.pairs,
-        if a.rate > 0 { format!(" at {} msg/s", a.rate) } else { String::new() }
+        if a.rate > 0 {
+            format!(" at {} msg/s", a.rate)
+        } else {
+            String::new()
+        }
     );
     let start = Instant::now();
     let mut send_tasks = tokio::task::JoinSet::new();
@@ -366,13 +423,20 @@ async fn send(
         tokio::spawn(async move {
             let mut confirmed = 0;
             while confirmed < count {
-                let env = r.recv().await?.context("the server closed the connection")?;
+                let env = r
+                    .recv()
+                    .await?
+                    .context("the server closed the connection")?;
                 match env.body {
-                    Some(Body::Response(pb::Response { kind: Some(Resp::Sent(_)) })) => {
+                    Some(Body::Response(pb::Response {
+                        kind: Some(Resp::Sent(_)),
+                    })) => {
                         confirmed += 1;
                         permits.add_permits(1);
                     }
-                    Some(Body::Response(pb::Response { kind: Some(Resp::Error(e)) })) => {
+                    Some(Body::Response(pb::Response {
+                        kind: Some(Resp::Error(e)),
+                    })) => {
                         bail!("send refused: {}", e.message)
                     }
                     _ => {}
@@ -425,24 +489,41 @@ async fn send(
 }
 
 /// Receives `count` messages, acking each push; returns latencies in µs.
-async fn receive(mut r: Reader, mut w: Writer, count: u64, base: Instant) -> anyhow::Result<Vec<u32>> {
+async fn receive(
+    mut r: Reader,
+    mut w: Writer,
+    count: u64,
+    base: Instant,
+) -> anyhow::Result<Vec<u32>> {
     let mut latencies = Vec::with_capacity(count as usize);
     while (latencies.len() as u64) < count {
         let env = tokio::time::timeout(Duration::from_secs(60), r.recv())
             .await
             .context("no message for 60 s")??
             .context("the server closed the connection")?;
-        if let Some(Body::Push(pb::Push { kind: Some(pb::push::Kind::Deliver(d)) })) = env.body {
+        if let Some(Body::Push(pb::Push {
+            kind: Some(pb::push::Kind::Deliver(d)),
+        })) = env.body
+        {
             let now = base.elapsed().as_nanos() as u64;
             let mut last = 0;
             for m in &d.messages {
-                let sent = m.payload.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                let sent = m
+                    .payload
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
                 let micros = now.saturating_sub(sent.unwrap_or(now)) / 1000;
                 latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
                 last = m.seq;
             }
-            w.send(&envelope(0, Body::Request(pb::Request { kind: Some(Req::Ack(pb::Ack { up_to_seq: last })) })))
-                .await?;
+            w.send(&envelope(
+                0,
+                Body::Request(pb::Request {
+                    kind: Some(Req::Ack(pb::Ack { up_to_seq: last })),
+                }),
+            ))
+            .await?;
         }
     }
     Ok(latencies)
@@ -455,14 +536,22 @@ async fn idle(a: IdleArgs) -> anyhow::Result<()> {
     let devices = register_many(&server, a.connections, 64).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = server.rss_kib()?;
-    eprintln!("Opening {} authenticated, subscribed connections…", a.connections);
+    eprintln!(
+        "Opening {} authenticated, subscribed connections…",
+        a.connections
+    );
     let mut held = Vec::with_capacity(devices.len());
     for (i, d) in devices.iter().enumerate() {
         let (mut r, mut w, hello) = open(&server.link, &d.keys).await?;
         if hello.device.is_none() {
             bail!("device {} was not authenticated", d.addr);
         }
-        call(&mut r, &mut w, Req::Subscribe(pb::Subscribe { after_seq: 0 })).await?;
+        call(
+            &mut r,
+            &mut w,
+            Req::Subscribe(pb::Subscribe { after_seq: 0 }),
+        )
+        .await?;
         held.push((r, w));
         if (i + 1) % 1000 == 0 {
             eprintln!("  {}/{}", i + 1, a.connections);
@@ -490,4 +579,3 @@ async fn idle(a: IdleArgs) -> anyhow::Result<()> {
     drop(held);
     Ok(())
 }
-
