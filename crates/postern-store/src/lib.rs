@@ -21,7 +21,7 @@ use bytes::Bytes;
 pub use postern_proto::ids::{AccountId, DeviceAddr};
 
 mod sqlite;
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, WriterStats};
 
 /// Milliseconds since the Unix epoch; every timestamp in the store uses it.
 pub type Millis = i64;

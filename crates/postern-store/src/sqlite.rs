@@ -21,6 +21,7 @@
 //! The store never looks inside message payloads and never holds a write
 //! transaction open across a call to anything but SQLite.
 
+mod enqueue;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -468,10 +469,7 @@ impl CodeStore for SqliteStore {
 #[async_trait]
 impl QueueStore for SqliteStore {
     async fn enqueue(&self, msg: NewMessage) -> Result<Enqueued> {
-        self.inner
-            .writer
-            .call(|reply| Command::Enqueue { msg, reply })
-            .await
+        self.inner.writer.enqueue(msg).await
     }
 
     async fn fetch(

@@ -7,10 +7,13 @@
 //! one fsync serves the whole group and nobody hears `Ok` before their data
 //! is committed.
 //!
+//! Enqueues of a batch run together as a set (see [`super::enqueue`]); the
+//! other commands run one by one before them.
+//!
 //! Failure rules: a logical failure (unknown account, a name already taken)
-//! fails only its own command and leaves nothing of it behind — enqueue
-//! checks before it writes or undoes its one write, every other command runs
-//! in a `SAVEPOINT`. Any other database error rolls the whole transaction
+//! fails only its own command and leaves nothing of it behind — enqueues
+//! check their recipient before writing anything, every other command but
+//! the single-statement ack runs in a `SAVEPOINT`. Any other database error rolls the whole transaction
 //! back and every caller in the batch gets it: nothing half-applied is ever
 //! committed.
 
@@ -21,6 +24,7 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use super::enqueue::enqueue_all;
 use super::seq_param;
 use crate::{
     Account, AccountId, Device, DeviceAddr, Enqueued, Millis, NewDevice, NewMessage, Result,
@@ -32,10 +36,6 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// A write, with the data it needs and where to answer.
 pub(crate) enum Command {
-    Enqueue {
-        msg: NewMessage,
-        reply: Reply<Enqueued>,
-    },
     Ack {
         device: DeviceAddr,
         up_to_seq: u64,
@@ -113,8 +113,36 @@ struct Counters {
 }
 
 enum Message {
+    Enqueue(NewMessage, Reply<Enqueued>),
     Command(Command),
     Close(oneshot::Sender<()>),
+}
+
+/// The calls one transaction carries: enqueues apart, they run as a set.
+#[derive(Default)]
+struct Batch {
+    enqueues: Vec<NewMessage>,
+    enqueue_replies: Vec<Reply<Enqueued>>,
+    commands: Vec<Command>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.enqueues.len() + self.commands.len()
+    }
+
+    /// Adds a call; returns the close request if that is what it was.
+    fn push(&mut self, message: Message) -> Option<oneshot::Sender<()>> {
+        match message {
+            Message::Enqueue(msg, reply) => {
+                self.enqueues.push(msg);
+                self.enqueue_replies.push(reply);
+            }
+            Message::Command(cmd) => self.commands.push(cmd),
+            Message::Close(done) => return Some(done),
+        }
+        None
+    }
 }
 
 /// The handle the store keeps to its writer task.
@@ -136,9 +164,18 @@ impl Writer {
 
     /// Sends a command and waits until it is committed (or failed).
     pub(crate) async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        self.send(|reply| Message::Command(command(reply))).await
+    }
+
+    /// Queues a message and waits until it is committed (or failed).
+    pub(crate) async fn enqueue(&self, msg: NewMessage) -> Result<Enqueued> {
+        self.send(|reply| Message::Enqueue(msg, reply)).await
+    }
+
+    async fn send<T>(&self, message: impl FnOnce(Reply<T>) -> Message) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Message::Command(command(reply)))
+            .send(message(reply))
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -168,27 +205,25 @@ async fn run(
     max_batch: usize,
     counters: Arc<Counters>,
 ) {
-    let mut batch = Vec::with_capacity(max_batch);
     let mut closing = None;
     while closing.is_none() {
-        match rx.recv().await {
-            None => break,
-            Some(Message::Close(done)) => closing = Some(done),
-            Some(Message::Command(cmd)) => batch.push(cmd),
-        }
+        let Some(first) = rx.recv().await else {
+            break;
+        };
+        let mut batch = Batch::default();
+        closing = batch.push(first);
         while closing.is_none() && batch.len() < max_batch {
             match rx.try_recv() {
-                Ok(Message::Command(cmd)) => batch.push(cmd),
-                Ok(Message::Close(done)) => closing = Some(done),
+                Ok(message) => closing = batch.push(message),
                 Err(_) => break,
             }
         }
-        if !batch.is_empty() {
+        if batch.len() > 0 {
             counters.batches.fetch_add(1, Ordering::Relaxed);
             counters
                 .commands
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            run_batch(&mut conn, &mut batch).await;
+            run_batch(&mut conn, batch).await;
         }
     }
     // Whatever is still queued is dropped unanswered: its callers see Closed.
@@ -215,9 +250,10 @@ fn settle<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> Settle {
     })
 }
 
-async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Command>) {
+async fn run_batch(conn: &mut SqliteConnection, batch: Batch) {
     let mut settled = Vec::with_capacity(batch.len());
-    let mut commands = batch.drain(..);
+    let mut commands = batch.commands.into_iter();
+    let mut enqueue_replies = batch.enqueue_replies;
     let failure = match conn.begin_with("BEGIN IMMEDIATE").await {
         Err(e) => Some(e),
         Ok(mut tx) => {
@@ -228,6 +264,17 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Command>) {
                 if fatal.is_some() {
                     failure = fatal;
                     break;
+                }
+            }
+            if failure.is_none() && !batch.enqueues.is_empty() {
+                match enqueue_all(&mut tx, &batch.enqueues).await {
+                    Ok(results) => settled.extend(
+                        enqueue_replies
+                            .drain(..)
+                            .zip(results)
+                            .map(|(reply, result)| settle(reply, result)),
+                    ),
+                    Err(e) => failure = Some(e),
                 }
             }
             match failure {
@@ -243,7 +290,7 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Command>) {
     };
     let failure = failure.map(Arc::new);
     if let Some(e) = &failure {
-        tracing::warn!(error = %e, calls = settled.len() + commands.len(), "write batch failed");
+        tracing::warn!(error = %e, calls = settled.len() + commands.len() + enqueue_replies.len(), "write batch failed");
     }
     for settle in settled {
         settle(failure.as_ref());
@@ -251,6 +298,9 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut Vec<Command>) {
     if let Some(e) = &failure {
         for cmd in commands {
             cmd.fail(e);
+        }
+        for reply in enqueue_replies {
+            let _ = reply.send(Err(StoreError::Database(Box::new(e.clone()))));
         }
     }
 }
@@ -304,9 +354,9 @@ impl From<sqlx::Error> for Failure {
 /// Runs one command inside the batch transaction. Returns how to answer it
 /// and, if the transaction must be abandoned, why.
 async fn apply(conn: &mut SqliteConnection, cmd: Command) -> (Settle, Option<sqlx::Error>) {
-    // The message path skips the savepoint (two statements per call): enqueue
-    // and ack are written so that a logical failure leaves nothing behind.
-    let savepoint = !matches!(cmd, Command::Enqueue { .. } | Command::Ack { .. });
+    // An ack, the one command on the message path here, is a single
+    // statement without logical failures: it needs no savepoint.
+    let savepoint = !matches!(cmd, Command::Ack { .. });
     if savepoint && let Err(e) = sqlx::query("SAVEPOINT command").execute(&mut *conn).await {
         return (cmd.into_settle(), Some(e));
     }
@@ -346,7 +396,6 @@ fn outcome<T: Send + 'static>(reply: Reply<T>, result: Result<T, Failure>) -> (S
 
 async fn execute(conn: &mut SqliteConnection, cmd: Command) -> (Settle, Ended) {
     match cmd {
-        Command::Enqueue { msg, reply } => outcome(reply, enqueue(conn, msg).await),
         Command::Ack {
             device,
             up_to_seq,
@@ -419,7 +468,6 @@ impl Command {
             settle(reply, Err(StoreError::Closed))
         }
         match self {
-            Command::Enqueue { reply, .. } => failed(reply),
             Command::Ack { reply, .. } => failed(reply),
             Command::PurgeExpired { reply, .. } => failed(reply),
             Command::CreateAccount { reply, .. } => failed(reply),
@@ -435,100 +483,10 @@ impl Command {
     }
 }
 
-/// Marks an error on the message path as fatal: there is no savepoint to
-/// undo a partly done command, so the whole batch must roll back.
+/// Marks an error as fatal: the command has no savepoint, so the whole
+/// batch must roll back.
 fn fatal(e: sqlx::Error) -> Failure {
     Failure::Fatal(e)
-}
-
-async fn enqueue(conn: &mut SqliteConnection, msg: NewMessage) -> Result<Enqueued, Failure> {
-    let sender = &msg.sender.account.0[..];
-    let id = &msg.client_message_id[..];
-    // Claim the client message id first: a duplicate (also one earlier in
-    // this very batch, which this transaction already sees) stops here.
-    let claimed = sqlx::query(
-        "INSERT INTO sends (sender_account, client_message_id, received_at, expires_at) \
-         VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-    )
-    .bind(sender)
-    .bind(id)
-    .bind(msg.received_at)
-    .bind(msg.expires_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(fatal)?
-    .rows_affected();
-    if claimed == 0 {
-        let received_at: Millis = sqlx::query_scalar(
-            "SELECT received_at FROM sends WHERE sender_account = ? AND client_message_id = ?",
-        )
-        .bind(sender)
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(fatal)?;
-        return Ok(Enqueued {
-            duplicate: true,
-            received_at,
-            deliveries: Vec::new(),
-        });
-    }
-    // Take one sequence number in each of the recipient's queues.
-    let rows = sqlx::query(
-        "UPDATE devices SET next_seq = next_seq + 1 WHERE account_id = ? \
-         RETURNING device_id, next_seq - 1 AS seq",
-    )
-    .bind(&msg.to.0[..])
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(fatal)?;
-    if rows.is_empty() {
-        // No devices means no account (every account has its first device).
-        // Give the client message id back so nothing of this call remains.
-        sqlx::query("DELETE FROM sends WHERE sender_account = ? AND client_message_id = ?")
-            .bind(sender)
-            .bind(id)
-            .execute(&mut *conn)
-            .await
-            .map_err(fatal)?;
-        return Err(Failure::Logical(StoreError::UnknownAccount));
-    }
-    let mut deliveries = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let device: u32 = row.try_get("device_id").map_err(fatal)?;
-        let seq: u64 = row.try_get("seq").map_err(fatal)?;
-        deliveries.push((
-            DeviceAddr {
-                account: msg.to,
-                device,
-            },
-            seq,
-        ));
-    }
-    deliveries.sort_unstable();
-    // One statement copies the message into every device's queue, at the
-    // sequence number just taken (the writer is alone, nothing moved since).
-    sqlx::query(
-        "INSERT INTO queue (account_id, device_id, seq, sender_account, sender_device, \
-         client_message_id, received_at, expires_at, payload) \
-         SELECT account_id, device_id, next_seq - 1, ?, ?, ?, ?, ?, ? \
-         FROM devices WHERE account_id = ?",
-    )
-    .bind(sender)
-    .bind(msg.sender.device)
-    .bind(id)
-    .bind(msg.received_at)
-    .bind(msg.expires_at)
-    .bind(Vec::<u8>::from(msg.payload))
-    .bind(&msg.to.0[..])
-    .execute(&mut *conn)
-    .await
-    .map_err(fatal)?;
-    Ok(Enqueued {
-        duplicate: false,
-        received_at: msg.received_at,
-        deliveries,
-    })
 }
 
 async fn ack(
@@ -776,19 +734,16 @@ mod tests {
             .unwrap();
         let writer = Writer::spawn(conn, 16);
         let recipient = AccountId([1; 16]);
-        let enqueue = |reply| Command::Enqueue {
-            msg: NewMessage {
-                sender: DeviceAddr {
-                    account: recipient,
-                    device: 1,
-                },
-                client_message_id: [0; 16],
-                to: recipient,
-                payload: bytes::Bytes::new(),
-                received_at: 0,
-                expires_at: 1,
+        let msg = NewMessage {
+            sender: DeviceAddr {
+                account: recipient,
+                device: 1,
             },
-            reply,
+            client_message_id: [0; 16],
+            to: recipient,
+            payload: bytes::Bytes::new(),
+            received_at: 0,
+            expires_at: 1,
         };
         let account = |reply| Command::CreateAccount {
             id: recipient,
@@ -807,7 +762,7 @@ mod tests {
         let (before, created, failed, after, later) = tokio::join!(
             writer.call(issue("+2")),
             writer.call(account),
-            writer.call(enqueue),
+            writer.enqueue(msg),
             writer.call(issue("+3")),
             async {
                 tokio::task::yield_now().await;
