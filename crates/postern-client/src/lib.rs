@@ -578,7 +578,7 @@ impl Connection {
         }
         .encode_to_vec();
         let pending = PendingSend {
-            client_message_id: rand::random(),
+            client_message_id: postern_proto::ids::new_message_id(),
             to,
             payload,
         };

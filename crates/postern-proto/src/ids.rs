@@ -50,6 +50,20 @@ impl FromStr for AccountId {
     }
 }
 
+/// A new client message id: 6 bytes of milliseconds since the Unix epoch,
+/// then 10 random bytes (the layout of a UUIDv7 without its version bits).
+/// Any 16 bytes are accepted by the server; time-ordered ones make its
+/// idempotency index append at one end instead of at random places.
+pub fn new_message_id() -> [u8; 16] {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut id: [u8; 16] = rand::random();
+    id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    id
+}
+
 /// One device of one account: where a message queue lives.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct DeviceAddr {
@@ -87,6 +101,15 @@ impl TryFrom<&pb::DeviceAddress> for DeviceAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_ids_are_time_ordered_and_unique() {
+        let a = new_message_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_message_id();
+        assert!(a < b);
+        assert_ne!(new_message_id(), new_message_id());
+    }
 
     #[test]
     fn account_id_round_trips_through_text() {

@@ -86,7 +86,10 @@ CREATE TABLE sends (
     client_message_id  BLOB    NOT NULL,
     received_at        INTEGER NOT NULL,
     expires_at         INTEGER NOT NULL,
-    PRIMARY KEY (sender_account, client_message_id)
+    -- Id first: clients make ids time-ordered (ids::MessageId), so new
+    -- rows land at the right edge of the b-tree instead of dirtying a random
+    -- page each.
+    PRIMARY KEY (client_message_id, sender_account)
 ) WITHOUT ROWID;
 
 CREATE INDEX sends_expires ON sends (expires_at);

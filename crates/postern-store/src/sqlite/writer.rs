@@ -158,7 +158,19 @@ impl Writer {
         // (that is what makes the next batch big) but not without bound.
         let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4));
         let counters = Arc::new(Counters::default());
-        tokio::spawn(run(conn, rx, max_batch, counters.clone()));
+        // The writer gets a thread and a runtime of its own: each statement is
+        // a round trip to sqlx's connection thread, and on the shared runtime
+        // every one of them would queue behind connection tasks.
+        let task = run(conn, rx, max_batch, counters.clone());
+        std::thread::Builder::new()
+            .name("postern-writer".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt.block_on(task),
+                    Err(e) => tracing::error!(error = %e, "cannot start the store writer"),
+                }
+            })
+            .expect("spawning the store writer thread");
         Writer { tx, counters }
     }
 

@@ -469,7 +469,7 @@ async fn send(
         for _ in 0..n {
             let stamp = base.elapsed().as_nanos() as u64;
             payload[..8].copy_from_slice(&stamp.to_be_bytes());
-            let id: [u8; 16] = rand::random();
+            let id = postern_proto::ids::new_message_id();
             batch.push(envelope(
                 sent + 1,
                 Body::Request(pb::Request {
