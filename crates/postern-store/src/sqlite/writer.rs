@@ -154,24 +154,44 @@ pub(crate) struct Writer {
 impl Writer {
     /// Starts the writer task on `conn`.
     pub(crate) fn spawn(conn: SqliteConnection, max_batch: usize) -> Self {
-        // Room for a few batches, so callers queue up while a commit syncs
-        // (that is what makes the next batch big) but not without bound.
-        let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4));
-        let counters = Arc::new(Counters::default());
+        let (writer, task) = Self::new(conn, max_batch);
         // The writer gets a thread and a runtime of its own: each statement is
         // a round trip to sqlx's connection thread, and on the shared runtime
         // every one of them would queue behind connection tasks.
-        let task = run(conn, rx, max_batch, counters.clone());
         std::thread::Builder::new()
             .name("postern-writer".into())
             .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt.block_on(task),
                     Err(e) => tracing::error!(error = %e, "cannot start the store writer"),
                 }
             })
             .expect("spawning the store writer thread");
-        Writer { tx, counters }
+        writer
+    }
+
+    /// The writer on the current runtime, so a single-threaded test runtime
+    /// decides when it runs.
+    #[cfg(test)]
+    fn spawn_local(conn: SqliteConnection, max_batch: usize) -> Self {
+        let (writer, task) = Self::new(conn, max_batch);
+        tokio::spawn(task);
+        writer
+    }
+
+    fn new(
+        conn: SqliteConnection,
+        max_batch: usize,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        // Room for a few batches, so callers queue up while a commit syncs
+        // (that is what makes the next batch big) but not without bound.
+        let (tx, rx) = mpsc::channel(max_batch.saturating_mul(4));
+        let counters = Arc::new(Counters::default());
+        let task = run(conn, rx, max_batch, counters.clone());
+        (Writer { tx, counters }, task)
     }
 
     /// Sends a command and waits until it is committed (or failed).
@@ -744,7 +764,7 @@ mod tests {
             .execute(&mut conn)
             .await
             .unwrap();
-        let writer = Writer::spawn(conn, 16);
+        let writer = Writer::spawn_local(conn, 16);
         let recipient = AccountId([1; 16]);
         let msg = NewMessage {
             sender: DeviceAddr {
@@ -770,7 +790,8 @@ mod tests {
             reply,
         };
         // The writer task cannot run before all five are queued (this test
-        // runtime has one thread), so they form one batch.
+        // runtime has one thread and the writer runs on it), so they form
+        // one batch.
         let (before, created, failed, after, later) = tokio::join!(
             writer.call(issue("+2")),
             writer.call(account),
