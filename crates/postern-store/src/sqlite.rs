@@ -52,6 +52,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of the database file each connection may map.
 const MMAP_SIZE: u64 = 256 * 1024 * 1024;
+/// How often the background checkpointer runs.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// WAL size (pages) at which the writer checkpoints itself: a safety valve
+/// for when the background checkpointer falls behind.
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 /// Page cache per connection, KiB.
 const CACHE_KIB: u64 = 32 * 1024;
 
@@ -114,6 +119,7 @@ struct Inner {
     path: PathBuf,
     reads: SqlitePool,
     writer: Writer,
+    checkpointer: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -146,7 +152,10 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(opts.synchronous.into())
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Checkpoints run on their own connection (see `checkpoints`);
+            // the writer only checkpoints if the WAL grows past this.
+            .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES.to_string());
         let mut conn = SqliteConnection::connect_with(&write_opts)
             .await
             .map_err(db)?;
@@ -156,15 +165,18 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(Box::new(e)))?;
         let reads = SqlitePoolOptions::new()
             .max_connections(opts.read_connections.max(1))
-            .connect_with(base.read_only(true))
+            .connect_with(base.clone().read_only(true))
             .await
             .map_err(db)?;
+        let checkpoint_conn = SqliteConnection::connect_with(&base).await.map_err(db)?;
+        let checkpointer = tokio::spawn(checkpoints(checkpoint_conn));
         tracing::info!(path = %opts.path.display(), synchronous = ?opts.synchronous, "opened sqlite store");
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: opts.path,
                 reads,
                 writer: Writer::spawn(conn, opts.max_batch.max(1)),
+                checkpointer,
             }),
         })
     }
@@ -178,6 +190,7 @@ impl SqliteStore {
     /// connection. Later calls on any clone fail with [`StoreError::Closed`].
     pub async fn close(&self) {
         self.inner.writer.close().await;
+        self.inner.checkpointer.abort();
         self.inner.reads.close().await;
     }
 
@@ -185,6 +198,23 @@ impl SqliteStore {
     /// calls they carried; `commands / batches` is the group-commit factor.
     pub fn stats(&self) -> WriterStats {
         self.inner.writer.stats()
+    }
+}
+
+/// Copies committed WAL pages back into the database file every
+/// [`CHECKPOINT_EVERY`], off the writer's thread, so that work does not sit
+/// on the commit path. PASSIVE never blocks the writer or readers.
+async fn checkpoints(mut conn: SqliteConnection) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
     }
 }
 

@@ -12,6 +12,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: the server allocates per frame
+/// on many threads, where glibc malloc showed up at ~12% of server CPU in
+/// the delivery benchmark's profile (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Postern: private messaging that keeps getting through.
 ///
 /// Run a server with `postern serve`; as a member, bind a home directory to
