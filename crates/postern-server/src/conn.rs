@@ -18,7 +18,7 @@ use postern_proto::pb::{self, ErrorCode, envelope::Body, request::Kind as Req};
 use postern_proto::{MAX_PAYLOAD_LEN, PROTOCOL_VERSION};
 use postern_store::StoredMessage;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep_until};
 
 use crate::service::{Service, SessionInfo, now_ms};
@@ -115,10 +115,43 @@ struct Delivery {
     pushed: u64,
     /// Highest seq the client acked.
     acked: u64,
-    /// A wake-up arrived (or may have) since the last fetch started.
+    /// The store may hold messages this connection has not pushed: fetch.
     wake: bool,
-    notify: Arc<Notify>,
-    _subscription: crate::hub::Subscription,
+    subscription: crate::hub::Subscription,
+}
+
+impl Delivery {
+    /// Takes what the mailbox holds. Messages that continue the sequence
+    /// right after `pushed` (within the window) are returned to push as
+    /// they are; a gap, an overflow or a full window means a fetch.
+    fn take_mailbox(&mut self, window: u64) -> Vec<pb::QueuedMessage> {
+        let mut inbox = self.subscription.mailbox().take();
+        if inbox.overflowed {
+            self.wake = true;
+        }
+        if self.wake {
+            // A fetch is due anyway and will read these from the store.
+            return Vec::new();
+        }
+        inbox.messages.sort_unstable_by_key(|m| m.seq);
+        let mut next = self.pushed + 1;
+        let mut run = Vec::new();
+        for m in inbox.messages {
+            if m.seq < next {
+                continue;
+            }
+            if m.seq > next || next.saturating_sub(self.acked) > window {
+                self.wake = true;
+                break;
+            }
+            run.push(pb::QueuedMessage::clone(&m));
+            next += 1;
+        }
+        if let Some(last) = run.last() {
+            self.pushed = last.seq;
+        }
+        run
+    }
 }
 
 struct Connection {
@@ -167,8 +200,8 @@ impl Connection {
             }
             let notified = async {
                 match &self.delivery {
-                    Some(d) if !d.wake => d.notify.notified().await,
-                    _ => std::future::pending().await,
+                    Some(d) => d.subscription.mailbox().notified().await,
+                    None => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -207,7 +240,10 @@ impl Connection {
                 }
                 () = notified => {
                     if let Some(d) = self.delivery.as_mut() {
-                        d.wake = true;
+                        let direct = d.take_mailbox(limits.delivery_window);
+                        if !direct.is_empty() {
+                            outbox.push(deliver_envelope(direct));
+                        }
                     }
                 }
                 () = sleep_until(deadline) => {
@@ -239,22 +275,23 @@ impl Connection {
         };
         match (&request.kind, self.session.device) {
             (Some(Req::Subscribe(sub)), Some(device)) => {
-                let notify = Arc::new(Notify::new());
-                let subscription = self.service.hub().subscribe(device, notify.clone());
                 self.delivery = Some(Delivery {
                     device,
                     pushed: sub.after_seq,
                     acked: sub.after_seq,
                     wake: true,
-                    notify,
-                    _subscription: subscription,
+                    subscription: self.service.hub().subscribe(device),
                 });
                 return Dispatch::Now(ok_envelope(id));
             }
             (Some(Req::Ack(ack)), Some(device)) => {
+                let window = self.service.limits().delivery_window;
                 if let Some(d) = self.delivery.as_mut() {
+                    // Pushing paused on a full window: the ack reopens it.
+                    if d.pushed.saturating_sub(d.acked) >= window {
+                        d.wake = true;
+                    }
                     d.acked = d.acked.max(ack.up_to_seq.min(d.pushed));
-                    d.wake = true;
                 }
                 let store = self.service.store().clone();
                 let up_to = ack.up_to_seq;
@@ -292,14 +329,19 @@ impl Connection {
         outbox.push(envelope(id, Body::Response(response)));
     }
 
-    fn push(&mut self, batch: Vec<StoredMessage>, outbox: &mut Vec<pb::Envelope>) {
+    fn push(&mut self, mut batch: Vec<StoredMessage>, outbox: &mut Vec<pb::Envelope>) {
         let Some(d) = self.delivery.as_mut() else {
             return;
         };
+        // A fetch cut short by its limits leaves more in the store.
+        let bytes: usize = batch.iter().map(|m| m.payload.len()).sum();
+        if batch.len() >= FETCH_BATCH || bytes + MAX_PAYLOAD_LEN > FETCH_BYTES {
+            d.wake = true;
+        }
+        // Messages handed over in memory while the fetch ran went out already.
+        batch.retain(|m| m.seq > d.pushed);
         let Some(last) = batch.last() else { return };
         d.pushed = last.seq;
-        // There may be more than one batch waiting.
-        d.wake = true;
         let messages = batch
             .into_iter()
             .map(|m| pb::QueuedMessage {
@@ -310,12 +352,7 @@ impl Connection {
                 payload: m.payload,
             })
             .collect();
-        outbox.push(envelope(
-            0,
-            Body::Push(pb::Push {
-                kind: Some(pb::push::Kind::Deliver(pb::Deliver { messages })),
-            }),
-        ));
+        outbox.push(deliver_envelope(messages));
     }
 }
 
@@ -323,6 +360,15 @@ enum Dispatch<F> {
     Now(pb::Envelope),
     Later(F),
     Close(pb::Envelope),
+}
+
+fn deliver_envelope(messages: Vec<pb::QueuedMessage>) -> pb::Envelope {
+    envelope(
+        0,
+        Body::Push(pb::Push {
+            kind: Some(pb::push::Kind::Deliver(pb::Deliver { messages })),
+        }),
+    )
 }
 
 fn ok_response() -> pb::Response {

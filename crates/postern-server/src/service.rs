@@ -498,13 +498,20 @@ impl Service {
                 sender: me,
                 client_message_id,
                 to,
-                payload: r.payload,
+                payload: r.payload.clone(),
                 received_at: now,
                 expires_at: now + ms(self.message_ttl),
             })
             .await?;
-        for (device, _) in &enqueued.deliveries {
-            self.hub.wake(device);
+        for (device, seq) in &enqueued.deliveries {
+            let queued = Arc::new(pb::QueuedMessage {
+                seq: *seq,
+                sender: Some(me.into()),
+                client_message_id: r.client_message_id.clone(),
+                received_at_ms: enqueued.received_at,
+                payload: r.payload.clone(),
+            });
+            self.hub.deliver(device, &queued);
         }
         Ok(Resp::Sent(pb::Sent {
             received_at_ms: enqueued.received_at,

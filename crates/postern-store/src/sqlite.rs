@@ -155,7 +155,10 @@ impl SqliteStore {
             .foreign_keys(true)
             // Checkpoints run on their own connection (see `checkpoints`);
             // the writer only checkpoints if the WAL grows past this.
-            .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES.to_string());
+            .pragma(
+                "wal_autocheckpoint",
+                WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+            );
         let mut conn = SqliteConnection::connect_with(&write_opts)
             .await
             .map_err(db)?;
