@@ -160,6 +160,16 @@ impl FrameDecoder {
         Err(self.fail(result))
     }
 
+    /// Gives back the buffer's memory if nothing is buffered; for a
+    /// connection that has gone quiet.
+    pub fn shrink(&mut self) {
+        if self.buffered_len() == 0 {
+            self.pos = 0;
+            self.scan = 0;
+            self.buf = Vec::new();
+        }
+    }
+
     /// Bytes received but not yet returned as envelopes.
     pub fn buffered_len(&self) -> usize {
         self.buf.len().saturating_sub(self.pos)

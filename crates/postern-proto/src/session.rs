@@ -437,6 +437,14 @@ impl Sealer {
         !self.pending.is_empty()
     }
 
+    /// Gives back the pending buffer's memory if nothing is pending; for a
+    /// connection that has gone quiet.
+    pub fn shrink(&mut self) {
+        if self.pending.is_empty() {
+            self.pending = Vec::new();
+        }
+    }
+
     /// Encrypts every queued frame into as few records as possible and
     /// appends them to `out`.
     pub fn seal(&mut self, out: &mut Vec<u8>) -> Result<(), SessionError> {
@@ -529,6 +537,18 @@ impl Opener {
             return Err(err.replay());
         }
         Ok(self.frames.next_envelope()?)
+    }
+
+    /// Gives back the memory of empty buffers; for a connection that has
+    /// gone quiet.
+    pub fn shrink(&mut self) {
+        if self.partial.is_empty() {
+            self.partial = Vec::new();
+        }
+        if self.backlog.is_empty() {
+            self.backlog = Vec::new();
+        }
+        self.frames.shrink();
     }
 
     /// Bytes received but not yet returned as envelopes (including a partial

@@ -23,6 +23,8 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::service::{Service, SessionInfo, now_ms};
 
+/// A connection with no traffic for this long gives back spare buffer memory.
+const QUIET_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 /// Messages fetched from the store per push.
 const FETCH_BATCH: usize = 256;
 /// Payload bytes fetched per push; keeps a Deliver frame under the frame limit.
@@ -39,20 +41,39 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let limits = service.limits().clone();
-    // Bound the CPU a flood of handshakes can take; waiting here is fine,
-    // the handshake timeout below still applies to the client.
-    let Ok(permit) = handshakes.acquire_owned().await else {
+    // The handshake runs in its own boxed future, freed when it ends, so
+    // its state does not size every connection's task for life.
+    let handshake = Box::pin(handshake(&service, &keys, handshakes, stream, peer)).await;
+    let Some((conn, session)) = handshake else {
         return;
     };
-    let (pending, hello) =
-        match postern_transport::server_accept(stream, &keys, limits.handshake_timeout).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "handshake failed");
-                return;
-            }
-        };
+    if let Err(e) = Connection::new(service, session).run(conn).await {
+        tracing::debug!(error = %e, "connection closed");
+    }
+}
+
+/// Runs the Noise handshake and finds the device the client's key belongs to.
+async fn handshake<S>(
+    service: &Service,
+    keys: &NoiseKeypair,
+    handshakes: Arc<Semaphore>,
+    stream: S,
+    peer: SocketAddr,
+) -> Option<(postern_transport::Connection<S>, SessionInfo)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let timeout = service.limits().handshake_timeout;
+    // Bound the CPU a flood of handshakes can take; waiting here is fine,
+    // the handshake timeout below still applies to the client.
+    let _permit = handshakes.acquire_owned().await.ok()?;
+    let (pending, hello) = match postern_transport::server_accept(stream, keys, timeout).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return None;
+        }
+    };
     if hello.client.version != PROTOCOL_VERSION {
         tracing::debug!(
             version = hello.client.version,
@@ -71,7 +92,7 @@ pub(crate) async fn serve<S>(
             server_time_ms: now_ms(),
         };
         let _ = pending.refuse(&refusal).await;
-        return;
+        return None;
     }
     let device = match service
         .store()
@@ -81,7 +102,7 @@ pub(crate) async fn serve<S>(
         Ok(d) => d.map(|d| d.addr),
         Err(e) => {
             tracing::error!(error = %e, "store failure during handshake");
-            return;
+            return None;
         }
     };
     let accept = pb::ServerHello {
@@ -90,21 +111,19 @@ pub(crate) async fn serve<S>(
         device: device.map(Into::into),
         server_time_ms: now_ms(),
     };
-    let conn = match pending.accept(&accept).await {
-        Ok(c) => c,
+    match pending.accept(&accept).await {
+        Ok(conn) => Some((
+            conn,
+            SessionInfo {
+                device,
+                noise_key: hello.remote_static,
+                peer_ip: peer.ip(),
+            },
+        )),
         Err(e) => {
             tracing::debug!(error = %e, "handshake failed");
-            return;
+            None
         }
-    };
-    drop(permit);
-    let session = SessionInfo {
-        device,
-        noise_key: hello.remote_static,
-        peer_ip: peer.ip(),
-    };
-    if let Err(e) = Connection::new(service, session).run(conn).await {
-        tracing::debug!(error = %e, "connection closed");
     }
 }
 
@@ -184,6 +203,9 @@ impl Connection {
         let mut fetching = None;
         let mut outbox: Vec<pb::Envelope> = Vec::new();
         let mut deadline = Instant::now() + limits.idle_timeout;
+        // When the connection goes quiet it gives back its buffers' spare
+        // memory; until then it keeps them, to avoid reallocating per frame.
+        let mut quiet_at = Some(Instant::now() + QUIET_AFTER);
 
         loop {
             if fetching.is_none()
@@ -216,13 +238,24 @@ impl Connection {
                 read = reader.recv(), if inflight.len() < limits.max_inflight_requests => {
                     let Some(env) = read? else { return Ok(()) };
                     deadline = Instant::now() + limits.idle_timeout;
-                    match self.dispatch(env) {
-                        Dispatch::Now(reply) => outbox.push(reply),
-                        Dispatch::Later(fut) => inflight.push(fut),
-                        Dispatch::Close(reply) => {
-                            writer.send(&reply).await?;
-                            return Ok(());
+                    quiet_at = Some(Instant::now() + QUIET_AFTER);
+                    // Nothing of the dispatch (which holds the request's
+                    // future) may live across an await: it would bloat every
+                    // idle connection's task by the size of that future.
+                    let refusal = match self.dispatch(env) {
+                        Dispatch::Now(reply) => {
+                            outbox.push(reply);
+                            None
                         }
+                        Dispatch::Later(fut) => {
+                            inflight.push(fut);
+                            None
+                        }
+                        Dispatch::Close(reply) => Some(reply),
+                    };
+                    if let Some(reply) = refusal {
+                        writer.send(&reply).await?;
+                        return Ok(());
                     }
                 }
                 fetched = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
@@ -246,12 +279,18 @@ impl Connection {
                         }
                     }
                 }
-                () = sleep_until(deadline) => {
+                () = sleep_until(quiet_at.unwrap_or(deadline).min(deadline)) => {
+                    if quiet_at.take().is_some() && Instant::now() < deadline {
+                        reader.shrink();
+                        writer.shrink();
+                        continue;
+                    }
                     tracing::debug!("idle timeout");
                     return Ok(());
                 }
             }
             if !outbox.is_empty() {
+                quiet_at = Some(Instant::now() + QUIET_AFTER);
                 writer.send_batch(outbox.iter()).await?;
                 outbox.clear();
                 if outbox.capacity() > 64 {

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use crate::TransportError;
 
 /// Reads start this small, so an idle connection holds little memory...
-const MIN_READ: usize = 4 * 1024;
+const MIN_READ: usize = 1024;
 
 /// ...and grow up to this size while the peer keeps filling them, so a busy
 /// connection reads whole records at once.
@@ -221,6 +221,16 @@ impl<R: AsyncRead + Unpin> ConnReader<R> {
         }
     }
 
+    /// Gives back buffer memory beyond the minimum read buffer; for a
+    /// connection that has gone quiet (busy connections keep their buffers
+    /// to avoid reallocating per frame).
+    pub fn shrink(&mut self) {
+        self.opener.shrink();
+        if self.buf.len() > MIN_READ {
+            self.buf = vec![0; MIN_READ];
+        }
+    }
+
     /// Grows the read buffer while reads fill it; drops back to the minimum
     /// when they do not, so an idle connection holds only [`MIN_READ`].
     fn resize_buffer(&mut self, read: usize) {
@@ -294,6 +304,15 @@ impl<W: AsyncWrite + Unpin> ConnWriter<W> {
             self.out = Vec::new();
         }
         Ok(())
+    }
+
+    /// Gives back buffer memory if nothing is waiting to be written; for a
+    /// connection that has gone quiet.
+    pub fn shrink(&mut self) {
+        self.sealer.shrink();
+        if self.out.is_empty() {
+            self.out = Vec::new();
+        }
     }
 
     /// Writes everything queued, then closes the sending direction.

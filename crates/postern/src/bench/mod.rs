@@ -557,7 +557,10 @@ async fn idle(a: IdleArgs) -> anyhow::Result<()> {
             eprintln!("  {}/{}", i + 1, a.connections);
         }
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Past the server's 5 s quiet period, after which a connection gives
+    // back spare buffer memory: this measures connections that are idle.
+    eprintln!("Waiting 7 s for the connections to go quiet…");
+    tokio::time::sleep(Duration::from_secs(7)).await;
     let after = server.rss_kib()?;
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / a.connections as f64;
     let result = serde_json::json!({
