@@ -47,8 +47,14 @@ pub(crate) async fn serve<S>(
     let Some((conn, session)) = handshake else {
         return;
     };
-    if let Err(e) = Connection::new(service, session).run(conn).await {
-        tracing::debug!(error = %e, "connection closed");
+    match Connection::new(service, session).run(conn).await {
+        Ok(()) => {}
+        // An authenticated peer sent bytes that break the protocol: worth
+        // an operator's attention, once per connection.
+        Err(e @ postern_transport::TransportError::Session(_)) => {
+            tracing::info!(error = %e, "closed a connection that broke the protocol");
+        }
+        Err(e) => tracing::debug!(error = %e, "connection closed"),
     }
 }
 
