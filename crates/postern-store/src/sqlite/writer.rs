@@ -31,6 +31,9 @@ use crate::{
     StoreError,
 };
 
+/// A batch taking longer than this is logged: it delays every caller in it.
+const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Where a command's answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -255,7 +258,13 @@ async fn run(
             counters
                 .commands
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            let n = batch.len();
             run_batch(&mut conn, batch).await;
+            let took = started.elapsed();
+            if took > SLOW_BATCH {
+                tracing::warn!(commands = n, ms = took.as_millis() as u64, "slow commit");
+            }
         }
     }
     // Whatever is still queued is dropped unanswered: its callers see Closed.
