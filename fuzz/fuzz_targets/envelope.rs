@@ -1,6 +1,7 @@
 //! Every protobuf message a peer sends, decoded from arbitrary bytes: the
 //! server decodes `ClientHello` and `Envelope` (which holds every request),
-//! the client decodes `ServerHello` and `Envelope` (responses and pushes).
+//! the client decodes `ServerHello` and `Envelope` (responses and pushes),
+//! and `Content` from other members' payloads.
 //! Whatever decodes must survive re-encoding unchanged.
 #![no_main]
 
@@ -19,4 +20,5 @@ fuzz_target!(|data: &[u8]| {
     round_trip::<pb::Envelope>(data);
     round_trip::<pb::ClientHello>(data);
     round_trip::<pb::ServerHello>(data);
+    round_trip::<postern_proto::content::Content>(data);
 });

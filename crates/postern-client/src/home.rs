@@ -274,3 +274,84 @@ impl Home {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64, text: &str) -> StoredMessage {
+        StoredMessage {
+            seq,
+            sender: DeviceAddr {
+                account: AccountId([1; 16]),
+                device: 1,
+            },
+            client_message_id: [seq as u8; 16],
+            sent_at: 1,
+            received_at: 2,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn received_messages_are_stored_once_by_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut home = Home::open(dir.path(), true).unwrap();
+        let fresh = home.store_received(vec![msg(1, "a"), msg(2, "b")]).unwrap();
+        assert_eq!(fresh.len(), 2);
+        // A re-delivery (the ack was lost) is recognised and not shown again.
+        let fresh = home.store_received(vec![msg(2, "b"), msg(3, "c")]).unwrap();
+        assert_eq!(fresh.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(home.last_seq().unwrap(), 3);
+    }
+
+    #[test]
+    fn the_outbox_keeps_order_and_ids_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let to = AccountId([2; 16]);
+        {
+            let home = Home::open(dir.path(), true).unwrap();
+            for i in 0..3u8 {
+                let p = PendingSend {
+                    client_message_id: [i; 16],
+                    to,
+                    payload: vec![i],
+                };
+                home.outbox_add(&p, 10).unwrap();
+            }
+            home.outbox_remove(&[1; 16]).unwrap();
+        }
+        let home = Home::open(dir.path(), false).unwrap();
+        let ids: Vec<u8> = home
+            .outbox()
+            .unwrap()
+            .iter()
+            .map(|p| p.client_message_id[0])
+            .collect();
+        assert_eq!(ids, vec![0, 2]);
+    }
+
+    #[test]
+    fn contacts_name_senders_by_username_then_phone() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::open(dir.path(), true).unwrap();
+        let a = AccountId([3; 16]);
+        assert_eq!(home.contact_name(a).unwrap(), None);
+        home.remember_contact(a, Some("+14155552671"), None)
+            .unwrap();
+        assert_eq!(
+            home.contact_name(a).unwrap().as_deref(),
+            Some("+14155552671")
+        );
+        home.remember_contact(a, None, Some("alice")).unwrap();
+        assert_eq!(home.contact_name(a).unwrap().as_deref(), Some("@alice"));
+        assert_eq!(home.contact_by_phone("+14155552671").unwrap(), Some(a));
+    }
+
+    #[test]
+    fn opening_a_missing_home_says_how_to_set_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Home::open(&dir.path().join("nope"), false).err().unwrap();
+        assert!(err.to_string().contains("setup"), "{err}");
+    }
+}

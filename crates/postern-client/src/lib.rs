@@ -12,11 +12,10 @@
 //! once.
 //!
 //! Payloads are not yet end-to-end encrypted: the MLS layer arrives in its
-//! own change and will wrap [`content::Content`].
+//! own change and will wrap [`postern_proto::content::Content`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod content;
 mod home;
 mod listener;
 
@@ -572,7 +571,7 @@ impl Connection {
     /// [`Connection::send_pending`] sends it.
     pub async fn queue_text(&self, to: &Recipient, text: &str) -> Result<PendingSend, ClientError> {
         let to = self.resolve(to).await?;
-        let payload = content::Content {
+        let payload = postern_proto::content::Content {
             text: text.into(),
             sent_at_ms: now_ms(),
         }
@@ -651,7 +650,7 @@ impl Connection {
             let Some(sender) = m.sender.as_ref().and_then(|s| DeviceAddr::try_from(s).ok()) else {
                 continue;
             };
-            let (text, sent_at) = match content::Content::decode(m.payload) {
+            let (text, sent_at) = match postern_proto::content::Content::decode(m.payload) {
                 Ok(c) => (c.text, c.sent_at_ms),
                 Err(_) => (
                     "[a message this version cannot read]".to_owned(),
@@ -763,5 +762,27 @@ async fn io_task<S>(
     }
     for (_, reply) in pending.drain() {
         let _ = reply.send(Err(ClientError::Disconnected));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients_parse_as_a_member_would_type_them() {
+        assert_eq!(
+            "@Bob".parse::<Recipient>().unwrap(),
+            Recipient::Username("bob".into())
+        );
+        assert_eq!(
+            "+1 415 555 2671".parse::<Recipient>().unwrap(),
+            Recipient::Phone("+1 415 555 2671".into())
+        );
+        let id = AccountId([7; 16]);
+        assert_eq!(
+            id.to_string().parse::<Recipient>().unwrap(),
+            Recipient::Account(id)
+        );
     }
 }

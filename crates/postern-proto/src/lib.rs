@@ -10,12 +10,15 @@
 //!   received bytes, take envelopes and bytes to send out;
 //! - [`link`]: `postern://` links that bootstrap a client;
 //! - [`keys`]: Noise static keys and the device-key binding signature;
-//! - [`ids`]: account and device identifiers.
+//! - [`ids`]: account and device identifiers;
+//! - [`content`]: what clients put inside payloads (never read by servers).
 //!
-//! Message payloads are opaque bytes here: nothing in this crate parses them.
+//! Message payloads are opaque bytes to everything here but [`content`],
+//! which only clients use.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod content;
 pub mod frame;
 pub mod ids;
 pub mod keys;

@@ -1,5 +1,6 @@
-//! What a message says, as encoded into the opaque payload the server
-//! stores. Only clients read it; the server never does.
+//! What a message says, as one client encodes it for another inside the
+//! opaque payload. Only clients read it: the server must never decode it.
+//! (With MLS, this becomes the plaintext of an MLS application message.)
 
 /// One message's content.
 #[derive(Clone, PartialEq, prost::Message)]
