@@ -39,9 +39,10 @@ pub enum BenchCommand {
     Mqtt(mqtt::MqttArgs),
 }
 
-/// Options of `postern bench delivery`.
+/// The traffic of one delivery run; `bench delivery` and `bench mqtt` take
+/// the same options so that their figures compare.
 #[derive(clap::Args)]
-pub struct DeliveryArgs {
+pub struct Traffic {
     /// Sender/receiver pairs (2 connections each).
     #[arg(long, default_value_t = 50)]
     pairs: usize,
@@ -59,6 +60,96 @@ pub struct DeliveryArgs {
     /// Sends each sender keeps in flight.
     #[arg(long, default_value_t = 64)]
     window: usize,
+}
+
+impl Traffic {
+    /// Checks the options; returns the messages each sender sends.
+    fn per_sender(&self) -> anyhow::Result<u64> {
+        if self.pairs == 0 || self.messages == 0 || self.window == 0 {
+            bail!("--pairs, --messages and --window must be at least 1");
+        }
+        if self.size < 8 || self.size > postern_proto::MAX_PAYLOAD_LEN {
+            bail!(
+                "--size must be between 8 and {}",
+                postern_proto::MAX_PAYLOAD_LEN
+            );
+        }
+        let per_sender = self.messages / self.pairs as u64;
+        if per_sender == 0 {
+            bail!("--messages must be at least --pairs");
+        }
+        Ok(per_sender)
+    }
+
+    /// Each sender's share of `--rate`, if pacing.
+    fn sender_rate(&self) -> Option<f64> {
+        (self.rate > 0).then(|| self.rate as f64 / self.pairs as f64)
+    }
+}
+
+/// What one delivery run measured, printed the same way for every system:
+/// a line for people and a JSON line for scripts.
+struct Report<'a> {
+    bench: &'static str,
+    traffic: &'a Traffic,
+    synchronous: &'a str,
+    messages: u64,
+    elapsed: Duration,
+    accepted: Duration,
+    /// Send-to-receive latencies in µs, any order.
+    latencies: Vec<u32>,
+    server_rss_kib: u64,
+}
+
+impl Report<'_> {
+    fn print(mut self) {
+        self.latencies.sort_unstable();
+        let ms = |us: u32| f64::from(us) / 1000.0;
+        let pct = |p: f64| {
+            let i = ((self.latencies.len() as f64 * p) as usize)
+                .min(self.latencies.len().saturating_sub(1));
+            self.latencies.get(i).copied().map(ms).unwrap_or(0.0)
+        };
+        let rate = self.messages as f64 / self.elapsed.as_secs_f64();
+        let (p50, p99) = (pct(0.50), pct(0.99));
+        println!(
+            "delivered {} messages in {:.2} s: {rate:.0} msg/s; latency p50 {p50:.1} ms, p99 {p99:.1} ms",
+            self.messages,
+            self.elapsed.as_secs_f64(),
+        );
+        let result = serde_json::json!({
+            "bench": self.bench,
+            "pairs": self.traffic.pairs,
+            "messages": self.messages,
+            "size": self.traffic.size,
+            "offered_rate": self.traffic.rate,
+            "synchronous": self.synchronous,
+            "seconds": self.elapsed.as_secs_f64(),
+            "accepted_seconds": self.accepted.as_secs_f64(),
+            "messages_per_second": rate,
+            "latency_ms_p50": p50,
+            "latency_ms_p99": p99,
+            "latency_ms_max": self.latencies.last().copied().map(ms).unwrap_or(0.0),
+            "server_rss_mib": self.server_rss_kib as f64 / 1024.0,
+        });
+        println!("{result}");
+    }
+}
+
+/// Resident memory of process `pid` in KiB, from Linux /proc.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Options of `postern bench delivery`.
+#[derive(clap::Args)]
+pub struct DeliveryArgs {
+    #[command(flatten)]
+    traffic: Traffic,
     /// SQLite synchronous mode of the server: full or normal.
     #[arg(long, default_value = "full")]
     synchronous: String,
@@ -143,13 +234,7 @@ impl ServerProcess {
 
     fn rss_kib(&self) -> anyhow::Result<u64> {
         let pid = self.child.id().context("the server exited")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .context("reading server memory needs Linux /proc")?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc status")
+        rss_kib(pid).context("reading server memory needs Linux /proc")
     }
 }
 
@@ -320,21 +405,13 @@ async fn register_many(
 }
 
 async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
-    if a.pairs == 0 || a.messages == 0 || a.window == 0 {
-        bail!("--pairs, --messages and --window must be at least 1");
-    }
-    if a.size < 8 || a.size > postern_proto::MAX_PAYLOAD_LEN {
-        bail!(
-            "--size must be between 8 and {}",
-            postern_proto::MAX_PAYLOAD_LEN
-        );
-    }
+    let t = &a.traffic;
+    let per_sender = t.per_sender()?;
     eprintln!("Starting a server (SQLite, synchronous={})…", a.synchronous);
     let server = ServerProcess::start(&a.synchronous).await?;
-    eprintln!("Registering {} devices…", a.pairs * 2);
-    let devices = register_many(&server, a.pairs * 2, 64).await?;
-    let per_sender = a.messages / a.pairs as u64;
-    let total = per_sender * a.pairs as u64;
+    eprintln!("Registering {} devices…", t.pairs * 2);
+    let devices = register_many(&server, t.pairs * 2, 64).await?;
+    let total = per_sender * t.pairs as u64;
     let base = Instant::now();
     let mut receivers = tokio::task::JoinSet::new();
     let mut senders = Vec::new();
@@ -353,10 +430,10 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
     }
     eprintln!(
         "Sending {total} messages of {} bytes from {} senders{}…",
-        a.size,
-        a.pairs,
-        if a.rate > 0 {
-            format!(" at {} msg/s", a.rate)
+        t.size,
+        t.pairs,
+        if t.rate > 0 {
+            format!(" at {} msg/s", t.rate)
         } else {
             String::new()
         }
@@ -365,8 +442,16 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
     let mut send_tasks = tokio::task::JoinSet::new();
     for (sender, to) in senders {
         let (r, w, _) = open(&server.link, &sender.keys).await?;
-        let rate = (a.rate > 0).then(|| a.rate as f64 / a.pairs as f64);
-        send_tasks.spawn(send(r, w, to, per_sender, a.size, a.window, rate, base));
+        send_tasks.spawn(send(
+            r,
+            w,
+            to,
+            per_sender,
+            t.size,
+            t.window,
+            t.sender_rate(),
+            base,
+        ));
     }
     while let Some(r) = send_tasks.join_next().await {
         r??;
@@ -376,33 +461,17 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
     while let Some(r) = receivers.join_next().await {
         latencies.extend(r??);
     }
-    let elapsed = start.elapsed();
-    latencies.sort_unstable();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    let rss = server.rss_kib().unwrap_or(0);
-    let result = serde_json::json!({
-        "bench": "delivery",
-        "pairs": a.pairs,
-        "messages": total,
-        "size": a.size,
-        "offered_rate": a.rate,
-        "synchronous": a.synchronous,
-        "seconds": elapsed.as_secs_f64(),
-        "accepted_seconds": accepted.as_secs_f64(),
-        "messages_per_second": total as f64 / elapsed.as_secs_f64(),
-        "latency_ms_p50": pct(0.50) as f64 / 1000.0,
-        "latency_ms_p99": pct(0.99) as f64 / 1000.0,
-        "latency_ms_max": *latencies.last().unwrap_or(&0) as f64 / 1000.0,
-        "server_rss_mib": rss as f64 / 1024.0,
-    });
-    println!(
-        "delivered {total} messages in {:.2} s: {:.0} msg/s; latency p50 {:.1} ms, p99 {:.1} ms",
-        elapsed.as_secs_f64(),
-        result["messages_per_second"].as_f64().unwrap_or(0.0),
-        result["latency_ms_p50"].as_f64().unwrap_or(0.0),
-        result["latency_ms_p99"].as_f64().unwrap_or(0.0),
-    );
-    println!("{result}");
+    Report {
+        bench: "delivery",
+        traffic: t,
+        synchronous: &a.synchronous,
+        messages: total,
+        elapsed: start.elapsed(),
+        accepted,
+        latencies,
+        server_rss_kib: server.rss_kib().unwrap_or(0),
+    }
+    .print();
     Ok(())
 }
 

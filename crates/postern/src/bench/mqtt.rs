@@ -29,22 +29,8 @@ pub struct MqttArgs {
     /// Address of the MQTT broker (host:port).
     #[arg(long)]
     addr: String,
-    /// Publisher/subscriber pairs (2 connections each).
-    #[arg(long, default_value_t = 50)]
-    pairs: usize,
-    /// Messages in all.
-    #[arg(long, default_value_t = 200_000)]
-    messages: u64,
-    /// Payload bytes per message.
-    #[arg(long, default_value_t = 1024)]
-    size: usize,
-    /// Offered load in messages/s over all publishers; 0 sends as fast as
-    /// the broker accepts (throughput).
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
-    /// QoS 1 PUBLISHes each publisher keeps in flight (at most 65535).
-    #[arg(long, default_value_t = 64)]
-    window: usize,
+    #[command(flatten)]
+    traffic: super::Traffic,
     /// Process id of the broker, to report its resident memory (Linux).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -66,33 +52,22 @@ fn topic(pair: usize) -> String {
 }
 
 pub async fn run(a: MqttArgs) -> anyhow::Result<()> {
-    if a.pairs == 0 || a.messages == 0 || a.window == 0 {
-        bail!("--pairs, --messages and --window must be at least 1");
-    }
-    if a.window > usize::from(u16::MAX) {
+    let t = &a.traffic;
+    let per_pub = t.per_sender()?;
+    if t.window > usize::from(u16::MAX) {
         bail!("--window must be at most 65535 (MQTT packet identifiers are 16-bit)");
     }
-    if a.size < 8 || a.size > postern_proto::MAX_PAYLOAD_LEN {
-        bail!(
-            "--size must be between 8 and {}",
-            postern_proto::MAX_PAYLOAD_LEN
-        );
-    }
-    let per_pub = a.messages / a.pairs as u64;
-    if per_pub == 0 {
-        bail!("--messages must be at least --pairs");
-    }
-    let total = per_pub * a.pairs as u64;
+    let total = per_pub * t.pairs as u64;
     // Room for the topic and headers around the largest payload.
-    let max_packet = a.size + 1024;
+    let max_packet = t.size + 1024;
     let base = Instant::now();
     eprintln!(
         "Connecting {} subscribers to the MQTT broker at {}…",
-        a.pairs, a.addr
+        t.pairs, a.addr
     );
     let mut subscribers = tokio::task::JoinSet::new();
     // Connect and subscribe every subscriber before any publisher starts.
-    for pair in 0..a.pairs {
+    for pair in 0..t.pairs {
         let client_id = format!("postern-bench-sub-{pair}");
         // A clean connect first drops whatever session an earlier run left
         // under this fixed id, so that no stale message is counted.
@@ -122,17 +97,17 @@ pub async fn run(a: MqttArgs) -> anyhow::Result<()> {
     }
     eprintln!(
         "Publishing {total} messages of {} bytes from {} publishers with QoS 1{}…",
-        a.size,
-        a.pairs,
-        if a.rate > 0 {
-            format!(" at {} msg/s", a.rate)
+        t.size,
+        t.pairs,
+        if t.rate > 0 {
+            format!(" at {} msg/s", t.rate)
         } else {
             String::new()
         }
     );
     let start = Instant::now();
     let mut publishers = tokio::task::JoinSet::new();
-    for pair in 0..a.pairs {
+    for pair in 0..t.pairs {
         let (r, w) = connect(
             &a.addr,
             &format!("postern-bench-pub-{pair}"),
@@ -140,8 +115,8 @@ pub async fn run(a: MqttArgs) -> anyhow::Result<()> {
             max_packet,
         )
         .await?;
-        let rate = (a.rate > 0).then(|| a.rate as f64 / a.pairs as f64);
-        publishers.spawn(publish(r, w, pair, per_pub, a.size, a.window, rate, base));
+        let rate = t.sender_rate();
+        publishers.spawn(publish(r, w, pair, per_pub, t.size, t.window, rate, base));
     }
     while let Some(r) = publishers.join_next().await {
         r??;
@@ -151,44 +126,19 @@ pub async fn run(a: MqttArgs) -> anyhow::Result<()> {
     while let Some(r) = subscribers.join_next().await {
         latencies.extend(r??);
     }
-    let elapsed = start.elapsed();
-    latencies.sort_unstable();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    let rss = a.server_pid.and_then(rss_kib).unwrap_or(0);
-    let result = serde_json::json!({
-        "bench": "mqtt",
-        "pairs": a.pairs,
-        "messages": total,
-        "size": a.size,
-        "offered_rate": a.rate,
+    super::Report {
+        bench: "mqtt",
+        traffic: t,
         // Mosquitto's durability is its own (periodic snapshot), not SQLite's.
-        "synchronous": "broker",
-        "seconds": elapsed.as_secs_f64(),
-        "accepted_seconds": accepted.as_secs_f64(),
-        "messages_per_second": total as f64 / elapsed.as_secs_f64(),
-        "latency_ms_p50": pct(0.50) as f64 / 1000.0,
-        "latency_ms_p99": pct(0.99) as f64 / 1000.0,
-        "latency_ms_max": *latencies.last().unwrap_or(&0) as f64 / 1000.0,
-        "server_rss_mib": rss as f64 / 1024.0,
-    });
-    println!(
-        "delivered {total} messages in {:.2} s: {:.0} msg/s; latency p50 {:.1} ms, p99 {:.1} ms",
-        elapsed.as_secs_f64(),
-        result["messages_per_second"].as_f64().unwrap_or(0.0),
-        result["latency_ms_p50"].as_f64().unwrap_or(0.0),
-        result["latency_ms_p99"].as_f64().unwrap_or(0.0),
-    );
-    println!("{result}");
+        synchronous: "broker",
+        messages: total,
+        elapsed: start.elapsed(),
+        accepted,
+        latencies,
+        server_rss_kib: a.server_pid.and_then(super::rss_kib).unwrap_or(0),
+    }
+    .print();
     Ok(())
-}
-
-/// Resident memory of process `pid` in KiB, from Linux /proc.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Opens a TCP connection, sends CONNECT and waits for a successful CONNACK.
