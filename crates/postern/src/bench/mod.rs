@@ -81,6 +81,19 @@ impl Traffic {
         Ok(per_sender)
     }
 
+    /// "N messages of S bytes from P senders at R msg/s", for progress lines.
+    fn describe(&self, total: u64, senders: &str) -> String {
+        let rate = if self.rate > 0 {
+            format!(" at {} msg/s", self.rate)
+        } else {
+            String::new()
+        };
+        format!(
+            "{total} messages of {} bytes from {} {senders}{rate}",
+            self.size, self.pairs
+        )
+    }
+
     /// Each sender's share of `--rate`, if pacing.
     fn sender_rate(&self) -> Option<f64> {
         (self.rate > 0).then(|| self.rate as f64 / self.pairs as f64)
@@ -428,16 +441,7 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
         receivers.spawn(receive(r, w, per_sender, base));
         senders.push((sender, receiver.addr));
     }
-    eprintln!(
-        "Sending {total} messages of {} bytes from {} senders{}…",
-        t.size,
-        t.pairs,
-        if t.rate > 0 {
-            format!(" at {} msg/s", t.rate)
-        } else {
-            String::new()
-        }
-    );
+    eprintln!("Sending {}…", t.describe(total, "senders"));
     let start = Instant::now();
     let mut send_tasks = tokio::task::JoinSet::new();
     for (sender, to) in senders {

@@ -95,16 +95,7 @@ pub async fn run(a: MqttArgs) -> anyhow::Result<()> {
         }
         subscribers.spawn(subscribe(r, w, pair, per_pub, base));
     }
-    eprintln!(
-        "Publishing {total} messages of {} bytes from {} publishers with QoS 1{}…",
-        t.size,
-        t.pairs,
-        if t.rate > 0 {
-            format!(" at {} msg/s", t.rate)
-        } else {
-            String::new()
-        }
-    );
+    eprintln!("Publishing {} with QoS 1…", t.describe(total, "publishers"));
     let start = Instant::now();
     let mut publishers = tokio::task::JoinSet::new();
     for pair in 0..t.pairs {
