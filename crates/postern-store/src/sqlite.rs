@@ -57,7 +57,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// WAL size (pages) at which the writer checkpoints itself: a safety valve
 /// for when the background checkpointer falls behind.
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
-/// Page cache per connection, KiB.
+/// Page cache of the writer connection, KiB.
 const CACHE_KIB: u64 = 32 * 1024;
 
 /// When SQLite forces data to stable storage (`PRAGMA synchronous`).
@@ -140,15 +140,17 @@ impl SqliteStore {
                 .await
                 .map_err(|e| StoreError::Database(Box::new(e)))?;
         }
-        // Memory-mapped reads spare a copy per page read; a larger page
-        // cache keeps the hot end of the queue table in memory.
+        // Memory-mapped reads spare a copy per page read.
         let base = SqliteConnectOptions::new()
             .filename(&opts.path)
             .busy_timeout(BUSY_TIMEOUT)
-            .pragma("mmap_size", MMAP_SIZE.to_string())
-            .pragma("cache_size", format!("-{}", CACHE_KIB));
+            .pragma("mmap_size", MMAP_SIZE.to_string());
+        // Only the writer gets a large page cache: it keeps the hot end of
+        // the tables in memory. A reader's cache is dropped whenever another
+        // connection has written, so a large one only costs time to clear.
         let write_opts = base
             .clone()
+            .pragma("cache_size", format!("-{CACHE_KIB}"))
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(opts.synchronous.into())
