@@ -8,7 +8,7 @@
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PhoneError {
     /// Not in international form.
-    #[error("phone numbers need the international form with the country code, like +15551234567")]
+    #[error("phone numbers need the international form with the country code, like +14155552671")]
     NotInternational,
     /// Could not be parsed or is not a valid number.
     #[error("{0:?} is not a valid phone number")]

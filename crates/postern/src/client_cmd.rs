@@ -119,13 +119,13 @@ pub async fn send(home: &Path, to: &str, text: &str) -> anyhow::Result<()> {
         match result {
             Ok(Some((_, sent))) => {
                 let note = if sent.duplicate {
-                    " (it had arrived before)"
+                    "; it had arrived before"
                 } else {
                     ""
                 };
                 println!(
-                    "Sent; the server stored it at {} ms{note}.",
-                    sent.received_at_ms
+                    "Sent (stored by the server at {} UTC{note}).",
+                    format_time(sent.received_at_ms)
                 );
                 return Ok(());
             }

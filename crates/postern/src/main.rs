@@ -52,14 +52,14 @@ enum Command {
     },
     /// Ask the server to text a registration code to PHONE.
     RequestCode {
-        /// Phone number in international form, like +15551234567.
+        /// Phone number in international form, like +14155552671.
         phone: String,
     },
     /// Register a new account with this device as its first device.
     ///
     /// Without --code it requests a code and reads it from standard input.
     Register {
-        /// Phone number in international form, like +15551234567.
+        /// Phone number in international form, like +14155552671.
         phone: String,
         /// A code requested earlier with `request-code`.
         #[arg(long)]

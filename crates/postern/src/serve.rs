@@ -109,7 +109,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!();
     println!("Connect a member:");
     println!("  postern --home alice setup '{link}'");
-    println!("  postern --home alice register +15551234567");
+    println!("  postern --home alice register +14155552671");
     println!();
     println!("Note: message payloads are not yet end-to-end encrypted (MLS is next).");
     println!("Stop with Ctrl-C.");
