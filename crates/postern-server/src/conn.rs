@@ -159,18 +159,23 @@ impl Delivery {
             return Vec::new();
         }
         inbox.messages.sort_unstable_by_key(|m| m.seq);
-        let mut next = self.pushed + 1;
+        // `pushed` comes from the client's Subscribe: never let it overflow.
+        let mut next = self.pushed.saturating_add(1);
         let mut run = Vec::new();
+        let mut bytes = 0;
         for m in inbox.messages {
             if m.seq < next {
                 continue;
             }
-            if m.seq > next || next.saturating_sub(self.acked) > window {
+            // One Deliver frame carries at most FETCH_BYTES of payloads (plus
+            // one), like a fetch, so it stays under the frame limit.
+            if m.seq > next || next.saturating_sub(self.acked) > window || bytes > FETCH_BYTES {
                 self.wake = true;
                 break;
             }
+            bytes += m.payload.len();
             run.push(pb::QueuedMessage::clone(&m));
-            next += 1;
+            next = next.saturating_add(1);
         }
         if let Some(last) = run.last() {
             self.pushed = last.seq;
@@ -438,4 +443,97 @@ fn error_response(code: ErrorCode, message: &str) -> pb::Response {
 
 fn error_envelope(id: u64, code: ErrorCode, message: &str) -> pb::Envelope {
     envelope(id, Body::Response(error_response(code, message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+    use postern_proto::ids::AccountId;
+
+    fn delivery(hub: &Arc<Hub>, pushed: u64) -> Delivery {
+        let device = DeviceAddr {
+            account: AccountId([1; 16]),
+            device: 1,
+        };
+        Delivery {
+            device,
+            pushed,
+            acked: pushed,
+            wake: false,
+            subscription: hub.subscribe(device),
+        }
+    }
+
+    fn hand_over(hub: &Hub, d: &Delivery, seq: u64, size: usize) {
+        let m = Arc::new(pb::QueuedMessage {
+            seq,
+            payload: vec![0; size].into(),
+            ..Default::default()
+        });
+        hub.deliver(&d.device, &m);
+    }
+
+    fn seqs(run: &[pb::QueuedMessage]) -> Vec<u64> {
+        run.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn contiguous_hand_overs_are_pushed_in_order() {
+        let hub = Arc::new(Hub::default());
+        let mut d = delivery(&hub, 4);
+        for seq in [6, 5, 7, 3] {
+            hand_over(&hub, &d, seq, 10);
+        }
+        assert_eq!(seqs(&d.take_mailbox(100)), vec![5, 6, 7]);
+        assert_eq!(d.pushed, 7);
+        assert!(!d.wake, "nothing is missing");
+    }
+
+    #[test]
+    fn a_gap_means_a_fetch() {
+        let hub = Arc::new(Hub::default());
+        let mut d = delivery(&hub, 4);
+        for seq in [5, 7] {
+            hand_over(&hub, &d, seq, 10);
+        }
+        assert_eq!(seqs(&d.take_mailbox(100)), vec![5]);
+        assert!(d.wake, "6 must be fetched from the store");
+    }
+
+    #[test]
+    fn a_full_window_stops_direct_pushes() {
+        let hub = Arc::new(Hub::default());
+        let mut d = delivery(&hub, 0);
+        for seq in 1..=5 {
+            hand_over(&hub, &d, seq, 10);
+        }
+        assert_eq!(seqs(&d.take_mailbox(2)), vec![1, 2], "at most 2 unacked");
+        assert!(d.wake);
+    }
+
+    #[test]
+    fn one_push_stays_under_the_frame_limit() {
+        let hub = Arc::new(Hub::default());
+        let mut d = delivery(&hub, 0);
+        for seq in 1..=8 {
+            hand_over(&hub, &d, seq, 200 * 1024);
+        }
+        let run = d.take_mailbox(100);
+        let bytes: usize = run.iter().map(|m| m.payload.len()).sum();
+        assert!(bytes <= FETCH_BYTES + MAX_PAYLOAD_LEN, "{bytes}");
+        assert!(run.len() < 8);
+        assert!(d.wake, "the rest comes from a fetch");
+        let env = deliver_envelope(run);
+        let mut frame = Vec::new();
+        postern_proto::frame::encode_envelope(&env, &mut frame).expect("fits in one frame");
+    }
+
+    #[test]
+    fn a_subscription_at_the_end_of_the_sequence_space_does_not_overflow() {
+        let hub = Arc::new(Hub::default());
+        let mut d = delivery(&hub, u64::MAX);
+        hand_over(&hub, &d, 1, 10);
+        assert!(d.take_mailbox(100).is_empty());
+    }
 }

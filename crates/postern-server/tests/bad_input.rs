@@ -180,6 +180,43 @@ async fn undecodable_and_wrong_version_frames_close_the_connection() {
 }
 
 #[tokio::test]
+async fn extreme_sequence_numbers_do_not_break_the_connection() {
+    let t = TestServer::start().await;
+    let (client, conn) = t.member("alice", "+14155552671").await;
+    drop(conn);
+    let secret: [u8; 32] = client
+        .with_home(|h| h.get("noise_secret"))
+        .unwrap()
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let mut raw = t
+        .raw_with(&postern_proto::keys::NoiseKeypair::from_secret(secret))
+        .await;
+    for req in [
+        pb::request::Kind::Subscribe(pb::Subscribe {
+            after_seq: u64::MAX,
+        }),
+        pb::request::Kind::Ack(pb::Ack {
+            up_to_seq: u64::MAX,
+        }),
+    ] {
+        let resp = raw.call(req).await;
+        assert!(matches!(resp, pb::response::Kind::Ok(_)), "{resp:?}");
+    }
+    // A message for the device now: the connection must stay usable.
+    let (_, bob) = t.member("bob", "+14155552672").await;
+    bob.send_text(
+        &postern_client::Recipient::Username("alice".into()),
+        "still there?",
+    )
+    .await
+    .unwrap();
+    let resp = raw.call(pb::request::Kind::Ping(pb::Ping {})).await;
+    assert!(matches!(resp, pb::response::Kind::Pong(_)), "{resp:?}");
+}
+
+#[tokio::test]
 async fn an_unknown_protocol_version_gets_a_typed_refusal() {
     let t = TestServer::start().await;
     let (mut raw, hello) = noise_connect(&t, 99).await;

@@ -292,3 +292,61 @@ async fn concurrent_senders_reach_a_live_device_exactly_once_in_sequence() {
         "nothing is pushed twice: {extra:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_to_a_live_device_are_split_across_frames() {
+    // 8 × 200 KiB would not fit one 1 MiB frame; however they reach the
+    // connection (mailbox or fetch), it must split them, not fail. The
+    // mailbox's own limit is tested deterministically in conn.rs.
+    let t = TestServer::start().await;
+    let (alice_client, _) = t.member("alice", "+14155552671").await;
+    let (bob_client, bob) = t.member("bob", "+14155552672").await;
+    let bob_id = bob.whoami().await.unwrap().account;
+    drop(bob);
+    let key = |c: &postern_client::Client| {
+        postern_proto::keys::NoiseKeypair::from_secret(noise_secret(c))
+    };
+    let mut b = t.raw_with(&key(&bob_client)).await;
+    b.call(Req::Subscribe(pb::Subscribe { after_seq: 0 })).await;
+    // All eight sends in one write, so they commit together and reach
+    // bob's mailbox together.
+    let mut a = t.raw_with(&key(&alice_client)).await;
+    let sends: Vec<pb::Envelope> = (0..8u8)
+        .map(|i| {
+            postern_proto::frame::envelope(
+                100 + u64::from(i),
+                pb::envelope::Body::Request(pb::Request {
+                    kind: Some(Req::Send(pb::Send {
+                        client_message_id: vec![i; 16].into(),
+                        to_account_id: bob_id.0.to_vec().into(),
+                        payload: vec![i; 200 * 1024].into(),
+                    })),
+                }),
+            )
+        })
+        .collect();
+    a.w.send_batch(sends.iter()).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 8 {
+        let env = tokio::time::timeout(Duration::from_secs(10), b.r.recv())
+            .await
+            .expect("messages within 10 s")
+            .unwrap()
+            .expect("the connection stays open");
+        if let Some(pb::envelope::Body::Push(pb::Push {
+            kind: Some(pb::push::Kind::Deliver(d)),
+        })) = env.body
+        {
+            got.extend(d.messages.iter().map(|m| (m.seq, m.payload.len())));
+        }
+    }
+    let mut confirmed = 0;
+    while confirmed < 8 {
+        let env = a.r.recv().await.unwrap().unwrap();
+        if let Some(pb::envelope::Body::Response(r)) = env.body {
+            assert!(matches!(r.kind, Some(Resp::Sent(_))), "{r:?}");
+            confirmed += 1;
+        }
+    }
+    assert_eq!(got, (1..=8).map(|s| (s, 200 * 1024)).collect::<Vec<_>>());
+}
