@@ -197,6 +197,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let refusals = ratelimit::LogThrottle::new(Duration::from_secs(10));
     let mut connections = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -213,10 +214,13 @@ async fn accept_loop(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                max_connections,
-                "connection limit reached; closing new connection"
-            );
+            if let Some(refused) = refusals.hit(std::time::Instant::now()) {
+                tracing::warn!(
+                    max_connections,
+                    refused,
+                    "connection limit reached; closing new connections"
+                );
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

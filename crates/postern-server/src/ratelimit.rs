@@ -74,3 +74,51 @@ mod tests {
         assert!(rl.check(&"a", t0 + Duration::from_secs(1)).is_err());
     }
 }
+
+/// Keeps a flood from flooding the log: counts events and says when to log
+/// them, at most once per `every`.
+pub struct LogThrottle {
+    every: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogThrottle {
+    /// Logs at most once per `every`.
+    pub fn new(every: Duration) -> Self {
+        LogThrottle {
+            every,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Counts one event; returns how many happened since the last log line
+    /// when it is time for one.
+    pub fn hit(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1 += 1;
+        match state.0 {
+            Some(at) if now.duration_since(at) < self.every => None,
+            _ => {
+                let n = state.1;
+                *state = (Some(now), 0);
+                Some(n)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::*;
+
+    #[test]
+    fn logs_the_first_event_then_a_count_per_period() {
+        let t = LogThrottle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(t.hit(t0), Some(1));
+        for _ in 0..99 {
+            assert_eq!(t.hit(t0 + Duration::from_secs(1)), None);
+        }
+        assert_eq!(t.hit(t0 + Duration::from_secs(11)), Some(100));
+    }
+}

@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Limits;
 use crate::hub::Hub;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{LogThrottle, RateLimiter};
 use crate::sms::SmsGateway;
 use crate::{phone, username};
 
@@ -57,6 +57,7 @@ pub struct Service {
     message_ttl: Duration,
     code_requests_by_ip: RateLimiter<IpAddr>,
     verify_attempts_by_ip: RateLimiter<IpAddr>,
+    rate_limit_log: LogThrottle,
 }
 
 /// A handler's early exit: an error to return to the client.
@@ -144,6 +145,7 @@ impl Service {
         Service {
             code_requests_by_ip: RateLimiter::new(limits.code_requests_per_ip_per_hour, hour),
             verify_attempts_by_ip: RateLimiter::new(limits.verify_attempts_per_ip_per_hour, hour),
+            rate_limit_log: LogThrottle::new(Duration::from_secs(10)),
             store,
             sms,
             hub,
@@ -196,6 +198,13 @@ impl Service {
                 server_time_ms: now_ms(),
             })),
         };
+        if let Err(Refusal(e)) = &result
+            && e.code == ErrorCode::RateLimited as i32
+            && let Some(refused) = self.rate_limit_log.hit(Instant::now())
+        {
+            // No number or address: only that a limit is being hit, and how often.
+            tracing::info!(refused, "requests refused by rate limits");
+        }
         let kind = result.unwrap_or_else(|Refusal(e)| Resp::Error(e));
         Outcome {
             response: pb::Response { kind: Some(kind) },
