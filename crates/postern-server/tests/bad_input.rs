@@ -184,15 +184,7 @@ async fn extreme_sequence_numbers_do_not_break_the_connection() {
     let t = TestServer::start().await;
     let (client, conn) = t.member("alice", "+14155552671").await;
     drop(conn);
-    let secret: [u8; 32] = client
-        .with_home(|h| h.get("noise_secret"))
-        .unwrap()
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let mut raw = t
-        .raw_with(&postern_proto::keys::NoiseKeypair::from_secret(secret))
-        .await;
+    let mut raw = t.raw_as(&client).await;
     for req in [
         pb::request::Kind::Subscribe(pb::Subscribe {
             after_seq: u64::MAX,

@@ -61,24 +61,12 @@ async fn offline_device_gets_queued_messages_in_order_and_acked_ones_are_gone() 
     drop(bob);
 
     // Everything was acked: a fresh subscription from seq 0 finds nothing.
-    let mut raw = t
-        .raw_with(&postern_proto::keys::NoiseKeypair::from_secret(
-            noise_secret(&bob_client),
-        ))
-        .await;
+    let mut raw = t.raw_as(&bob_client).await;
     assert!(raw.hello.device.is_some(), "the device key authenticates");
     raw.call(Req::Subscribe(pb::Subscribe { after_seq: 0 }))
         .await;
     let pushed = tokio::time::timeout(Duration::from_millis(500), raw.r.recv()).await;
     assert!(pushed.is_err(), "nothing is left after the ack: {pushed:?}");
-}
-
-fn noise_secret(c: &postern_client::Client) -> [u8; 32] {
-    c.with_home(|h| h.get("noise_secret"))
-        .unwrap()
-        .unwrap()
-        .try_into()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -170,10 +158,7 @@ async fn payloads_are_stored_and_delivered_byte_for_byte() {
     let (bob_client, bob) = t.member("bob", "+14155552672").await;
     let bob_id = bob.whoami().await.unwrap().account;
     drop(bob);
-    let key = |c: &postern_client::Client| {
-        postern_proto::keys::NoiseKeypair::from_secret(noise_secret(c))
-    };
-    let mut a = t.raw_with(&key(&alice_client)).await;
+    let mut a = t.raw_as(&alice_client).await;
     // Not a valid client content encoding: the server must not care.
     let payload: Vec<u8> = (0..=255u8)
         .cycle()
@@ -196,7 +181,7 @@ async fn payloads_are_stored_and_delivered_byte_for_byte() {
         .await;
     assert_eq!(error_code(&too_big), ErrorCode::PayloadTooLarge);
 
-    let mut b = t.raw_with(&key(&bob_client)).await;
+    let mut b = t.raw_as(&bob_client).await;
     b.call(Req::Subscribe(pb::Subscribe { after_seq: 0 })).await;
     let env = b.r.recv().await.unwrap().unwrap();
     let Some(pb::envelope::Body::Push(pb::Push {
@@ -226,11 +211,7 @@ async fn concurrent_senders_reach_a_live_device_exactly_once_in_sequence() {
             .await;
         senders.push(conn);
     }
-    let mut raw = t
-        .raw_with(&postern_proto::keys::NoiseKeypair::from_secret(
-            noise_secret(&bob_client),
-        ))
-        .await;
+    let mut raw = t.raw_as(&bob_client).await;
     raw.call(Req::Subscribe(pb::Subscribe { after_seq: 0 }))
         .await;
 
@@ -303,14 +284,11 @@ async fn large_messages_to_a_live_device_are_split_across_frames() {
     let (bob_client, bob) = t.member("bob", "+14155552672").await;
     let bob_id = bob.whoami().await.unwrap().account;
     drop(bob);
-    let key = |c: &postern_client::Client| {
-        postern_proto::keys::NoiseKeypair::from_secret(noise_secret(c))
-    };
-    let mut b = t.raw_with(&key(&bob_client)).await;
+    let mut b = t.raw_as(&bob_client).await;
     b.call(Req::Subscribe(pb::Subscribe { after_seq: 0 })).await;
     // All eight sends in one write, so they commit together and reach
     // bob's mailbox together.
-    let mut a = t.raw_with(&key(&alice_client)).await;
+    let mut a = t.raw_as(&alice_client).await;
     let sends: Vec<pb::Envelope> = (0..8u8)
         .map(|i| {
             postern_proto::frame::envelope(

@@ -76,6 +76,17 @@ impl TestServer {
         self.raw_with(&NoiseKeypair::generate()).await
     }
 
+    /// A raw protocol session authenticated as `client`'s device.
+    pub async fn raw_as(&self, client: &Client) -> Raw {
+        let secret: [u8; 32] = client
+            .with_home(|h| h.get("noise_secret"))
+            .unwrap()
+            .expect("a set-up home")
+            .try_into()
+            .unwrap();
+        self.raw_with(&NoiseKeypair::from_secret(secret)).await
+    }
+
     pub async fn raw_with(&self, keys: &NoiseKeypair) -> Raw {
         let stream = TcpStream::connect(self.server.client_addr).await.unwrap();
         let hello = pb::ClientHello {
