@@ -112,6 +112,10 @@ struct Report<'a> {
     /// Send-to-receive latencies in µs, any order.
     latencies: Vec<u32>,
     server_rss_kib: u64,
+    /// CPU time the server and this load generator used during the run,
+    /// if known: steadier than msg/s on a shared machine.
+    server_cpu: Option<Duration>,
+    generator_cpu: Option<Duration>,
 }
 
 impl Report<'_> {
@@ -144,8 +148,52 @@ impl Report<'_> {
             "latency_ms_p99": p99,
             "latency_ms_max": self.latencies.last().copied().map(ms).unwrap_or(0.0),
             "server_rss_mib": self.server_rss_kib as f64 / 1024.0,
+            "server_cpu_us_per_message": self.server_cpu.map(|c| c.as_secs_f64() * 1e6 / self.messages as f64),
+            "generator_cpu_us_per_message": self.generator_cpu.map(|c| c.as_secs_f64() * 1e6 / self.messages as f64),
         });
+        if let (Some(s), Some(g)) = (self.server_cpu, self.generator_cpu) {
+            println!(
+                "cpu per message: server {:.1} µs, load generator {:.1} µs",
+                s.as_secs_f64() * 1e6 / self.messages as f64,
+                g.as_secs_f64() * 1e6 / self.messages as f64,
+            );
+        }
         println!("{result}");
+    }
+}
+
+/// CPU time (user + system, all threads) process `pid` has used, from
+/// Linux /proc; `None` elsewhere.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line, in USER_HZ (100 on Linux) ticks.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU used by `pid` and by this process between two readings.
+struct CpuMeter {
+    server: Option<u32>,
+    at_start: (Option<Duration>, Option<Duration>),
+}
+
+impl CpuMeter {
+    fn start(server: Option<u32>) -> Self {
+        let at_start = (server.and_then(cpu_time), cpu_time(std::process::id()));
+        CpuMeter { server, at_start }
+    }
+
+    /// (server, this process) CPU since `start`.
+    fn stop(&self) -> (Option<Duration>, Option<Duration>) {
+        let since =
+            |now: Option<Duration>, then: Option<Duration>| Some(now?.saturating_sub(then?));
+        (
+            since(self.server.and_then(cpu_time), self.at_start.0),
+            since(cpu_time(std::process::id()), self.at_start.1),
+        )
     }
 }
 
@@ -443,6 +491,7 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
     }
     eprintln!("Sending {}…", t.describe(total, "senders"));
     let start = Instant::now();
+    let cpu = CpuMeter::start(server.child.id());
     let mut send_tasks = tokio::task::JoinSet::new();
     for (sender, to) in senders {
         let (r, w, _) = open(&server.link, &sender.keys).await?;
@@ -465,6 +514,7 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
     while let Some(r) = receivers.join_next().await {
         latencies.extend(r??);
     }
+    let (server_cpu, generator_cpu) = cpu.stop();
     Report {
         bench: "delivery",
         traffic: t,
@@ -474,6 +524,8 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
         accepted,
         latencies,
         server_rss_kib: server.rss_kib().unwrap_or(0),
+        server_cpu,
+        generator_cpu,
     }
     .print();
     Ok(())

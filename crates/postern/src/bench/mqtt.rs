@@ -97,6 +97,7 @@ pub async fn run(a: MqttArgs) -> anyhow::Result<()> {
     }
     eprintln!("Publishing {} with QoS 1…", t.describe(total, "publishers"));
     let start = Instant::now();
+    let cpu = super::CpuMeter::start(a.server_pid);
     let mut publishers = tokio::task::JoinSet::new();
     for pair in 0..t.pairs {
         let (r, w) = connect(
@@ -117,6 +118,7 @@ pub async fn run(a: MqttArgs) -> anyhow::Result<()> {
     while let Some(r) = subscribers.join_next().await {
         latencies.extend(r??);
     }
+    let (server_cpu, generator_cpu) = cpu.stop();
     super::Report {
         bench: "mqtt",
         traffic: t,
@@ -127,6 +129,8 @@ pub async fn run(a: MqttArgs) -> anyhow::Result<()> {
         accepted,
         latencies,
         server_rss_kib: a.server_pid.and_then(super::rss_kib).unwrap_or(0),
+        server_cpu,
+        generator_cpu,
     }
     .print();
     Ok(())
