@@ -119,6 +119,11 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// CPU per message in µs, to 0.1 µs (the clock ticks at 10 ms).
+    fn per_message_us(&self, cpu: Duration) -> f64 {
+        (cpu.as_secs_f64() * 1e7 / self.messages as f64).round() / 10.0
+    }
+
     fn print(mut self) {
         self.latencies.sort_unstable();
         let ms = |us: u32| f64::from(us) / 1000.0;
@@ -148,14 +153,14 @@ impl Report<'_> {
             "latency_ms_p99": p99,
             "latency_ms_max": self.latencies.last().copied().map(ms).unwrap_or(0.0),
             "server_rss_mib": self.server_rss_kib as f64 / 1024.0,
-            "server_cpu_us_per_message": self.server_cpu.map(|c| c.as_secs_f64() * 1e6 / self.messages as f64),
-            "generator_cpu_us_per_message": self.generator_cpu.map(|c| c.as_secs_f64() * 1e6 / self.messages as f64),
+            "server_cpu_us_per_message": self.server_cpu.map(|c| self.per_message_us(c)),
+            "generator_cpu_us_per_message": self.generator_cpu.map(|c| self.per_message_us(c)),
         });
         if let (Some(s), Some(g)) = (self.server_cpu, self.generator_cpu) {
             println!(
                 "cpu per message: server {:.1} µs, load generator {:.1} µs",
-                s.as_secs_f64() * 1e6 / self.messages as f64,
-                g.as_secs_f64() * 1e6 / self.messages as f64,
+                self.per_message_us(s),
+                self.per_message_us(g),
             );
         }
         println!("{result}");
