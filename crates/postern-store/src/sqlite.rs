@@ -151,6 +151,9 @@ impl SqliteStore {
         let write_opts = base
             .clone()
             .pragma("cache_size", format!("-{CACHE_KIB}"))
+            // Statement and savepoint journals in memory, not temp files:
+            // they only ever serve a rollback within this transaction.
+            .pragma("temp_store", "memory")
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(opts.synchronous.into())
