@@ -19,7 +19,7 @@ use postern_proto::{MAX_PAYLOAD_LEN, PROTOCOL_VERSION};
 use postern_store::StoredMessage;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use crate::service::{Service, SessionInfo, now_ms};
 
@@ -213,10 +213,16 @@ impl Connection {
         let mut inflight = FuturesUnordered::new();
         let mut fetching = None;
         let mut outbox: Vec<pb::Envelope> = Vec::new();
-        let mut deadline = Instant::now() + limits.idle_timeout;
-        // When the connection goes quiet it gives back its buffers' spare
-        // memory; until then it keeps them, to avoid reallocating per frame.
-        let mut quiet_at = Some(Instant::now() + QUIET_AFTER);
+        // One timer serves both deadlines, and traffic only stamps the time:
+        // re-arming a timer per frame would cost more than the frame. When
+        // the connection goes quiet it gives back its buffers' spare memory;
+        // until then it keeps them, to avoid reallocating per frame.
+        let mut last_read = Instant::now();
+        let mut last_traffic = last_read;
+        let mut shrunk = false;
+        let first_check = QUIET_AFTER.min(limits.idle_timeout);
+        let timer = tokio::time::sleep_until(last_read + first_check);
+        tokio::pin!(timer);
 
         loop {
             if fetching.is_none()
@@ -248,8 +254,12 @@ impl Connection {
                 }
                 read = reader.recv(), if inflight.len() < limits.max_inflight_requests => {
                     let Some(env) = read? else { return Ok(()) };
-                    deadline = Instant::now() + limits.idle_timeout;
-                    quiet_at = Some(Instant::now() + QUIET_AFTER);
+                    last_read = Instant::now();
+                    last_traffic = last_read;
+                    if shrunk {
+                        shrunk = false;
+                        timer.as_mut().reset(last_traffic + first_check);
+                    }
                     // Nothing of the dispatch (which holds the request's
                     // future) may live across an await: it would bloat every
                     // idle connection's task by the size of that future.
@@ -290,18 +300,29 @@ impl Connection {
                         }
                     }
                 }
-                () = sleep_until(quiet_at.unwrap_or(deadline).min(deadline)) => {
-                    if quiet_at.take().is_some() && Instant::now() < deadline {
+                () = &mut timer => {
+                    let now = Instant::now();
+                    let idle_at = last_read + limits.idle_timeout;
+                    if now >= idle_at {
+                        tracing::debug!("idle timeout");
+                        return Ok(());
+                    }
+                    let quiet_at = last_traffic + QUIET_AFTER;
+                    if !shrunk && now >= quiet_at {
                         reader.shrink();
                         writer.shrink();
-                        continue;
+                        shrunk = true;
                     }
-                    tracing::debug!("idle timeout");
-                    return Ok(());
+                    let next = if shrunk { idle_at } else { quiet_at.min(idle_at) };
+                    timer.as_mut().reset(next);
                 }
             }
             if !outbox.is_empty() {
-                quiet_at = Some(Instant::now() + QUIET_AFTER);
+                last_traffic = Instant::now();
+                if shrunk {
+                    shrunk = false;
+                    timer.as_mut().reset(last_traffic + first_check);
+                }
                 writer.send_batch(outbox.iter()).await?;
                 outbox.clear();
                 if outbox.capacity() > 64 {

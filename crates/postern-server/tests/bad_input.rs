@@ -288,3 +288,20 @@ async fn a_flood_of_connections_is_capped_and_the_server_recovers() {
     }
     still_serves(&t, "alice", "+14155552671").await;
 }
+
+#[tokio::test]
+async fn idle_sessions_are_closed_and_pinging_ones_kept() {
+    let t = TestServer::start_with(|c| c.limits.idle_timeout = Duration::from_secs(1)).await;
+    let mut quiet = t.raw().await;
+    let mut chatty = t.raw().await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        let pong = chatty.call(pb::request::Kind::Ping(pb::Ping {})).await;
+        assert!(matches!(pong, pb::response::Kind::Pong(_)), "{pong:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(1), quiet.r.recv())
+        .await
+        .expect("the silent session was closed by now");
+    assert!(matches!(closed, Ok(None) | Err(_)), "{closed:?}");
+}
