@@ -107,15 +107,50 @@ struct Report<'a> {
     traffic: &'a Traffic,
     synchronous: &'a str,
     messages: u64,
+    server_rss_kib: u64,
+    run: Run,
+}
+
+/// What the clock, the receivers and /proc said about one run.
+struct Run {
+    /// Until the last message was received.
     elapsed: Duration,
+    /// Until the last send was acknowledged.
     accepted: Duration,
     /// Send-to-receive latencies in µs, any order.
     latencies: Vec<u32>,
-    server_rss_kib: u64,
     /// CPU time the server and this load generator used during the run,
     /// if known: steadier than msg/s on a shared machine.
     server_cpu: Option<Duration>,
     generator_cpu: Option<Duration>,
+}
+
+impl Run {
+    /// Waits for every sender, then every receiver (which return their
+    /// latencies), and reads the clocks.
+    async fn collect(
+        mut senders: tokio::task::JoinSet<anyhow::Result<()>>,
+        mut receivers: tokio::task::JoinSet<anyhow::Result<Vec<u32>>>,
+        start: Instant,
+        cpu: CpuMeter,
+    ) -> anyhow::Result<Run> {
+        while let Some(r) = senders.join_next().await {
+            r??;
+        }
+        let accepted = start.elapsed();
+        let mut latencies = Vec::new();
+        while let Some(r) = receivers.join_next().await {
+            latencies.extend(r??);
+        }
+        let (server_cpu, generator_cpu) = cpu.stop();
+        Ok(Run {
+            elapsed: start.elapsed(),
+            accepted,
+            latencies,
+            server_cpu,
+            generator_cpu,
+        })
+    }
 }
 
 impl Report<'_> {
@@ -125,19 +160,19 @@ impl Report<'_> {
     }
 
     fn print(mut self) {
-        self.latencies.sort_unstable();
+        self.run.latencies.sort_unstable();
         let ms = |us: u32| f64::from(us) / 1000.0;
         let pct = |p: f64| {
-            let i = ((self.latencies.len() as f64 * p) as usize)
-                .min(self.latencies.len().saturating_sub(1));
-            self.latencies.get(i).copied().map(ms).unwrap_or(0.0)
+            let i = ((self.run.latencies.len() as f64 * p) as usize)
+                .min(self.run.latencies.len().saturating_sub(1));
+            self.run.latencies.get(i).copied().map(ms).unwrap_or(0.0)
         };
-        let rate = self.messages as f64 / self.elapsed.as_secs_f64();
+        let rate = self.messages as f64 / self.run.elapsed.as_secs_f64();
         let (p50, p99) = (pct(0.50), pct(0.99));
         println!(
             "delivered {} messages in {:.2} s: {rate:.0} msg/s; latency p50 {p50:.1} ms, p99 {p99:.1} ms",
             self.messages,
-            self.elapsed.as_secs_f64(),
+            self.run.elapsed.as_secs_f64(),
         );
         let result = serde_json::json!({
             "bench": self.bench,
@@ -146,17 +181,17 @@ impl Report<'_> {
             "size": self.traffic.size,
             "offered_rate": self.traffic.rate,
             "synchronous": self.synchronous,
-            "seconds": self.elapsed.as_secs_f64(),
-            "accepted_seconds": self.accepted.as_secs_f64(),
+            "seconds": self.run.elapsed.as_secs_f64(),
+            "accepted_seconds": self.run.accepted.as_secs_f64(),
             "messages_per_second": rate,
             "latency_ms_p50": p50,
             "latency_ms_p99": p99,
-            "latency_ms_max": self.latencies.last().copied().map(ms).unwrap_or(0.0),
+            "latency_ms_max": self.run.latencies.last().copied().map(ms).unwrap_or(0.0),
             "server_rss_mib": self.server_rss_kib as f64 / 1024.0,
-            "server_cpu_us_per_message": self.server_cpu.map(|c| self.per_message_us(c)),
-            "generator_cpu_us_per_message": self.generator_cpu.map(|c| self.per_message_us(c)),
+            "server_cpu_us_per_message": self.run.server_cpu.map(|c| self.per_message_us(c)),
+            "generator_cpu_us_per_message": self.run.generator_cpu.map(|c| self.per_message_us(c)),
         });
-        if let (Some(s), Some(g)) = (self.server_cpu, self.generator_cpu) {
+        if let (Some(s), Some(g)) = (self.run.server_cpu, self.run.generator_cpu) {
             println!(
                 "cpu per message: server {:.1} µs, load generator {:.1} µs",
                 self.per_message_us(s),
@@ -511,26 +546,14 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
             base,
         ));
     }
-    while let Some(r) = send_tasks.join_next().await {
-        r??;
-    }
-    let accepted = start.elapsed();
-    let mut latencies = Vec::with_capacity(total as usize);
-    while let Some(r) = receivers.join_next().await {
-        latencies.extend(r??);
-    }
-    let (server_cpu, generator_cpu) = cpu.stop();
+    let run = Run::collect(send_tasks, receivers, start, cpu).await?;
     Report {
         bench: "delivery",
         traffic: t,
         synchronous: &a.synchronous,
         messages: total,
-        elapsed: start.elapsed(),
-        accepted,
-        latencies,
         server_rss_kib: server.rss_kib().unwrap_or(0),
-        server_cpu,
-        generator_cpu,
+        run,
     }
     .print();
     Ok(())

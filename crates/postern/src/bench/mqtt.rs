@@ -110,27 +110,15 @@ pub async fn run(a: MqttArgs) -> anyhow::Result<()> {
         let rate = t.sender_rate();
         publishers.spawn(publish(r, w, pair, per_pub, t.size, t.window, rate, base));
     }
-    while let Some(r) = publishers.join_next().await {
-        r??;
-    }
-    let accepted = start.elapsed();
-    let mut latencies = Vec::with_capacity(total as usize);
-    while let Some(r) = subscribers.join_next().await {
-        latencies.extend(r??);
-    }
-    let (server_cpu, generator_cpu) = cpu.stop();
+    let run = super::Run::collect(publishers, subscribers, start, cpu).await?;
     super::Report {
         bench: "mqtt",
         traffic: t,
         // Mosquitto's durability is its own (periodic snapshot), not SQLite's.
         synchronous: "broker",
         messages: total,
-        elapsed: start.elapsed(),
-        accepted,
-        latencies,
         server_rss_kib: a.server_pid.and_then(super::rss_kib).unwrap_or(0),
-        server_cpu,
-        generator_cpu,
+        run,
     }
     .print();
     Ok(())
