@@ -280,7 +280,7 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Reads the server's Noise static key, or creates it (mode 0600).
 fn load_or_create_key(path: &Path) -> anyhow::Result<NoiseKeypair> {
-    match std::fs::read_to_string(path) {
+    match std::fs::read_to_string(path).map(zeroize::Zeroizing::new) {
         Ok(text) => {
             let mut secret = zeroize::Zeroizing::new([0u8; 32]);
             hex::decode_to_slice(text.trim(), &mut secret[..]).with_context(|| {

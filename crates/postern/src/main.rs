@@ -79,6 +79,11 @@ enum Command {
         text: String,
     },
     /// Print received messages and acknowledge them.
+    ///
+    /// Each line reads `HH:MM:SS SENDER: TEXT`, the time being the sender's
+    /// clock in UTC; SENDER is @username, the phone number you wrote to, or
+    /// the account id. Messages are stored in the home before they are
+    /// acknowledged.
     Recv {
         /// Exit after SECS seconds without a new message. Without it,
         /// stream until interrupted (reconnecting as needed).
