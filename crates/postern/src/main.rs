@@ -151,7 +151,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -179,6 +179,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => demo::run().await,
         Command::Bench { what } => bench::run(what).await,
     }
+}
+
+/// The error and its causes, joined by ": ", leaving out a cause whose text
+/// the message already holds (many errors name their cause in their own
+/// message and also return it as their source).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn default_home() -> PathBuf {
