@@ -496,15 +496,29 @@ impl Connection {
         }
     }
 
-    /// Sets (or with an empty name clears) this account's username.
-    pub async fn set_username(&self, name: &str) -> Result<(), ClientError> {
+    /// Sets (or with an empty name clears) this account's username;
+    /// returns the name as stored, after the rules of
+    /// [`postern_proto::username`] (checked here before asking the server).
+    pub async fn set_username(&self, name: &str) -> Result<Option<String>, ClientError> {
+        let name = if name.trim().is_empty() {
+            None
+        } else {
+            let name =
+                postern_proto::username::normalize(name).map_err(|e| ClientError::Server {
+                    code: ErrorCode::InvalidUsername,
+                    message: e.to_string(),
+                    retry_after: None,
+                })?;
+            Some(name)
+        };
+        let username = name.clone().unwrap_or_default();
         self.call(Req::SetUsername(pb::SetUsername {
-            username: name.into(),
+            username: username.clone(),
         }))
         .await?;
-        let name = name.trim().trim_start_matches('@').to_ascii_lowercase();
         self.client
-            .with_home(|h| h.set("username", name.as_bytes()))
+            .with_home(|h| h.set("username", username.as_bytes()))?;
+        Ok(name)
     }
 
     /// Who this device is.

@@ -11,7 +11,8 @@
 //! - [`link`]: `postern://` links that bootstrap a client;
 //! - [`keys`]: Noise static keys and the device-key binding signature;
 //! - [`ids`]: account and device identifiers;
-//! - [`content`]: what clients put inside payloads (never read by servers).
+//! - [`content`]: what clients put inside payloads (never read by servers);
+//! - [`username`]: the username rules, shared by server and clients.
 //!
 //! Message payloads are opaque bytes to everything here but [`content`],
 //! which only clients use.
@@ -24,6 +25,7 @@ pub mod ids;
 pub mod keys;
 pub mod link;
 pub mod session;
+pub mod username;
 
 /// Protobuf messages generated from `proto/postern.proto`.
 #[allow(missing_docs, clippy::all)]

@@ -19,7 +19,6 @@ pub mod phone;
 pub mod ratelimit;
 pub mod service;
 pub mod sms;
-pub mod username;
 
 use std::net::SocketAddr;
 use std::path::Path;

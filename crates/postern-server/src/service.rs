@@ -14,16 +14,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use postern_proto::ids::{AccountId, DeviceAddr};
 use postern_proto::keys::verify_device_binding;
 use postern_proto::pb::{self, ErrorCode, request::Kind as Req, response::Kind as Resp};
-use postern_store::{NewDevice, NewMessage, Store, StoreError};
+use postern_store::{Account, Device, NewDevice, NewMessage, Store, StoreError};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Limits;
 use crate::hub::Hub;
+use crate::phone;
 use crate::ratelimit::{LogThrottle, RateLimiter};
 use crate::sms::SmsGateway;
-use crate::{phone, username};
+use postern_proto::username;
 
 /// How long a device-link token stays valid.
 pub const LINK_TOKEN_TTL: Duration = Duration::from_secs(10 * 60);
@@ -358,14 +359,7 @@ impl Service {
             .create_account(&phone, username.as_deref(), device, now_ms())
             .await?;
         tracing::info!(device = %device.addr, "account registered");
-        Ok((
-            Resp::Registered(pb::Registered {
-                device: Some(device.addr.into()),
-                phone: account.phone,
-                username: account.username.unwrap_or_default(),
-            }),
-            device.addr,
-        ))
+        Ok(registered(account, &device))
     }
 
     async fn create_link_token(&self, s: &SessionInfo) -> Handled<Resp> {
@@ -407,14 +401,7 @@ impl Service {
             .await?
             .ok_or(StoreError::UnknownAccount)?;
         tracing::info!(device = %device.addr, "device linked");
-        Ok((
-            Resp::Registered(pb::Registered {
-                device: Some(device.addr.into()),
-                phone: account.phone,
-                username: account.username.unwrap_or_default(),
-            }),
-            device.addr,
-        ))
+        Ok(registered(account, &device))
     }
 
     async fn set_username(&self, s: &SessionInfo, r: pb::SetUsername) -> Handled<Resp> {
@@ -527,6 +514,17 @@ impl Service {
             duplicate: enqueued.duplicate,
         }))
     }
+}
+
+/// The answer to a registration or device link, and the device the session
+/// is now authenticated as.
+fn registered(account: Account, device: &Device) -> (Resp, DeviceAddr) {
+    let answer = Resp::Registered(pb::Registered {
+        device: Some(device.addr.into()),
+        phone: account.phone,
+        username: account.username.unwrap_or_default(),
+    });
+    (answer, device.addr)
 }
 
 fn code_used() -> Refusal {

@@ -155,10 +155,18 @@ async fn bad_numbers_and_usernames_get_clear_errors() {
         assert!(e.message.contains("phone"), "{}", e.message);
     }
 
-    let (_, alice) = t.member("alice", PHONE).await;
+    let (alice_client, alice) = t.member("alice", PHONE).await;
+    // The client checks first; the server checks again for clients that don't.
+    let mut raw = t.raw_as(&alice_client).await;
     for bad in ["ab", "9lives", "has space"] {
         let err = alice.set_username(bad).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::InvalidUsername), "{bad:?}");
+        let resp = raw
+            .call(Req::SetUsername(pb::SetUsername {
+                username: bad.into(),
+            }))
+            .await;
+        assert_eq!(error_code(&resp), ErrorCode::InvalidUsername, "{bad:?}");
     }
     let client = t.client("bob");
     let mut bob = client.connect().await.unwrap();

@@ -262,14 +262,9 @@ pub async fn set_username(home: &Path, name: &str) -> anyhow::Result<()> {
     if conn.device().is_none() {
         return Err(ClientError::NotRegistered.into());
     }
-    conn.set_username(name).await?;
-    if name.is_empty() {
-        println!("Username cleared.");
-    } else {
-        println!(
-            "Username set to @{}.",
-            name.trim_start_matches('@').to_ascii_lowercase()
-        );
+    match conn.set_username(name).await? {
+        Some(name) => println!("Username set to @{name}."),
+        None => println!("Username cleared."),
     }
     Ok(())
 }
