@@ -345,6 +345,15 @@ impl Connection {
             }
         };
         match (&request.kind, self.session.device) {
+            (Some(Req::Subscribe(_)), Some(_)) if self.delivery.is_some() => {
+                // Moving the cursor under a fetch in flight could skip or
+                // repeat messages; a client subscribes once per connection.
+                return Dispatch::Now(error_envelope(
+                    id,
+                    ErrorCode::BadRequest,
+                    "this connection is already subscribed",
+                ));
+            }
             (Some(Req::Subscribe(sub)), Some(device)) => {
                 self.delivery = Some(Delivery {
                     device,

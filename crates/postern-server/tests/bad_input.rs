@@ -196,6 +196,13 @@ async fn extreme_sequence_numbers_do_not_break_the_connection() {
         let resp = raw.call(req).await;
         assert!(matches!(resp, pb::response::Kind::Ok(_)), "{resp:?}");
     }
+    let again = raw
+        .call(pb::request::Kind::Subscribe(pb::Subscribe { after_seq: 0 }))
+        .await;
+    assert!(
+        matches!(&again, pb::response::Kind::Error(e) if e.code == pb::ErrorCode::BadRequest as i32),
+        "one subscription per connection: {again:?}"
+    );
     // A message for the device now: the connection must stay usable.
     let (_, bob) = t.member("bob", "+14155552672").await;
     bob.send_text(
