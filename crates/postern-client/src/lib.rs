@@ -75,7 +75,8 @@ pub enum ClientError {
     /// The server did not answer in time.
     #[error("the server did not answer within {0:?}")]
     Timeout(Duration),
-    /// The server refused the request.
+    /// The server refused the request (or the client did, before sending,
+    /// by the same rule the server applies, e.g. an invalid username).
     #[error("{message}")]
     Server {
         /// Typed reason.
