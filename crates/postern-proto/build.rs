@@ -1,9 +1,10 @@
-//! Compiles proto/postern.proto with protox, so building needs no `protoc`.
+//! Compiles the .proto files with protox, so building needs no `protoc`.
 
 fn main() {
     println!("cargo:rerun-if-changed=proto/postern.proto");
-    let descriptors = protox::compile(["proto/postern.proto"], ["proto"])
-        .expect("proto/postern.proto must compile");
+    println!("cargo:rerun-if-changed=proto/content.proto");
+    let descriptors = protox::compile(["proto/postern.proto", "proto/content.proto"], ["proto"])
+        .expect("the .proto files must compile");
     prost_build::Config::new()
         .bytes(["."])
         .compile_fds(descriptors)

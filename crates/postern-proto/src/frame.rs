@@ -395,6 +395,7 @@ mod tests {
                         code: i32::try_from(code % 19).unwrap_or_default(),
                         message,
                         retry_after_ms: u64::from(code),
+                        current_epoch: 0,
                     })),
                 })
             )),

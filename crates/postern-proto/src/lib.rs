@@ -12,6 +12,8 @@
 //! - [`keys`]: Noise static keys and the device-key binding signature;
 //! - [`ids`]: account and device identifiers;
 //! - [`content`]: what clients put inside payloads (never read by servers);
+//! - [`mls`]: the public header of MLS messages, all the delivery service
+//!   reads of them;
 //! - [`username`]: the username rules, shared by server and clients.
 //!
 //! Message payloads are opaque bytes to everything here but [`content`],
@@ -24,6 +26,7 @@ pub mod frame;
 pub mod ids;
 pub mod keys;
 pub mod link;
+pub mod mls;
 pub mod session;
 pub mod username;
 
@@ -31,6 +34,13 @@ pub mod username;
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/postern.v1.rs"));
+}
+
+/// Protobuf messages generated from `proto/content.proto` (re-exported by
+/// [`content`]).
+#[allow(missing_docs, clippy::all)]
+mod pb_content {
+    include!(concat!(env!("OUT_DIR"), "/postern.content.v1.rs"));
 }
 
 /// The protocol version this crate speaks, carried in the handshake and in

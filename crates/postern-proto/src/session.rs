@@ -869,6 +869,7 @@ mod tests {
                 code: pb::ErrorCode::UnsupportedVersion.into(),
                 message: "upgrade".into(),
                 retry_after_ms: 0,
+                current_epoch: 0,
             }),
             ..server_hello()
         };

@@ -3,7 +3,12 @@
 //! - [`AccountStore`]: accounts, their devices, usernames, device-link tokens;
 //! - [`CodeStore`]: one-time registration codes (stored hashed);
 //! - [`QueueStore`]: per-device message queues with sequence numbers,
-//!   idempotent sends, acks and expiry.
+//!   idempotent sends, acks and expiry;
+//! - [`GroupStore`]: what the MLS delivery service keeps per group — its
+//!   epoch, the member devices to fan out to, the latest GroupInfo and
+//!   ratchet tree — and the commit that advances an epoch;
+//! - [`KeyPackageStore`]: each device's one-time and last-resort MLS key
+//!   packages.
 //!
 //! [`SqliteStore`] is the embedded default: one file in WAL mode, migrations
 //! compiled into the binary, and group commit on the message path (concurrent
@@ -12,7 +17,8 @@
 //! changing callers: every method is async, takes plain values, and each call
 //! is atomic on its own, so several server nodes can share one database.
 //!
-//! The store never interprets message payloads: they are opaque bytes.
+//! The store never interprets message payloads, key packages, GroupInfos or
+//! ratchet trees: they are opaque bytes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -41,6 +47,9 @@ pub enum StoreError {
     /// The account does not exist.
     #[error("no such account")]
     UnknownAccount,
+    /// A group with this id exists already.
+    #[error("a group with this id exists already")]
+    GroupExists,
     /// The database failed; the operation did not happen.
     #[error("database error: {0}")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -129,6 +138,10 @@ pub trait AccountStore: Send + Sync {
     /// All devices of the account, by device id.
     async fn devices(&self, id: AccountId) -> Result<Vec<Device>>;
 
+    /// Deletes the device, its queue, its key packages and its group
+    /// memberships; returns false if it did not exist.
+    async fn remove_device(&self, device: DeviceAddr) -> Result<bool>;
+
     /// The device whose Noise static key this is.
     async fn device_by_noise_key(&self, noise_key: &[u8; 32]) -> Result<Option<Device>>;
 
@@ -195,15 +208,32 @@ pub trait CodeStore: Send + Sync {
     async fn purge_codes(&self, before: Millis) -> Result<u64>;
 }
 
-/// A message to store for every device of one account.
+/// Whose queues a message goes into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recipients {
+    /// Every device of the account; the account must exist.
+    Account(AccountId),
+    /// These devices; those that do not exist (any more) are skipped.
+    Devices(Vec<DeviceAddr>),
+}
+
+impl From<AccountId> for Recipients {
+    fn from(account: AccountId) -> Self {
+        Recipients::Account(account)
+    }
+}
+
+/// A message to queue for its recipients.
 #[derive(Clone, Debug)]
 pub struct NewMessage {
     /// The sending device.
     pub sender: DeviceAddr,
     /// Chosen by the sender; (sender account, this id) is stored once.
     pub client_message_id: [u8; 16],
-    /// The recipient account; the message is queued for each of its devices.
-    pub to: AccountId,
+    /// Where the message is queued.
+    pub to: Recipients,
+    /// The MLS group the message belongs to, if any.
+    pub group_id: Option<Bytes>,
     /// Opaque bytes.
     pub payload: Bytes,
     /// Server clock at acceptance.
@@ -236,6 +266,8 @@ pub struct StoredMessage {
     pub client_message_id: [u8; 16],
     /// Server clock at acceptance.
     pub received_at: Millis,
+    /// The MLS group the message belongs to, if any.
+    pub group_id: Option<Bytes>,
     /// Opaque bytes.
     pub payload: Bytes,
 }
@@ -248,7 +280,8 @@ pub trait QueueStore: Send + Sync {
     /// this client message id (then it returns `duplicate: true` and queues
     /// nothing). Returns once the data is committed.
     ///
-    /// Fails with [`StoreError::UnknownAccount`] if `msg.to` does not exist.
+    /// Fails with [`StoreError::UnknownAccount`] if `msg.to` names an
+    /// account that does not exist.
     async fn enqueue(&self, msg: NewMessage) -> Result<Enqueued>;
 
     /// Up to `limit` messages of `device`'s queue with `seq > after_seq`, in
@@ -270,7 +303,146 @@ pub trait QueueStore: Send + Sync {
     async fn purge_expired(&self, now: Millis) -> Result<u64>;
 }
 
-/// Everything a server needs from its storage.
-pub trait Store: AccountStore + CodeStore + QueueStore {}
+/// What the delivery service knows of a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupState {
+    /// The current epoch: the next accepted commit must be made in it.
+    pub epoch: u64,
+    /// Devices messages are fanned out to, in (account, device) order.
+    pub members: Vec<DeviceAddr>,
+}
 
-impl<T: AccountStore + CodeStore + QueueStore> Store for T {}
+/// A commit for a group, with what it changes for the delivery service.
+#[derive(Clone, Debug)]
+pub struct NewCommit {
+    /// The group.
+    pub group_id: Bytes,
+    /// The epoch the commit was made in; it must be the group's current one.
+    pub epoch: u64,
+    /// The committing device.
+    pub sender: DeviceAddr,
+    /// Its id for the commit; a retry with the same id is a duplicate.
+    pub client_message_id: [u8; 16],
+    /// Devices the commit adds to the fan-out list.
+    pub added: Vec<DeviceAddr>,
+    /// Devices it removes.
+    pub removed: Vec<DeviceAddr>,
+    /// The commit, queued for every member device but the sender.
+    pub commit: Bytes,
+    /// A Welcome, queued for `welcome_to` (which must be among `added`).
+    pub welcome: Option<(Bytes, Vec<DeviceAddr>)>,
+    /// The new epoch's GroupInfo, kept for joins.
+    pub group_info: Bytes,
+    /// The new epoch's ratchet tree, kept for joins.
+    pub ratchet_tree: Bytes,
+    /// Server clock at acceptance.
+    pub received_at: Millis,
+    /// When undelivered copies are dropped.
+    pub expires_at: Millis,
+}
+
+/// What became of a [`GroupStore::commit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The commit advanced the epoch; copies went to these queues.
+    Accepted {
+        /// The commit's copies (empty for a duplicate).
+        commit: Enqueued,
+        /// The Welcome's copies, if there was one.
+        welcome: Option<Enqueued>,
+    },
+    /// The group is at another epoch; nothing was stored.
+    Stale {
+        /// The group's current epoch.
+        current_epoch: u64,
+    },
+    /// No group has this id.
+    UnknownGroup,
+    /// The sender is not a member: not its device, and for a device joining
+    /// by external commit (listing only itself in `added`), not its account.
+    NotAMember,
+}
+
+/// The id of the Welcome queued with a commit: the commit's id with its
+/// last bit flipped, so that a retried commit repeats it exactly and it is
+/// deduplicated with the commit.
+pub fn welcome_message_id(commit_id: [u8; 16]) -> [u8; 16] {
+    let mut id = commit_id;
+    id[15] ^= 1;
+    id
+}
+
+/// The MLS delivery service's per-group state.
+#[async_trait]
+pub trait GroupStore: Send + Sync {
+    /// Registers a group at epoch 0 with `creator` as its only member.
+    /// Fails with [`StoreError::GroupExists`].
+    async fn create_group(&self, group_id: &[u8], creator: DeviceAddr, now: Millis) -> Result<()>;
+
+    /// The group's epoch and member devices.
+    async fn group(&self, group_id: &[u8]) -> Result<Option<GroupState>>;
+
+    /// Applies a commit atomically: checks the epoch and the sender's
+    /// membership, advances the epoch, updates the members, keeps the
+    /// GroupInfo and tree, and queues the commit and the Welcome — all in one
+    /// transaction, so that no commit is accepted without being delivered.
+    async fn commit(&self, commit: NewCommit) -> Result<CommitOutcome>;
+
+    /// The group's epoch, latest GroupInfo and ratchet tree.
+    async fn group_info(&self, group_id: &[u8]) -> Result<Option<(u64, Bytes, Bytes)>>;
+
+    /// Ids of the groups the account has a device in.
+    async fn groups_of_account(&self, account: AccountId) -> Result<Vec<Bytes>>;
+}
+
+/// How many key packages a device has on the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyPackageCount {
+    /// One-time packages left.
+    pub one_time: u32,
+    /// Whether a last-resort package is stored.
+    pub last_resort: bool,
+}
+
+/// A key package handed out by [`KeyPackageStore::claim_key_packages`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedKeyPackage {
+    /// Whose package it is.
+    pub device: u32,
+    /// The package (an MLSMessage).
+    pub key_package: Bytes,
+    /// True for a last-resort package (it stays stored).
+    pub last_resort: bool,
+}
+
+/// MLS key packages of each device.
+#[async_trait]
+pub trait KeyPackageStore: Send + Sync {
+    /// Stores one-time packages (keeping at most `max_one_time` in all: the
+    /// oldest beyond that are dropped) and, if given, replaces the
+    /// last-resort package. Returns the count afterwards.
+    async fn add_key_packages(
+        &self,
+        device: DeviceAddr,
+        one_time: Vec<Bytes>,
+        last_resort: Option<Bytes>,
+        max_one_time: u32,
+    ) -> Result<KeyPackageCount>;
+
+    /// One package per device of `account` other than `requester`: a
+    /// one-time package, deleted as it is handed out, else the last-resort
+    /// one. Devices with neither are listed in the second value.
+    async fn claim_key_packages(
+        &self,
+        account: AccountId,
+        requester: DeviceAddr,
+    ) -> Result<(Vec<ClaimedKeyPackage>, Vec<u32>)>;
+
+    /// The device's packages on the server.
+    async fn key_package_count(&self, device: DeviceAddr) -> Result<KeyPackageCount>;
+}
+
+/// Everything a server needs from its storage.
+pub trait Store: AccountStore + CodeStore + QueueStore + GroupStore + KeyPackageStore {}
+
+impl<T: AccountStore + CodeStore + QueueStore + GroupStore + KeyPackageStore> Store for T {}

@@ -22,6 +22,7 @@
 //! transaction open across a call to anything but SQLite.
 
 mod enqueue;
+mod groups;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -292,6 +293,10 @@ fn message_from(row: &SqliteRow) -> Result<StoredMessage> {
         },
         client_message_id: blob(row, "client_message_id")?,
         received_at: row.try_get("received_at").map_err(db)?,
+        group_id: row
+            .try_get::<Option<Vec<u8>>, _>("group_id")
+            .map_err(db)?
+            .map(Bytes::from),
         payload: Bytes::from(payload),
     })
 }
@@ -398,6 +403,13 @@ impl AccountStore for SqliteStore {
         .await
         .map_err(db)?;
         rows.iter().map(device_from).collect()
+    }
+
+    async fn remove_device(&self, device: DeviceAddr) -> Result<bool> {
+        self.inner
+            .writer
+            .call(|reply| Command::RemoveDevice { device, reply })
+            .await
     }
 
     async fn device_by_noise_key(&self, noise_key: &[u8; 32]) -> Result<Option<Device>> {
@@ -531,7 +543,8 @@ impl QueueStore for SqliteStore {
         // Rows are streamed so that a small `max_bytes` stops reading early
         // instead of loading `limit` payloads.
         let mut rows = sqlx::query(
-            "SELECT seq, sender_account, sender_device, client_message_id, received_at, payload \
+            "SELECT seq, sender_account, sender_device, client_message_id, received_at, group_id, \
+             payload \
              FROM queue WHERE account_id = ? AND device_id = ? AND seq > ? \
              ORDER BY seq LIMIT ?",
         )

@@ -87,7 +87,8 @@ fn child(db: std::path::PathBuf) {
                         .enqueue(NewMessage {
                             sender: alice.addr,
                             client_message_id: id.to_be_bytes(),
-                            to: bob.id,
+                            to: bob.id.into(),
+                            group_id: None,
                             payload: Bytes::from_static(&[0; 256]),
                             received_at: 0,
                             expires_at: i64::MAX,

@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
 use postern_store::{
-    AccountId, AccountStore, CodeStore, Device, DeviceAddr, NewDevice, NewMessage, QueueStore,
-    SqliteOptions, SqliteStore, StoreError,
+    AccountId, AccountStore, CodeStore, CommitOutcome, Device, DeviceAddr, GroupStore,
+    KeyPackageStore, NewCommit, NewDevice, NewMessage, QueueStore, Recipients, SqliteOptions,
+    SqliteStore, StoreError,
 };
 use tempfile::TempDir;
 
@@ -57,7 +58,8 @@ fn message(from: DeviceAddr, to: AccountId, id: u128, payload: &str) -> NewMessa
     NewMessage {
         sender: from,
         client_message_id: id.to_be_bytes(),
-        to,
+        to: to.into(),
+        group_id: None,
         payload: Bytes::copy_from_slice(payload.as_bytes()),
         received_at: NOW,
         expires_at: NOW + HOUR,
@@ -687,4 +689,305 @@ async fn everything_is_there_after_reopening() {
         .await
         .unwrap();
     assert_eq!(next.deliveries, vec![(bob[0].addr, 4), (bob[1].addr, 4)]);
+}
+
+fn commit(group: &[u8], epoch: u64, sender: DeviceAddr, id: u128) -> NewCommit {
+    NewCommit {
+        group_id: Bytes::copy_from_slice(group),
+        epoch,
+        sender,
+        client_message_id: id.to_be_bytes(),
+        added: Vec::new(),
+        removed: Vec::new(),
+        commit: Bytes::from(format!("commit {id}")),
+        welcome: None,
+        group_info: Bytes::from(format!("info {id}")),
+        ratchet_tree: Bytes::from(format!("tree {id}")),
+        received_at: NOW,
+        expires_at: NOW + HOUR,
+    }
+}
+
+async fn queued(store: &SqliteStore, device: DeviceAddr) -> Vec<(Option<Bytes>, Bytes)> {
+    store
+        .fetch(device, 0, 100, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.group_id, m.payload))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_first_commit_of_an_epoch_wins_and_is_delivered_with_its_welcome() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15551001", 2).await;
+    let bob = account(&store, "+15551002", 1).await;
+    let group = b"group-one";
+    store.create_group(group, alice[0].addr, NOW).await.unwrap();
+    assert!(matches!(
+        store.create_group(group, bob[0].addr, NOW).await,
+        Err(StoreError::GroupExists)
+    ));
+
+    // Alice's first device adds her second device and Bob.
+    let mut add = commit(group, 0, alice[0].addr, 1);
+    add.added = vec![alice[1].addr, bob[0].addr];
+    add.welcome = Some((
+        Bytes::from_static(b"welcome"),
+        vec![alice[1].addr, bob[0].addr],
+    ));
+    let CommitOutcome::Accepted { commit: c, welcome } = store.commit(add.clone()).await.unwrap()
+    else {
+        panic!("the first commit of epoch 0 must be accepted");
+    };
+    assert!(c.deliveries.is_empty(), "alice's first device was alone");
+    assert_eq!(welcome.unwrap().deliveries.len(), 2);
+    let state = store.group(group).await.unwrap().unwrap();
+    assert_eq!(state.epoch, 1);
+    assert_eq!(state.members.len(), 3);
+    assert_eq!(
+        queued(&store, bob[0].addr).await,
+        vec![(
+            Some(Bytes::copy_from_slice(group)),
+            Bytes::from_static(b"welcome")
+        )]
+    );
+
+    // A retry of the same commit is a duplicate, not a stale commit.
+    let CommitOutcome::Accepted { commit: again, .. } = store.commit(add).await.unwrap() else {
+        panic!("a retried commit is answered as accepted");
+    };
+    assert!(again.duplicate);
+    assert_eq!(
+        queued(&store, bob[0].addr).await.len(),
+        1,
+        "nothing queued twice"
+    );
+
+    // Bob and Alice's second device race for epoch 1: Bob wins.
+    let CommitOutcome::Accepted { commit: c, .. } = store
+        .commit(commit(group, 1, bob[0].addr, 2))
+        .await
+        .unwrap()
+    else {
+        panic!("bob's commit is first for epoch 1");
+    };
+    assert_eq!(
+        c.deliveries.len(),
+        2,
+        "both of alice's devices get bob's commit"
+    );
+    assert_eq!(
+        store
+            .commit(commit(group, 1, alice[1].addr, 3))
+            .await
+            .unwrap(),
+        CommitOutcome::Stale { current_epoch: 2 }
+    );
+    assert_eq!(store.group(group).await.unwrap().unwrap().epoch, 2);
+    let (epoch, info, tree) = store.group_info(group).await.unwrap().unwrap();
+    assert_eq!(
+        (epoch, &info[..], &tree[..]),
+        (2, &b"info 2"[..], &b"tree 2"[..])
+    );
+    assert_eq!(
+        store
+            .commit(commit(b"nope", 0, bob[0].addr, 4))
+            .await
+            .unwrap(),
+        CommitOutcome::UnknownGroup
+    );
+    assert_eq!(
+        store.groups_of_account(bob[0].addr.account).await.unwrap(),
+        vec![Bytes::copy_from_slice(group)]
+    );
+}
+
+#[tokio::test]
+async fn strangers_cannot_commit_but_a_members_new_device_can_join() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15551101", 1).await;
+    let mallory = account(&store, "+15551102", 1).await;
+    let group = b"group-two";
+    store.create_group(group, alice[0].addr, NOW).await.unwrap();
+
+    let mut join = commit(group, 0, mallory[0].addr, 10);
+    join.added = vec![mallory[0].addr];
+    assert_eq!(
+        store.commit(join).await.unwrap(),
+        CommitOutcome::NotAMember,
+        "an external commit needs the joiner's account in the group"
+    );
+    assert_eq!(
+        store
+            .commit(commit(group, 0, mallory[0].addr, 11))
+            .await
+            .unwrap(),
+        CommitOutcome::NotAMember
+    );
+
+    let laptop = store
+        .add_device(alice[0].addr.account, new_device("laptop"), NOW)
+        .await
+        .unwrap();
+    let mut join = commit(group, 0, laptop.addr, 12);
+    join.added = vec![laptop.addr];
+    assert!(matches!(
+        store.commit(join).await.unwrap(),
+        CommitOutcome::Accepted { .. }
+    ));
+    let state = store.group(group).await.unwrap().unwrap();
+    assert_eq!(state.members, vec![alice[0].addr, laptop.addr]);
+    assert_eq!(
+        queued(&store, alice[0].addr).await.len(),
+        1,
+        "the phone hears of the join"
+    );
+
+    // A member's commit cannot slip a stranger in by claiming to be the
+    // stranger's own join.
+    let mut sneaky = commit(group, 1, mallory[0].addr, 13);
+    sneaky.added = vec![mallory[0].addr];
+    assert_eq!(
+        store.commit(sneaky).await.unwrap(),
+        CommitOutcome::NotAMember
+    );
+}
+
+#[tokio::test]
+async fn group_messages_reach_listed_devices_that_exist() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15551201", 1).await;
+    let bob = account(&store, "+15551202", 2).await;
+    let ghost = DeviceAddr {
+        account: bob[0].addr.account,
+        device: 9,
+    };
+    let mut msg = message(alice[0].addr, bob[0].addr.account, 1, "to two");
+    msg.to = Recipients::Devices(vec![bob[1].addr, ghost]);
+    msg.group_id = Some(Bytes::from_static(b"g"));
+    let enqueued = store.enqueue(msg).await.unwrap();
+    assert_eq!(enqueued.deliveries.len(), 1);
+    assert!(queued(&store, bob[0].addr).await.is_empty());
+    assert_eq!(
+        queued(&store, bob[1].addr).await,
+        vec![(
+            Some(Bytes::from_static(b"g")),
+            Bytes::from_static(b"to two")
+        )]
+    );
+}
+
+#[tokio::test]
+async fn key_packages_are_handed_out_once_then_the_last_resort() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15551301", 1).await;
+    let bob = account(&store, "+15551302", 2).await;
+    let kp = |s: &str| Bytes::from(s.to_owned());
+    let count = store
+        .add_key_packages(
+            bob[0].addr,
+            vec![kp("b1"), kp("b2")],
+            Some(kp("b-last")),
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!((count.one_time, count.last_resort), (2, true));
+
+    let (got, exhausted) = store
+        .claim_key_packages(bob[0].addr.account, alice[0].addr)
+        .await
+        .unwrap();
+    assert_eq!(exhausted, vec![2], "bob's second device uploaded nothing");
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].device, &got[0].key_package[..], got[0].last_resort),
+        (1, &b"b1"[..], false)
+    );
+    let (got, _) = store
+        .claim_key_packages(bob[0].addr.account, alice[0].addr)
+        .await
+        .unwrap();
+    assert_eq!(&got[0].key_package[..], b"b2");
+    for _ in 0..2 {
+        let (got, _) = store
+            .claim_key_packages(bob[0].addr.account, alice[0].addr)
+            .await
+            .unwrap();
+        assert_eq!(
+            (&got[0].key_package[..], got[0].last_resort),
+            (&b"b-last"[..], true)
+        );
+    }
+    assert_eq!(
+        store.key_package_count(bob[0].addr).await.unwrap().one_time,
+        0
+    );
+
+    // A device never gets its own package; the cap keeps the newest.
+    let (got, _) = store
+        .claim_key_packages(bob[0].addr.account, bob[1].addr)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let many: Vec<Bytes> = (0..10).map(|i| kp(&format!("p{i}"))).collect();
+    let count = store
+        .add_key_packages(bob[1].addr, many, None, 4)
+        .await
+        .unwrap();
+    assert_eq!((count.one_time, count.last_resort), (4, false));
+    let (got, _) = store
+        .claim_key_packages(bob[0].addr.account, alice[0].addr)
+        .await
+        .unwrap();
+    assert_eq!(&got[1].key_package[..], b"p6");
+    assert!(matches!(
+        store
+            .claim_key_packages(AccountId([9; 16]), alice[0].addr)
+            .await,
+        Err(StoreError::UnknownAccount)
+    ));
+}
+
+#[tokio::test]
+async fn a_removed_device_loses_its_queue_packages_and_groups() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let alice = account(&store, "+15551401", 2).await;
+    let group = b"group-three";
+    store.create_group(group, alice[0].addr, NOW).await.unwrap();
+    let mut add = commit(group, 0, alice[0].addr, 1);
+    add.added = vec![alice[1].addr];
+    store.commit(add).await.unwrap();
+    store
+        .add_key_packages(alice[1].addr, vec![Bytes::from_static(b"k")], None, 10)
+        .await
+        .unwrap();
+    store
+        .enqueue(message(alice[0].addr, alice[0].addr.account, 7, "hi"))
+        .await
+        .unwrap();
+
+    assert!(store.remove_device(alice[1].addr).await.unwrap());
+    assert!(!store.remove_device(alice[1].addr).await.unwrap());
+    assert_eq!(
+        store.group(group).await.unwrap().unwrap().members,
+        vec![alice[0].addr]
+    );
+    assert!(queued(&store, alice[1].addr).await.is_empty());
+    assert_eq!(
+        store
+            .key_package_count(alice[1].addr)
+            .await
+            .unwrap()
+            .one_time,
+        0
+    );
+    assert_eq!(store.devices(alice[0].addr.account).await.unwrap().len(), 1);
 }

@@ -14,14 +14,15 @@
 //! the batch holds SQLite's write lock (`BEGIN IMMEDIATE`) throughout.
 //!
 //! A message to an account without devices fails with
-//! [`StoreError::UnknownAccount`] before anything of it is written.
+//! [`StoreError::UnknownAccount`] before anything of it is written. A message
+//! to a list of devices goes to those that exist; the others are skipped.
 
 use std::collections::{HashMap, HashSet};
 
 use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use sqlx::{Arguments, AssertSqlSafe, Row};
 
-use crate::{AccountId, DeviceAddr, Enqueued, Millis, NewMessage, Result, StoreError};
+use crate::{AccountId, DeviceAddr, Enqueued, Millis, NewMessage, Recipients, Result, StoreError};
 
 /// Bound parameters per statement, well under SQLite's limit.
 const MAX_PARAMS: usize = 30_000;
@@ -55,7 +56,10 @@ pub(super) async fn enqueue_all(
     let mut next_seq = recipient_devices(conn, msgs).await?;
     let known: Vec<&NewMessage> = msgs
         .iter()
-        .filter(|m| next_seq.contains_key(&m.to))
+        .filter(|m| match &m.to {
+            Recipients::Account(account) => next_seq.contains_key(account),
+            Recipients::Devices(_) => true,
+        })
         .collect();
     let mut claimed = claim(conn, &known).await?;
 
@@ -64,10 +68,12 @@ pub(super) async fn enqueue_all(
     let mut results = Vec::with_capacity(msgs.len());
     let mut earlier = Vec::new();
     for (i, msg) in msgs.iter().enumerate() {
-        let Some(devices) = next_seq.get_mut(&msg.to) else {
+        if let Recipients::Account(account) = &msg.to
+            && !next_seq.contains_key(account)
+        {
             results.push(Err(StoreError::UnknownAccount));
             continue;
-        };
+        }
         let key = key(msg);
         if let Some(&received_at) = first_received.get(&key) {
             results.push(Ok(Enqueued {
@@ -77,15 +83,32 @@ pub(super) async fn enqueue_all(
             }));
         } else if claimed.remove(&key) {
             first_received.insert(key, msg.received_at);
-            let mut deliveries = Vec::with_capacity(devices.len());
-            for (device, next) in devices.iter_mut() {
-                let addr = DeviceAddr {
-                    account: msg.to,
-                    device: *device,
-                };
+            let mut deliveries = Vec::new();
+            let mut queue = |addr: DeviceAddr, next: &mut u64| {
                 deliveries.push((addr, *next));
                 copies.push((msg, addr, *next));
                 *next += 1;
+            };
+            match &msg.to {
+                Recipients::Account(account) => {
+                    for (device, next) in next_seq.get_mut(account).into_iter().flatten() {
+                        let addr = DeviceAddr {
+                            account: *account,
+                            device: *device,
+                        };
+                        queue(addr, next);
+                    }
+                }
+                Recipients::Devices(addrs) => {
+                    for addr in addrs {
+                        let next = next_seq
+                            .get_mut(&addr.account)
+                            .and_then(|ds| ds.iter_mut().find(|(d, _)| *d == addr.device));
+                        if let Some((_, next)) = next {
+                            queue(*addr, next);
+                        }
+                    }
+                }
             }
             results.push(Ok(Enqueued {
                 duplicate: false,
@@ -125,7 +148,13 @@ async fn recipient_devices(
     conn: &mut SqliteConnection,
     msgs: &[NewMessage],
 ) -> Result<HashMap<AccountId, Vec<(u32, u64)>>, sqlx::Error> {
-    let mut accounts: Vec<AccountId> = msgs.iter().map(|m| m.to).collect();
+    let mut accounts: Vec<AccountId> = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        match &msg.to {
+            Recipients::Account(account) => accounts.push(*account),
+            Recipients::Devices(addrs) => accounts.extend(addrs.iter().map(|a| a.account)),
+        }
+    }
     accounts.sort_unstable();
     accounts.dedup();
     let mut devices: HashMap<AccountId, Vec<(u32, u64)>> = HashMap::new();
@@ -226,11 +255,11 @@ async fn insert_copies(
     conn: &mut SqliteConnection,
     copies: &[(&NewMessage, DeviceAddr, u64)],
 ) -> Result<(), sqlx::Error> {
-    const COLUMNS: usize = 9;
+    const COLUMNS: usize = 10;
     for chunk in copies.chunks(MAX_PARAMS / COLUMNS) {
         let sql = format!(
             "INSERT INTO queue (account_id, device_id, seq, sender_account, sender_device, \
-             client_message_id, received_at, expires_at, payload) VALUES {}",
+             client_message_id, received_at, expires_at, group_id, payload) VALUES {}",
             rows_sql(chunk.len(), COLUMNS)
         );
         let mut args = SqliteArguments::default();
@@ -243,6 +272,7 @@ async fn insert_copies(
             add(&mut args, &msg.client_message_id[..])?;
             add(&mut args, msg.received_at)?;
             add(&mut args, msg.expires_at)?;
+            add(&mut args, msg.group_id.as_deref())?;
             add(&mut args, &msg.payload[..])?;
         }
         sqlx::query_with(AssertSqlSafe(sql), args)

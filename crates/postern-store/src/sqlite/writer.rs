@@ -24,11 +24,14 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use bytes::Bytes;
+
 use super::enqueue::enqueue_all;
+use super::groups;
 use super::seq_param;
 use crate::{
-    Account, AccountId, Device, DeviceAddr, Enqueued, Millis, NewDevice, NewMessage, Result,
-    StoreError,
+    Account, AccountId, ClaimedKeyPackage, CommitOutcome, Device, DeviceAddr, Enqueued,
+    KeyPackageCount, Millis, NewCommit, NewDevice, NewMessage, Result, StoreError,
 };
 
 /// A batch taking longer than this is logged: it delays every caller in it.
@@ -97,6 +100,32 @@ pub(crate) enum Command {
     PurgeCodes {
         before: Millis,
         reply: Reply<u64>,
+    },
+    RemoveDevice {
+        device: DeviceAddr,
+        reply: Reply<bool>,
+    },
+    CreateGroup {
+        group_id: Bytes,
+        creator: DeviceAddr,
+        now: Millis,
+        reply: Reply<()>,
+    },
+    Commit {
+        commit: Box<NewCommit>,
+        reply: Reply<CommitOutcome>,
+    },
+    AddKeyPackages {
+        device: DeviceAddr,
+        one_time: Vec<Bytes>,
+        last_resort: Option<Bytes>,
+        max_one_time: u32,
+        reply: Reply<KeyPackageCount>,
+    },
+    ClaimKeyPackages {
+        account: AccountId,
+        requester: DeviceAddr,
+        reply: Reply<(Vec<ClaimedKeyPackage>, Vec<u32>)>,
     },
 }
 
@@ -347,7 +376,7 @@ async fn run_batch(conn: &mut SqliteConnection, batch: Batch) {
 }
 
 /// Why a command did not succeed.
-enum Failure {
+pub(super) enum Failure {
     /// Only this command failed; the transaction is still good.
     Logical(StoreError),
     /// The transaction is unusable.
@@ -494,6 +523,37 @@ async fn execute(conn: &mut SqliteConnection, cmd: Command) -> (Settle, Ended) {
             outcome(reply, record_failed_attempt(conn, id).await)
         }
         Command::PurgeCodes { before, reply } => outcome(reply, purge_codes(conn, before).await),
+        Command::RemoveDevice { device, reply } => {
+            outcome(reply, groups::remove_device(conn, device).await)
+        }
+        Command::CreateGroup {
+            group_id,
+            creator,
+            now,
+            reply,
+        } => outcome(
+            reply,
+            groups::create_group(conn, group_id, creator, now).await,
+        ),
+        Command::Commit { commit, reply } => outcome(reply, groups::commit(conn, *commit).await),
+        Command::AddKeyPackages {
+            device,
+            one_time,
+            last_resort,
+            max_one_time,
+            reply,
+        } => outcome(
+            reply,
+            groups::add_key_packages(conn, device, one_time, last_resort, max_one_time).await,
+        ),
+        Command::ClaimKeyPackages {
+            account,
+            requester,
+            reply,
+        } => outcome(
+            reply,
+            groups::claim_key_packages(conn, account, requester).await,
+        ),
     }
 }
 
@@ -520,6 +580,11 @@ impl Command {
             Command::ConsumeCode { reply, .. } => failed(reply),
             Command::RecordFailedAttempt { reply, .. } => failed(reply),
             Command::PurgeCodes { reply, .. } => failed(reply),
+            Command::RemoveDevice { reply, .. } => failed(reply),
+            Command::CreateGroup { reply, .. } => failed(reply),
+            Command::Commit { reply, .. } => failed(reply),
+            Command::AddKeyPackages { reply, .. } => failed(reply),
+            Command::ClaimKeyPackages { reply, .. } => failed(reply),
         }
     }
 }
@@ -781,7 +846,8 @@ mod tests {
                 device: 1,
             },
             client_message_id: [0; 16],
-            to: recipient,
+            to: recipient.into(),
+            group_id: None,
             payload: bytes::Bytes::new(),
             received_at: 0,
             expires_at: 1,
