@@ -1,9 +1,15 @@
 //! The client home: one SQLite file (`client.db`, mode 0600) holding the
-//! device's keys, the server link, known contacts, received messages and
-//! sends not yet confirmed by the server.
+//! device's keys, the server link, known contacts and their identity keys,
+//! the MLS state of every conversation (openmls_sqlite_storage's tables),
+//! the timeline of messages and events, and sends not yet accepted by the
+//! server.
 //!
-//! The home holds the device's secret keys: it must stay private to the
-//! member, and nothing here logs its contents.
+//! The home holds the device's secret keys and every decrypted message: it
+//! must stay private to the member, and nothing here logs its contents.
+//!
+//! MLS state changes and what the home records about them share one
+//! SQLite transaction ([`Home::begin`] / [`Home::commit`]), so a crash never
+//! leaves a message decrypted (its key ratcheted away) but not stored.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +17,9 @@ use postern_proto::ids::{AccountId, DeviceAddr};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::ClientError;
+
+/// The home layout this code reads and writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS settings (
@@ -25,57 +34,153 @@ CREATE TABLE IF NOT EXISTS contacts (
 );
 CREATE INDEX IF NOT EXISTS contacts_phone ON contacts (phone);
 CREATE INDEX IF NOT EXISTS contacts_username ON contacts (username);
--- Every message received, by the server's per-device sequence number.
-CREATE TABLE IF NOT EXISTS messages (
-    seq               INTEGER PRIMARY KEY,
-    sender_account    BLOB NOT NULL,
-    sender_device     INTEGER NOT NULL,
-    client_message_id BLOB NOT NULL,
-    sent_at           INTEGER NOT NULL,
-    received_at       INTEGER NOT NULL,
-    text              TEXT NOT NULL
+-- The identity keys the server's directory listed for each contact's
+-- devices when last asked; a difference is a safety-number change.
+CREATE TABLE IF NOT EXISTS contact_keys (
+    account_id   BLOB NOT NULL,
+    device_id    INTEGER NOT NULL,
+    identity_key BLOB NOT NULL,
+    PRIMARY KEY (account_id, device_id)
 );
--- Sends the server has not confirmed yet; retried with the same id.
+-- Safety numbers the member compared and confirmed.
+CREATE TABLE IF NOT EXISTS verified (
+    account_id    BLOB PRIMARY KEY,
+    safety_number TEXT NOT NULL,
+    verified_at   INTEGER NOT NULL
+);
+-- Conversations: one MLS group each.
+CREATE TABLE IF NOT EXISTS conversations (
+    group_id     BLOB PRIMARY KEY,
+    kind         TEXT NOT NULL,            -- 'direct' or 'group'
+    name         TEXT NOT NULL,            -- a group's name; '' for direct chats
+    peer_account BLOB,                     -- the other member of a direct chat
+    state        TEXT NOT NULL DEFAULT 'active',
+    created_at   INTEGER NOT NULL
+);
+-- Messages and membership events, in the order this device learnt them.
+CREATE TABLE IF NOT EXISTS timeline (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id       BLOB NOT NULL,
+    sender_account BLOB,
+    sender_device  INTEGER,
+    message_id     BLOB,
+    kind           TEXT NOT NULL,           -- 'message', 'system' or 'own'
+    body           TEXT NOT NULL,           -- what to show
+    content        BLOB,                    -- the decoded Content, for messages
+    sent_at        INTEGER NOT NULL,
+    received_at    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS timeline_group ON timeline (group_id, id);
+-- Messages not yet accepted by the server: plaintext content, encrypted
+-- afresh for the group's current epoch at each attempt; retried with the
+-- same id, so the server stores them once.
 CREATE TABLE IF NOT EXISTS outbox (
     client_message_id BLOB PRIMARY KEY,
-    to_account        BLOB NOT NULL,
-    payload           BLOB NOT NULL,
+    group_id          BLOB NOT NULL,
+    content           BLOB NOT NULL,
     created_at        INTEGER NOT NULL
+);
+-- Commits this device sent whose fate it has not learnt (the request, so
+-- that it can be repeated with the same id after a crash).
+CREATE TABLE IF NOT EXISTS pending_commits (
+    group_id BLOB PRIMARY KEY,
+    request  BLOB NOT NULL
 );
 ";
 
-/// A message as stored in the home.
-#[derive(Clone, Debug)]
-pub struct StoredMessage {
-    /// Server sequence number.
-    pub seq: u64,
-    /// Sending device.
-    pub sender: DeviceAddr,
-    /// Sender's message id.
-    pub client_message_id: [u8; 16],
-    /// Sender's clock, ms since the Unix epoch.
-    pub sent_at: i64,
-    /// Server's clock at acceptance.
-    pub received_at: i64,
-    /// The text.
-    pub text: String,
+/// A conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conversation {
+    /// Its MLS group id.
+    pub group_id: Vec<u8>,
+    /// Direct chat or named group.
+    pub kind: ConversationKind,
+    /// The group's name; empty for a direct chat.
+    pub name: String,
+    /// The other member of a direct chat.
+    pub peer: Option<AccountId>,
+    /// `active`, `left`, `removed` or `broken` (a member credential failed
+    /// its check; the conversation is frozen).
+    pub state: String,
 }
 
-/// An unconfirmed send.
+/// What kind of conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConversationKind {
+    /// Two members, all their devices.
+    Direct,
+    /// A named group.
+    Group,
+}
+
+impl ConversationKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ConversationKind::Direct => "direct",
+            ConversationKind::Group => "group",
+        }
+    }
+}
+
+/// One entry of a conversation's timeline.
+#[derive(Clone, Debug)]
+pub struct TimelineItem {
+    /// Position in the home's timeline.
+    pub id: i64,
+    /// The conversation.
+    pub group_id: Vec<u8>,
+    /// Who sent it (none for events this device noted by itself).
+    pub sender: Option<DeviceAddr>,
+    /// The sender's message id.
+    pub message_id: Option<[u8; 16]>,
+    /// True for membership changes and warnings rather than messages.
+    pub system: bool,
+    /// What to show.
+    pub body: String,
+    /// The decoded content of a message.
+    pub content: Option<Vec<u8>>,
+    /// Sender's clock (or this device's, for events).
+    pub sent_at: i64,
+    /// When this device learnt of it.
+    pub received_at: i64,
+}
+
+/// A timeline entry to add.
+#[derive(Clone, Debug)]
+pub struct NewItem {
+    /// The conversation.
+    pub group_id: Vec<u8>,
+    /// Who sent it.
+    pub sender: Option<DeviceAddr>,
+    /// The sender's message id.
+    pub message_id: Option<[u8; 16]>,
+    /// `message`, `system` or `own`.
+    pub kind: &'static str,
+    /// What to show.
+    pub body: String,
+    /// The decoded content of a message.
+    pub content: Option<Vec<u8>>,
+    /// Sender's clock.
+    pub sent_at: i64,
+    /// When this device learnt of it.
+    pub received_at: i64,
+}
+
+/// A send not yet accepted.
 #[derive(Clone, Debug)]
 pub struct PendingSend {
     /// The id the server dedupes on.
     pub client_message_id: [u8; 16],
-    /// Recipient account.
-    pub to: AccountId,
-    /// Encoded content.
-    pub payload: Vec<u8>,
+    /// The conversation.
+    pub group_id: Vec<u8>,
+    /// Encoded content (plaintext; encrypted when sent).
+    pub content: Vec<u8>,
 }
 
 /// The local database.
 pub struct Home {
     path: PathBuf,
-    db: Connection,
+    pub(crate) db: Connection,
 }
 
 impl Home {
@@ -94,7 +199,7 @@ impl Home {
                 let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
             }
         }
-        let db =
+        let mut db =
             Connection::open(&path).map_err(|e| ClientError::Home(path.clone(), e.to_string()))?;
         #[cfg(unix)]
         {
@@ -104,13 +209,49 @@ impl Home {
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
+        let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != SCHEMA_VERSION {
+            let tables: i64 =
+                db.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+            if tables > 0 {
+                return Err(ClientError::Home(
+                    path,
+                    format!(
+                        "this home has layout {version}, this Postern needs {SCHEMA_VERSION} \
+                         (homes made before end-to-end encryption cannot be upgraded); \
+                         set up a new home"
+                    ),
+                ));
+            }
+        }
         db.execute_batch(SCHEMA)?;
+        db.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        crate::mls::migrate(&mut db).map_err(|e| ClientError::Home(path.clone(), e.to_string()))?;
         Ok(Home { path, db })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Starts a transaction that MLS state changes join.
+    pub fn begin(&self) -> Result<(), ClientError> {
+        self.db.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Commits the transaction [`Home::begin`] started.
+    pub fn commit(&self) -> Result<(), ClientError> {
+        self.db.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Rolls back the transaction [`Home::begin`] started, if one is open.
+    pub fn rollback(&self) {
+        if !self.db.is_autocommit() {
+            let _ = self.db.execute_batch("ROLLBACK");
+        }
     }
 
     /// A setting's raw value.
@@ -186,70 +327,275 @@ impl Home {
         Ok(row.and_then(|(u, p)| u.filter(|u| !u.is_empty()).map(|u| format!("@{u}")).or(p)))
     }
 
-    /// Stores received messages with a seq above the last stored one, in one
-    /// transaction; returns those that were new.
-    pub fn store_received(
-        &mut self,
-        batch: Vec<StoredMessage>,
-    ) -> Result<Vec<StoredMessage>, ClientError> {
-        let tx = self.db.transaction()?;
-        let mut fresh = Vec::with_capacity(batch.len());
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO messages
-                 (seq, sender_account, sender_device, client_message_id, sent_at, received_at, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for m in batch {
-                let seq =
-                    i64::try_from(m.seq).map_err(|_| ClientError::Protocol("seq out of range"))?;
-                let n = insert.execute(params![
-                    seq,
-                    &m.sender.account.0[..],
-                    m.sender.device,
-                    &m.client_message_id[..],
-                    m.sent_at,
-                    m.received_at,
-                    m.text,
-                ])?;
-                if n == 1 {
-                    fresh.push(m);
-                }
+    /// The identity keys recorded for a contact's devices.
+    pub fn contact_keys(&self, account: AccountId) -> Result<Vec<(u32, [u8; 32])>, ClientError> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT device_id, identity_key FROM contact_keys WHERE account_id = ?1 ORDER BY device_id",
+        )?;
+        let rows = stmt.query_map([&account.0[..]], |r| {
+            Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (device, key) = row?;
+            if let Ok(key) = <[u8; 32]>::try_from(&key[..]) {
+                out.push((device, key));
             }
         }
-        tx.commit()?;
-        Ok(fresh)
+        Ok(out)
     }
 
-    /// The highest seq stored, 0 if none.
-    pub fn last_seq(&self) -> Result<u64, ClientError> {
-        let seq: Option<i64> = self
+    /// Replaces the identity keys recorded for a contact's devices.
+    pub fn set_contact_keys(
+        &self,
+        account: AccountId,
+        keys: &[(u32, [u8; 32])],
+    ) -> Result<(), ClientError> {
+        self.db.execute(
+            "DELETE FROM contact_keys WHERE account_id = ?1",
+            [&account.0[..]],
+        )?;
+        for (device, key) in keys {
+            self.db.execute(
+                "INSERT INTO contact_keys (account_id, device_id, identity_key) VALUES (?1, ?2, ?3)",
+                params![&account.0[..], device, &key[..]],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The safety number the member confirmed for a contact, if any.
+    pub fn verified(&self, account: AccountId) -> Result<Option<(String, i64)>, ClientError> {
+        Ok(self
             .db
-            .query_row("SELECT max(seq) FROM messages", [], |r| r.get(0))?;
-        Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+            .query_row(
+                "SELECT safety_number, verified_at FROM verified WHERE account_id = ?1",
+                [&account.0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Records that the member confirmed `number` for a contact.
+    pub fn set_verified(
+        &self,
+        account: AccountId,
+        number: &str,
+        now: i64,
+    ) -> Result<(), ClientError> {
+        self.db.execute(
+            "INSERT INTO verified (account_id, safety_number, verified_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account_id) DO UPDATE SET
+               safety_number = excluded.safety_number, verified_at = excluded.verified_at",
+            params![&account.0[..], number, now],
+        )?;
+        Ok(())
+    }
+
+    /// Records a conversation (or updates its name and state).
+    pub fn add_conversation(&self, c: &Conversation, now: i64) -> Result<(), ClientError> {
+        self.db.execute(
+            "INSERT INTO conversations (group_id, kind, name, peer_account, state, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (group_id) DO UPDATE SET name = excluded.name, state = excluded.state",
+            params![
+                c.group_id,
+                c.kind.as_str(),
+                c.name,
+                c.peer.map(|p| p.0.to_vec()),
+                c.state,
+                now
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Sets a conversation's state.
+    pub fn set_conversation_state(&self, group_id: &[u8], state: &str) -> Result<(), ClientError> {
+        self.db.execute(
+            "UPDATE conversations SET state = ?2 WHERE group_id = ?1",
+            params![group_id, state],
+        )?;
+        Ok(())
+    }
+
+    fn conversations_where(
+        &self,
+        filter: &str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<Vec<Conversation>, ClientError> {
+        let sql = format!(
+            "SELECT group_id, kind, name, peer_account, state FROM conversations
+             WHERE {filter} ORDER BY created_at, group_id"
+        );
+        let mut stmt = self.db.prepare(&sql)?;
+        let rows = stmt.query_map([value], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (group_id, kind, name, peer, state) = row?;
+            out.push(Conversation {
+                group_id,
+                kind: if kind == "direct" {
+                    ConversationKind::Direct
+                } else {
+                    ConversationKind::Group
+                },
+                name,
+                peer: peer.and_then(|p| AccountId::from_slice(&p)),
+                state,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every conversation, oldest first.
+    pub fn conversations(&self) -> Result<Vec<Conversation>, ClientError> {
+        self.conversations_where("?1", &1)
+    }
+
+    /// The conversation with this group id.
+    pub fn conversation(&self, group_id: &[u8]) -> Result<Option<Conversation>, ClientError> {
+        Ok(self
+            .conversations_where("group_id = ?1", &group_id)?
+            .into_iter()
+            .next())
+    }
+
+    /// Active conversations of a group name.
+    pub fn conversations_named(&self, name: &str) -> Result<Vec<Conversation>, ClientError> {
+        Ok(self
+            .conversations_where("kind = 'group' AND name = ?1", &name)?
+            .into_iter()
+            .filter(|c| c.state == "active")
+            .collect())
+    }
+
+    /// The direct chat with `peer` to send in: of several (both members
+    /// may have started one at once), the one with the smallest group id,
+    /// which both sides pick.
+    pub fn direct_with(&self, peer: AccountId) -> Result<Option<Conversation>, ClientError> {
+        let mut found: Vec<Conversation> = self
+            .conversations_where("kind = 'direct' AND peer_account = ?1", &&peer.0[..])?
+            .into_iter()
+            .filter(|c| c.state == "active")
+            .collect();
+        found.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        Ok(found.into_iter().next())
+    }
+
+    /// Appends timeline entries; returns them with their ids.
+    pub fn add_items(&self, items: Vec<NewItem>) -> Result<Vec<TimelineItem>, ClientError> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut insert = self.db.prepare_cached(
+            "INSERT INTO timeline (group_id, sender_account, sender_device, message_id, kind, body,
+                                   content, sent_at, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for item in items {
+            insert.execute(params![
+                item.group_id,
+                item.sender.map(|s| s.account.0.to_vec()),
+                item.sender.map(|s| s.device),
+                item.message_id.map(|m| m.to_vec()),
+                item.kind,
+                item.body,
+                item.content,
+                item.sent_at,
+                item.received_at,
+            ])?;
+            out.push(TimelineItem {
+                id: self.db.last_insert_rowid(),
+                group_id: item.group_id,
+                sender: item.sender,
+                message_id: item.message_id,
+                system: item.kind == "system",
+                body: item.body,
+                content: item.content,
+                sent_at: item.sent_at,
+                received_at: item.received_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The last `limit` entries of a conversation, oldest first.
+    pub fn timeline(
+        &self,
+        group_id: &[u8],
+        limit: usize,
+    ) -> Result<Vec<TimelineItem>, ClientError> {
+        let mut stmt = self.db.prepare(
+            "SELECT id, group_id, sender_account, sender_device, message_id, kind, body, content,
+                    sent_at, received_at
+             FROM timeline WHERE group_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![group_id, limit as i64], |r| {
+            let account: Option<Vec<u8>> = r.get(2)?;
+            let device: Option<u32> = r.get(3)?;
+            let message_id: Option<Vec<u8>> = r.get(4)?;
+            let kind: String = r.get(5)?;
+            Ok(TimelineItem {
+                id: r.get(0)?,
+                group_id: r.get(1)?,
+                sender: match (account.and_then(|a| AccountId::from_slice(&a)), device) {
+                    (Some(account), Some(device)) => Some(DeviceAddr { account, device }),
+                    _ => None,
+                },
+                message_id: message_id.and_then(|m| m[..].try_into().ok()),
+                system: kind == "system",
+                body: r.get(6)?,
+                content: r.get(7)?,
+                sent_at: r.get(8)?,
+                received_at: r.get(9)?,
+            })
+        })?;
+        let mut out: Vec<TimelineItem> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The server sequence number of the last queued message processed.
+    pub fn last_seq(&self) -> Result<u64, ClientError> {
+        Ok(self
+            .get_text("last_seq")?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Records that everything up to `seq` is processed.
+    pub fn set_last_seq(&self, seq: u64) -> Result<(), ClientError> {
+        self.set("last_seq", seq.to_string().as_bytes())
     }
 
     /// Adds a send to the outbox.
     pub fn outbox_add(&self, p: &PendingSend, now: i64) -> Result<(), ClientError> {
         self.db.execute(
-            "INSERT OR IGNORE INTO outbox (client_message_id, to_account, payload, created_at)
+            "INSERT OR IGNORE INTO outbox (client_message_id, group_id, content, created_at)
              VALUES (?1, ?2, ?3, ?4)",
-            params![&p.client_message_id[..], &p.to.0[..], p.payload, now],
+            params![&p.client_message_id[..], p.group_id, p.content, now],
         )?;
         Ok(())
     }
 
-    /// Removes a confirmed send.
+    /// Removes an accepted send.
     pub fn outbox_remove(&self, id: &[u8; 16]) -> Result<(), ClientError> {
         self.db
             .execute("DELETE FROM outbox WHERE client_message_id = ?1", [&id[..]])?;
         Ok(())
     }
 
-    /// Every unconfirmed send, oldest first.
+    /// Every send not yet accepted, oldest first.
     pub fn outbox(&self) -> Result<Vec<PendingSend>, ClientError> {
         let mut stmt = self.db.prepare(
-            "SELECT client_message_id, to_account, payload FROM outbox ORDER BY created_at, rowid",
+            "SELECT client_message_id, group_id, content FROM outbox ORDER BY created_at, rowid",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -260,18 +606,45 @@ impl Home {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, to, payload) = row?;
-            let (Ok(client_message_id), Some(to)) = (id[..].try_into(), AccountId::from_slice(&to))
-            else {
+            let (id, group_id, content) = row?;
+            let Ok(client_message_id) = id[..].try_into() else {
                 continue;
             };
             out.push(PendingSend {
                 client_message_id,
-                to,
-                payload,
+                group_id,
+                content,
             });
         }
         Ok(out)
+    }
+
+    /// Records a commit request whose outcome is not known yet.
+    pub fn set_pending_commit(&self, group_id: &[u8], request: &[u8]) -> Result<(), ClientError> {
+        self.db.execute(
+            "INSERT INTO pending_commits (group_id, request) VALUES (?1, ?2)
+             ON CONFLICT (group_id) DO UPDATE SET request = excluded.request",
+            params![group_id, request],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a commit request whose outcome is known.
+    pub fn clear_pending_commit(&self, group_id: &[u8]) -> Result<(), ClientError> {
+        self.db.execute(
+            "DELETE FROM pending_commits WHERE group_id = ?1",
+            [group_id],
+        )?;
+        Ok(())
+    }
+
+    /// Commit requests whose outcome is not known.
+    pub fn pending_commits(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT group_id, request FROM pending_commits")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
@@ -279,43 +652,16 @@ impl Home {
 mod tests {
     use super::*;
 
-    fn msg(seq: u64, text: &str) -> StoredMessage {
-        StoredMessage {
-            seq,
-            sender: DeviceAddr {
-                account: AccountId([1; 16]),
-                device: 1,
-            },
-            client_message_id: [seq as u8; 16],
-            sent_at: 1,
-            received_at: 2,
-            text: text.into(),
-        }
-    }
-
-    #[test]
-    fn received_messages_are_stored_once_by_seq() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut home = Home::open(dir.path(), true).unwrap();
-        let fresh = home.store_received(vec![msg(1, "a"), msg(2, "b")]).unwrap();
-        assert_eq!(fresh.len(), 2);
-        // A re-delivery (the ack was lost) is recognised and not shown again.
-        let fresh = home.store_received(vec![msg(2, "b"), msg(3, "c")]).unwrap();
-        assert_eq!(fresh.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3]);
-        assert_eq!(home.last_seq().unwrap(), 3);
-    }
-
     #[test]
     fn the_outbox_keeps_order_and_ids_across_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let to = AccountId([2; 16]);
         {
             let home = Home::open(dir.path(), true).unwrap();
             for i in 0..3u8 {
                 let p = PendingSend {
                     client_message_id: [i; 16],
-                    to,
-                    payload: vec![i],
+                    group_id: vec![9],
+                    content: vec![i],
                 };
                 home.outbox_add(&p, 10).unwrap();
             }
@@ -329,6 +675,49 @@ mod tests {
             .map(|p| p.client_message_id[0])
             .collect();
         assert_eq!(ids, vec![0, 2]);
+    }
+
+    #[test]
+    fn a_rolled_back_transaction_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::open(dir.path(), true).unwrap();
+        home.begin().unwrap();
+        home.set_last_seq(7).unwrap();
+        home.rollback();
+        assert_eq!(home.last_seq().unwrap(), 0);
+        home.begin().unwrap();
+        home.set_last_seq(8).unwrap();
+        home.commit().unwrap();
+        assert_eq!(home.last_seq().unwrap(), 8);
+    }
+
+    #[test]
+    fn both_sides_pick_the_same_direct_chat() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::open(dir.path(), true).unwrap();
+        let peer = AccountId([5; 16]);
+        for id in [[3u8; 16], [1; 16], [2; 16]] {
+            home.add_conversation(
+                &Conversation {
+                    group_id: id.to_vec(),
+                    kind: ConversationKind::Direct,
+                    name: String::new(),
+                    peer: Some(peer),
+                    state: "active".into(),
+                },
+                1,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            home.direct_with(peer).unwrap().unwrap().group_id,
+            vec![1; 16]
+        );
+        home.set_conversation_state(&[1; 16], "left").unwrap();
+        assert_eq!(
+            home.direct_with(peer).unwrap().unwrap().group_id,
+            vec![2; 16]
+        );
     }
 
     #[test]
@@ -353,5 +742,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Home::open(&dir.path().join("nope"), false).err().unwrap();
         assert!(err.to_string().contains("setup"), "{err}");
+    }
+
+    #[test]
+    fn a_home_of_another_layout_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Connection::open(dir.path().join("client.db")).unwrap();
+        db.execute_batch("CREATE TABLE messages (seq INTEGER PRIMARY KEY)")
+            .unwrap();
+        drop(db);
+        let err = Home::open(dir.path(), false).err().unwrap();
+        assert!(err.to_string().contains("set up a new home"), "{err}");
     }
 }

@@ -6,18 +6,25 @@
 //! whoami — and [`Client::listen`] gives a [`Listener`], an async stream of
 //! received messages and connection-state events that reconnects by itself.
 //!
-//! Received messages are stored in the home before they are acked, so a
-//! crash never loses one; sends wait in the home's outbox until the server
-//! confirms them and are retried with the same id, so a retry is delivered
-//! once.
+//! Every conversation is end-to-end encrypted with MLS (RFC 9420, openmls):
+//! [`mls`] is the engine, [`chat`] what a connection does with it — direct
+//! chats and groups, multi-device joins, credential checks against the
+//! server's directory, safety numbers ([`safety`]). The server sees MLS
+//! ciphertext and the public MLS header, never content.
 //!
-//! Payloads are not yet end-to-end encrypted: the MLS layer arrives in its
-//! own change and will wrap [`postern_proto::content::Content`].
+//! Received messages are decrypted and stored in the home in the same
+//! transaction as the MLS state change, before they are acked, so a crash
+//! never loses one; sends wait in the home's outbox until the server
+//! accepts them and are retried with the same id, so a retry is delivered
+//! once.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chat;
 mod home;
 mod listener;
+pub mod mls;
+pub mod safety;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -25,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use openmls::prelude::Ciphersuite;
 use postern_proto::PROTOCOL_VERSION;
 use postern_proto::frame::envelope;
 use postern_proto::ids::{AccountId, DeviceAddr};
@@ -33,11 +41,11 @@ use postern_proto::link::ServerLink;
 use postern_proto::pb::{
     self, ErrorCode, envelope::Body, request::Kind as Req, response::Kind as Resp,
 };
-use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
-pub use home::{Home, PendingSend, StoredMessage};
+pub use chat::{Member, SafetyReport, Target};
+pub use home::{Conversation, ConversationKind, Home, PendingSend, TimelineItem};
 pub use listener::{ConnectionState, Event, Listener};
 
 /// How long connecting (TCP plus handshake) may take.
@@ -89,6 +97,10 @@ pub enum ClientError {
     /// The server sent something that does not follow the protocol.
     #[error("protocol error: {0}")]
     Protocol(&'static str),
+    /// The MLS layer refused or failed (a malformed or undecryptable
+    /// message, a credential the directory does not confirm).
+    #[error("{0}")]
+    Mls(String),
 }
 
 impl ClientError {
@@ -139,22 +151,30 @@ impl std::str::FromStr for Recipient {
     }
 }
 
-/// A received message, decoded.
+/// A received message or membership event, decrypted and stored.
 #[derive(Clone, Debug)]
 pub struct ReceivedMessage {
-    /// Server sequence number for this device.
+    /// Server sequence number of the queued message it came from.
     pub seq: u64,
-    /// The sending device.
-    pub sender: DeviceAddr,
-    /// What this device calls the sender: `@username`, a phone number it
-    /// sent to, or the account id.
+    /// How this device shows the conversation: `#group` or the contact.
+    pub conversation: String,
+    /// What this device calls the sender (`@username`, a phone number, or
+    /// "you" for this account's other devices); empty for events.
     pub from: String,
-    /// The text.
-    pub text: String,
-    /// Sender's clock, ms since the Unix epoch.
-    pub sent_at: i64,
-    /// Server's clock at acceptance.
-    pub received_at: i64,
+    /// The timeline entry.
+    pub item: TimelineItem,
+}
+
+impl ReceivedMessage {
+    /// What to show.
+    pub fn text(&self) -> &str {
+        &self.item.body
+    }
+
+    /// True for membership changes and warnings.
+    pub fn is_system(&self) -> bool {
+        self.item.system
+    }
 }
 
 /// Who this device is, as the server sees it.
@@ -177,7 +197,8 @@ struct Inner {
     home: Mutex<Home>,
     link: ServerLink,
     noise: NoiseKeypair,
-    identity: SigningKey,
+    signer: mls::DeviceSigner,
+    suite: Ciphersuite,
     device: Mutex<Option<DeviceAddr>>,
 }
 
@@ -243,7 +264,8 @@ impl Client {
                 home: Mutex::new(home),
                 link,
                 noise,
-                identity,
+                signer: mls::DeviceSigner(identity),
+                suite: mls::DEFAULT_CIPHERSUITE,
                 device: Mutex::new(device),
             }),
         })
@@ -317,12 +339,13 @@ impl Client {
         pb::DeviceKeys {
             identity_key: self
                 .inner
-                .identity
+                .signer
+                .0
                 .verifying_key()
                 .to_bytes()
                 .to_vec()
                 .into(),
-            binding_signature: sign_device_binding(&self.inner.identity, &self.inner.noise.public)
+            binding_signature: sign_device_binding(&self.inner.signer.0, &self.inner.noise.public)
                 .to_vec()
                 .into(),
             name: name.into(),
@@ -349,7 +372,7 @@ impl Client {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -361,7 +384,7 @@ fn server_error(e: pb::Error) -> ClientError {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -382,6 +405,8 @@ pub struct Connection {
     deliveries: mpsc::UnboundedReceiver<pb::Deliver>,
     ready: VecDeque<ReceivedMessage>,
     device: Option<DeviceAddr>,
+    subscribed: bool,
+    tasks: Vec<chat::Task>,
 }
 
 impl Connection {
@@ -402,6 +427,8 @@ impl Connection {
             deliveries,
             ready: VecDeque::new(),
             device,
+            subscribed: false,
+            tasks: Vec::new(),
         }
     }
 
@@ -457,6 +484,7 @@ impl Connection {
             Resp::Registered(r) => {
                 let addr = self.client.registered(&r)?;
                 self.device = Some(addr);
+                self.top_up_key_packages().await?;
                 Ok(addr)
             }
             _ => Err(ClientError::Protocol("unexpected answer to register")),
@@ -477,7 +505,9 @@ impl Connection {
         }
     }
 
-    /// From a new device: joins the account that created `token`.
+    /// From a new device: joins the account that created `token`, uploads
+    /// key packages, and joins every conversation of the account (see
+    /// [`Connection::join_account_conversations`]).
     pub async fn link_device(
         &mut self,
         token: &[u8],
@@ -491,6 +521,8 @@ impl Connection {
             Resp::Registered(r) => {
                 let addr = self.client.registered(&r)?;
                 self.device = Some(addr);
+                self.top_up_key_packages().await?;
+                self.join_account_conversations().await?;
                 Ok(addr)
             }
             _ => Err(ClientError::Protocol("unexpected answer to a device link")),
@@ -574,70 +606,19 @@ impl Connection {
         }
     }
 
-    /// Sends a text: stored in the outbox first, then sent; returns once
-    /// the server has durably accepted it.
-    pub async fn send_text(&self, to: &Recipient, text: &str) -> Result<pb::Sent, ClientError> {
-        let pending = self.queue_text(to, text).await?;
-        self.send_pending(&pending).await
-    }
-
-    /// Resolves the recipient and puts the text in the outbox with a fresh
-    /// message id, without sending it; [`Connection::flush_outbox`] or
-    /// [`Connection::send_pending`] sends it.
-    pub async fn queue_text(&self, to: &Recipient, text: &str) -> Result<PendingSend, ClientError> {
-        let to = self.resolve(to).await?;
-        let payload = postern_proto::content::Content {
-            text: text.into(),
-            sent_at_ms: now_ms(),
-        }
-        .encode_to_vec();
-        let pending = PendingSend {
-            client_message_id: postern_proto::ids::new_message_id(),
-            to,
-            payload,
-        };
-        self.client
-            .with_home(|h| h.outbox_add(&pending, now_ms()))?;
-        Ok(pending)
-    }
-
-    /// Sends one outbox entry (again) and removes it once confirmed.
-    pub async fn send_pending(&self, p: &PendingSend) -> Result<pb::Sent, ClientError> {
-        let req = Req::Send(pb::Send {
-            client_message_id: p.client_message_id.to_vec().into(),
-            to_account_id: p.to.0.to_vec().into(),
-            payload: p.payload.clone().into(),
-        });
-        match self.call(req).await? {
-            Resp::Sent(s) => {
-                self.client
-                    .with_home(|h| h.outbox_remove(&p.client_message_id))?;
-                Ok(s)
-            }
-            _ => Err(ClientError::Protocol("unexpected answer to send")),
-        }
-    }
-
-    /// Sends everything in the outbox, oldest first (what an interrupted
-    /// run left, with the ids it had), and returns what the server said.
-    pub async fn flush_outbox(&self) -> Result<Vec<(PendingSend, pb::Sent)>, ClientError> {
-        let pending = self.client.with_home(|h| h.outbox())?;
-        let mut done = Vec::with_capacity(pending.len());
-        for p in pending {
-            let sent = self.send_pending(&p).await?;
-            done.push((p, sent));
-        }
-        Ok(done)
-    }
-
-    /// Starts delivery of messages after the last one stored in the home.
-    pub async fn subscribe(&self) -> Result<(), ClientError> {
+    /// Starts delivery of messages after the last one processed (once per
+    /// connection; later calls do nothing).
+    pub async fn subscribe(&mut self) -> Result<(), ClientError> {
         if self.device.is_none() {
             return Err(ClientError::NotRegistered);
+        }
+        if self.subscribed {
+            return Ok(());
         }
         let after_seq = self.client.with_home(|h| h.last_seq())?;
         self.call(Req::Subscribe(pb::Subscribe { after_seq }))
             .await?;
+        self.subscribed = true;
         Ok(())
     }
 
@@ -653,70 +634,8 @@ impl Connection {
                 return Ok(None);
             };
             self.take_batch(batch).await?;
+            self.run_tasks().await?;
         }
-    }
-
-    async fn take_batch(&mut self, batch: pb::Deliver) -> Result<(), ClientError> {
-        let Some(last) = batch.messages.iter().map(|m| m.seq).max() else {
-            return Ok(());
-        };
-        let mut decoded = Vec::with_capacity(batch.messages.len());
-        for m in batch.messages {
-            let Some(sender) = m.sender.as_ref().and_then(|s| DeviceAddr::try_from(s).ok()) else {
-                continue;
-            };
-            let (text, sent_at) = match postern_proto::content::Content::decode(m.payload) {
-                Ok(c) => (c.text, c.sent_at_ms),
-                Err(_) => (
-                    "[a message this version cannot read]".to_owned(),
-                    m.received_at_ms,
-                ),
-            };
-            decoded.push(StoredMessage {
-                seq: m.seq,
-                sender,
-                client_message_id: m.client_message_id[..].try_into().unwrap_or([0; 16]),
-                sent_at,
-                received_at: m.received_at_ms,
-                text,
-            });
-        }
-        let fresh = self.client.with_home(|h| h.store_received(decoded))?;
-        self.call(Req::Ack(pb::Ack { up_to_seq: last })).await?;
-        let mut names: HashMap<AccountId, String> = HashMap::new();
-        for m in fresh {
-            let account = m.sender.account;
-            if let std::collections::hash_map::Entry::Vacant(slot) = names.entry(account) {
-                slot.insert(self.sender_name(account).await);
-            }
-            self.ready.push_back(ReceivedMessage {
-                seq: m.seq,
-                sender: m.sender,
-                from: names[&account].clone(),
-                text: m.text,
-                sent_at: m.sent_at,
-                received_at: m.received_at,
-            });
-        }
-        Ok(())
-    }
-
-    async fn sender_name(&self, account: AccountId) -> String {
-        if let Ok(Some(name)) = self.client.with_home(|h| h.contact_name(account)) {
-            return name;
-        }
-        let req = Req::Resolve(pb::Resolve {
-            who: Some(pb::resolve::Who::AccountId(account.0.to_vec().into())),
-        });
-        if let Ok(Resp::Resolved(r)) = self.call(req).await
-            && !r.username.is_empty()
-        {
-            let _ = self
-                .client
-                .with_home(|h| h.remember_contact(account, None, Some(&r.username)));
-            return format!("@{}", r.username);
-        }
-        account.to_string()
     }
 }
 

@@ -98,12 +98,15 @@ impl Listener {
     }
 
     async fn open(&self) -> Result<Connection, ClientError> {
-        let conn = self.client.connect().await?;
+        let mut conn = self.client.connect().await?;
         if conn.device().is_none() {
             return Err(ClientError::NotRegistered);
         }
+        // Catch up first: messages can only be sent in the group's
+        // current epoch.
+        conn.sync().await?;
+        conn.top_up_key_packages().await?;
         conn.flush_outbox().await?;
-        conn.subscribe().await?;
         Ok(conn)
     }
 

@@ -38,8 +38,13 @@ pub enum LinkError {
     #[error("not a Postern link: it must start with \"postern://\"")]
     Scheme,
     /// The link is a Postern link of another kind (e.g. a relay link).
-    #[error("this is a \"{0}\" link, not a server link (postern://server?...)")]
-    NotServerLink(String),
+    #[error("this is a \"{found}\" link, not a {expected} link (postern://{expected}?...)")]
+    WrongKind {
+        /// The kind the link has.
+        found: String,
+        /// The kind that was needed.
+        expected: &'static str,
+    },
     /// The link contains percent-encoding, which no valid server link needs.
     #[error("link contains '%': server links never need percent-encoding; copy the link exactly")]
     PercentEncoded,
@@ -97,6 +102,62 @@ impl FromStr for ServerLink {
     type Err = LinkError;
 
     fn from_str(link: &str) -> Result<Self, LinkError> {
+        parse(link, "server").map(|(server, _)| server)
+    }
+}
+
+/// A device link: what an account's existing device shows a new device so
+/// that it joins the account — the server link plus a one-time token.
+/// `postern://device?v=1&tcp=HOST:PORT&key=…&token=…`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceLink {
+    /// The server the account lives on.
+    pub server: ServerLink,
+    /// The one-time device-link token.
+    pub token: Vec<u8>,
+}
+
+impl fmt::Debug for DeviceLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a secret until used.
+        f.debug_struct("DeviceLink")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for DeviceLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let server = self.server.to_string();
+        let query = server.split_once('?').map(|(_, q)| q).unwrap_or("");
+        write!(
+            f,
+            "{SCHEME}device?{query}&token={}",
+            URL_SAFE_NO_PAD.encode(&self.token)
+        )
+    }
+}
+
+impl FromStr for DeviceLink {
+    type Err = LinkError;
+
+    fn from_str(link: &str) -> Result<Self, LinkError> {
+        let (server, token) = parse(link, "device")?;
+        let token = token.ok_or(LinkError::Missing("token"))?;
+        let token = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|e| LinkError::KeyEncoding(e.to_string()))?;
+        Ok(DeviceLink { server, token })
+    }
+}
+
+/// Parses a link of `expected` kind; returns its server part and its
+/// `token` parameter, if any.
+fn parse<'a>(
+    link: &'a str,
+    expected: &'static str,
+) -> Result<(ServerLink, Option<&'a str>), LinkError> {
+    {
         let link = link.trim();
         if link.len() > MAX_LINK_LEN {
             return Err(LinkError::TooLong(link.len()));
@@ -111,12 +172,16 @@ impl FromStr for ServerLink {
         }
         let (kind, query) = rest.split_once('?').unwrap_or((rest, ""));
         let kind = kind.strip_suffix('/').unwrap_or(kind);
-        if kind != "server" {
-            return Err(LinkError::NotServerLink(kind.to_owned()));
+        if kind != expected {
+            return Err(LinkError::WrongKind {
+                found: kind.to_owned(),
+                expected,
+            });
         }
 
         let mut version = None;
         let mut key = None;
+        let mut token = None;
         let mut tcp = Vec::new();
         for param in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = param.split_once('=').unwrap_or((param, ""));
@@ -124,6 +189,7 @@ impl FromStr for ServerLink {
                 "v" => set_once(&mut version, value, "v")?,
                 "key" => set_once(&mut key, value, "key")?,
                 "tcp" => tcp.push(parse_endpoint(value)?),
+                "token" => set_once(&mut token, value, "token")?,
                 _ => {}
             }
         }
@@ -143,7 +209,7 @@ impl FromStr for ServerLink {
         if tcp.is_empty() {
             return Err(LinkError::NoEndpoint);
         }
-        Ok(ServerLink { tcp, noise_key })
+        Ok((ServerLink { tcp, noise_key }, token))
     }
 }
 
@@ -252,7 +318,10 @@ mod tests {
             ("https://x".into(), LinkError::Scheme),
             (
                 format!("postern://relay?v=1&key={key}"),
-                LinkError::NotServerLink("relay".into()),
+                LinkError::WrongKind {
+                    found: "relay".into(),
+                    expected: "server",
+                },
             ),
             (
                 format!("postern://server?tcp=a:1&key={key}"),
@@ -341,5 +410,38 @@ mod tests {
             let _ = text.parse::<ServerLink>();
             let _ = format!("postern://server?{text}").parse::<ServerLink>();
         }
+    }
+
+    #[test]
+    fn device_links_carry_the_server_and_a_token() {
+        let server = ServerLink {
+            tcp: vec!["example.org:7447".into()],
+            noise_key: KEY,
+        };
+        let link = DeviceLink {
+            server: server.clone(),
+            token: vec![1, 2, 3, 250],
+        };
+        let text = link.to_string();
+        assert!(text.starts_with("postern://device?v=1&tcp=example.org:7447&key="));
+        assert_eq!(text.parse::<DeviceLink>().unwrap(), link);
+        assert!(
+            !format!("{link:?}").contains("token"),
+            "Debug hides the token"
+        );
+        assert_eq!(
+            text.parse::<ServerLink>(),
+            Err(LinkError::WrongKind {
+                found: "device".into(),
+                expected: "server"
+            })
+        );
+        assert_eq!(
+            server
+                .to_string()
+                .replace("server?", "device?")
+                .parse::<DeviceLink>(),
+            Err(LinkError::Missing("token"))
+        );
     }
 }

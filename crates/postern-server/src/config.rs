@@ -115,6 +115,15 @@ pub struct Limits {
     pub verify_attempts_per_ip_per_hour: u32,
     /// Wrong guesses that burn a code.
     pub max_code_attempts: u32,
+    /// One-time MLS key packages kept per device (the oldest beyond go).
+    pub key_packages_per_device: u32,
+    /// Below this many one-time key packages the server tells a device to
+    /// upload more.
+    pub key_packages_low_water: u32,
+    /// Key-package claims one device may make per hour (each claim takes a
+    /// package of every device of one account, so this bounds how fast a
+    /// member can drain another's packages).
+    pub key_package_claims_per_device_per_hour: u32,
 }
 
 impl Default for Limits {
@@ -132,6 +141,9 @@ impl Default for Limits {
             code_requests_per_ip_per_hour: 20,
             verify_attempts_per_ip_per_hour: 30,
             max_code_attempts: 5,
+            key_packages_per_device: 100,
+            key_packages_low_water: 10,
+            key_package_claims_per_device_per_hour: 600,
         }
     }
 }

@@ -93,6 +93,7 @@ where
                     "this server speaks protocol version {PROTOCOL_VERSION}; update Postern"
                 ),
                 retry_after_ms: 0,
+                current_epoch: 0,
             }),
             device: None,
             server_time_ms: now_ms(),
@@ -430,6 +431,7 @@ impl Connection {
                 client_message_id: m.client_message_id.to_vec().into(),
                 received_at_ms: m.received_at,
                 payload: m.payload,
+                group_id: m.group_id.unwrap_or_default(),
             })
             .collect();
         outbox.push(deliver_envelope(messages));
@@ -467,6 +469,7 @@ fn error_response(code: ErrorCode, message: &str) -> pb::Response {
             code: code as i32,
             message: message.into(),
             retry_after_ms: 0,
+            current_epoch: 0,
         })),
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use postern_proto::ids::{AccountId, DeviceAddr};
 use postern_proto::keys::verify_device_binding;
 use postern_proto::pb::{self, ErrorCode, request::Kind as Req, response::Kind as Resp};
-use postern_store::{Account, Device, NewDevice, NewMessage, Store, StoreError};
+use postern_store::{Account, Device, Enqueued, NewDevice, NewMessage, Store, StoreError};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -25,6 +25,8 @@ use crate::phone;
 use crate::ratelimit::{LogThrottle, RateLimiter};
 use crate::sms::SmsGateway;
 use postern_proto::username;
+
+mod mls;
 
 /// How long a device-link token stays valid.
 pub const LINK_TOKEN_TTL: Duration = Duration::from_secs(10 * 60);
@@ -58,6 +60,8 @@ pub struct Service {
     message_ttl: Duration,
     code_requests_by_ip: RateLimiter<IpAddr>,
     verify_attempts_by_ip: RateLimiter<IpAddr>,
+    key_package_claims: RateLimiter<DeviceAddr>,
+    group_locks: mls::GroupLocks,
     rate_limit_log: LogThrottle,
 }
 
@@ -71,6 +75,7 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
         code: code as i32,
         message: message.into(),
         retry_after_ms: 0,
+        current_epoch: 0,
     })
 }
 
@@ -80,6 +85,7 @@ fn rate_limited(what: &str, wait: Duration) -> Refusal {
         code: ErrorCode::RateLimited as i32,
         message: format!("too many {what}; try again in {secs} s"),
         retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+        current_epoch: 0,
     })
 }
 
@@ -96,6 +102,10 @@ impl From<StoreError> for Refusal {
                 "this device is already registered",
             ),
             StoreError::UnknownAccount => refuse(ErrorCode::UnknownRecipient, "no such account"),
+            StoreError::GroupExists => refuse(
+                ErrorCode::GroupExists,
+                "a group with this id exists; choose another id",
+            ),
             e => {
                 tracing::error!(error = %e, "store failure");
                 refuse(ErrorCode::Internal, "the server failed; try again")
@@ -146,6 +156,11 @@ impl Service {
         Service {
             code_requests_by_ip: RateLimiter::new(limits.code_requests_per_ip_per_hour, hour),
             verify_attempts_by_ip: RateLimiter::new(limits.verify_attempts_per_ip_per_hour, hour),
+            key_package_claims: RateLimiter::new(
+                limits.key_package_claims_per_device_per_hour,
+                hour,
+            ),
+            group_locks: mls::GroupLocks::default(),
             rate_limit_log: LogThrottle::new(Duration::from_secs(10)),
             store,
             sms,
@@ -198,6 +213,15 @@ impl Service {
             Some(Req::Ping(_)) => Ok(Resp::Pong(pb::Pong {
                 server_time_ms: now_ms(),
             })),
+            Some(Req::UploadKeyPackages(r)) => self.upload_key_packages(session, r).await,
+            Some(Req::ClaimKeyPackages(r)) => self.claim_key_packages(session, r).await,
+            Some(Req::CreateGroup(r)) => self.create_group(session, r).await,
+            Some(Req::GroupCommit(r)) => self.group_commit(session, r).await,
+            Some(Req::GroupSend(r)) => self.group_send(session, r).await,
+            Some(Req::FetchGroupInfo(r)) => self.fetch_group_info(session, r).await,
+            Some(Req::ListGroups(_)) => self.list_groups(session).await,
+            Some(Req::RemoveDevice(r)) => self.remove_device(session, r).await,
+            Some(Req::Sync(_)) => self.sync(session).await,
         };
         if let Err(Refusal(e)) = &result
             && e.code == ErrorCode::RateLimited as i32
@@ -431,15 +455,7 @@ impl Service {
             phone: account.phone,
             username: account.username.unwrap_or_default(),
             device_id: me.device,
-            devices: devices
-                .into_iter()
-                .map(|d| pb::DeviceInfo {
-                    device_id: d.addr.device,
-                    name: d.name,
-                    identity_key: d.identity_key.to_vec().into(),
-                    created_at_ms: d.created_at,
-                })
-                .collect(),
+            devices: devices.into_iter().map(device_info).collect(),
         }))
     }
 
@@ -465,9 +481,11 @@ impl Service {
             }
         };
         let account = account.ok_or_else(unknown)?;
+        let devices = self.store.devices(account.id).await?;
         Ok(Resp::Resolved(pb::Resolved {
             account_id: account.id.0.to_vec().into(),
             username: account.username.unwrap_or_default(),
+            devices: devices.into_iter().map(device_info).collect(),
         }))
     }
 
@@ -488,31 +506,77 @@ impl Service {
             ));
         }
         let now = now_ms();
-        let enqueued = self
-            .store
-            .enqueue(NewMessage {
-                sender: me,
-                client_message_id,
-                to,
-                payload: r.payload.clone(),
-                received_at: now,
-                expires_at: now + ms(self.message_ttl),
-            })
-            .await?;
+        let msg = NewMessage {
+            sender: me,
+            client_message_id,
+            to: to.into(),
+            group_id: None,
+            payload: r.payload,
+            received_at: now,
+            expires_at: now + ms(self.message_ttl),
+        };
+        let enqueued = self.store.enqueue(msg.clone()).await?;
+        self.push(&msg, &enqueued);
+        Ok(sent(&enqueued))
+    }
+
+    /// Hands the copies just committed to the connections of their devices.
+    fn push(&self, msg: &NewMessage, enqueued: &Enqueued) {
         for (device, seq) in &enqueued.deliveries {
             let queued = Arc::new(pb::QueuedMessage {
                 seq: *seq,
-                sender: Some(me.into()),
-                client_message_id: r.client_message_id.clone(),
+                sender: Some(msg.sender.into()),
+                client_message_id: msg.client_message_id.to_vec().into(),
                 received_at_ms: enqueued.received_at,
-                payload: r.payload.clone(),
+                payload: msg.payload.clone(),
+                group_id: msg.group_id.clone().unwrap_or_default(),
             });
             self.hub.deliver(device, &queued);
         }
-        Ok(Resp::Sent(pb::Sent {
-            received_at_ms: enqueued.received_at,
-            duplicate: enqueued.duplicate,
-        }))
+    }
+
+    async fn sync(&self, s: &SessionInfo) -> Handled<Resp> {
+        let me = authed(s)?;
+        let head_seq = self.store.queue_head(me).await?;
+        Ok(Resp::SyncPoint(pb::SyncPoint { head_seq }))
+    }
+
+    async fn remove_device(&self, s: &SessionInfo, r: pb::RemoveDevice) -> Handled<Resp> {
+        let me = authed(s)?;
+        if r.device_id == me.device {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "a device cannot remove itself; remove it from another device of the account",
+            ));
+        }
+        let target = DeviceAddr {
+            account: me.account,
+            device: r.device_id,
+        };
+        if !self.store.remove_device(target).await? {
+            return Err(refuse(
+                ErrorCode::UnknownDevice,
+                "this account has no such device",
+            ));
+        }
+        tracing::info!(device = %target, by = %me, "device removed");
+        Ok(Resp::Ok(pb::Ok {}))
+    }
+}
+
+fn sent(enqueued: &Enqueued) -> Resp {
+    Resp::Sent(pb::Sent {
+        received_at_ms: enqueued.received_at,
+        duplicate: enqueued.duplicate,
+    })
+}
+
+fn device_info(d: Device) -> pb::DeviceInfo {
+    pb::DeviceInfo {
+        device_id: d.addr.device,
+        name: d.name,
+        identity_key: d.identity_key.to_vec().into(),
+        created_at_ms: d.created_at,
     }
 }
 

@@ -295,6 +295,10 @@ pub trait QueueStore: Send + Sync {
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>>;
 
+    /// The sequence number of the last message queued for `device` (0 if
+    /// none ever was).
+    async fn queue_head(&self, device: DeviceAddr) -> Result<u64>;
+
     /// Deletes every message of `device`'s queue with `seq <= up_to_seq`.
     async fn ack(&self, device: DeviceAddr, up_to_seq: u64) -> Result<()>;
 

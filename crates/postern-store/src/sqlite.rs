@@ -566,6 +566,18 @@ impl QueueStore for SqliteStore {
         Ok(out)
     }
 
+    async fn queue_head(&self, device: DeviceAddr) -> Result<u64> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT next_seq FROM devices WHERE account_id = ? AND device_id = ?",
+        )
+        .bind(&device.account.0[..])
+        .bind(device.device)
+        .fetch_optional(&self.inner.reads)
+        .await
+        .map_err(db)?;
+        Ok(next.map_or(0, |n| u64::try_from(n - 1).unwrap_or(0)))
+    }
+
     async fn ack(&self, device: DeviceAddr, up_to_seq: u64) -> Result<()> {
         self.inner
             .writer

@@ -212,6 +212,7 @@ async fn refusal_reaches_the_client() {
             code: pb::ErrorCode::UnsupportedVersion.into(),
             message: "please update Postern".into(),
             retry_after_ms: 0,
+            current_epoch: 0,
         }),
         ..Default::default()
     };

@@ -1,13 +1,14 @@
 //! The member's commands: setup, request-code, register, send, recv,
 //! whoami, username. Each opens the home, connects, does one thing, and
-//! prints a result a script can use.
+//! prints a result a script can use. (Groups, devices and safety numbers
+//! are in chat_cmd.rs.)
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use postern_client::{Client, ClientError, ConnectionState, Event, ReceivedMessage, Recipient};
+use postern_client::{Client, ClientError, ConnectionState, Event, ReceivedMessage, Target};
 use postern_proto::link::ServerLink;
 
 /// How often `send` retries (same message id) after a broken connection.
@@ -34,7 +35,7 @@ pub fn setup(home: &Path, link: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(home: &Path) -> anyhow::Result<(Client, postern_client::Connection)> {
+pub(crate) async fn connect(home: &Path) -> anyhow::Result<(Client, postern_client::Connection)> {
     let client = Client::open(home)?;
     let conn = client.connect().await.with_context(|| {
         format!(
@@ -90,7 +91,7 @@ pub async fn register(
 }
 
 pub async fn send(home: &Path, to: &str, text: &str) -> anyhow::Result<()> {
-    let to: Recipient = to.parse().expect("infallible");
+    let to: Target = to.parse().expect("infallible");
     let client = Client::open(home)?;
     if client.device().is_none() {
         return Err(ClientError::NotRegistered.into());
@@ -100,7 +101,7 @@ pub async fn send(home: &Path, to: &str, text: &str) -> anyhow::Result<()> {
     loop {
         attempt += 1;
         let result = async {
-            let conn = client.connect().await?;
+            let mut conn = client.connect().await?;
             let id = match queued {
                 Some(id) => id,
                 None => {
@@ -153,7 +154,6 @@ pub async fn recv(home: &Path, wait: Option<f64>, json: bool) -> anyhow::Result<
             }
             let (_, mut conn) = connect(home).await?;
             conn.flush_outbox().await?;
-            conn.subscribe().await?;
             let idle = Duration::from_secs_f64(secs);
             while let Ok(next) = tokio::time::timeout(idle, conn.recv()).await {
                 match next? {
@@ -198,26 +198,45 @@ fn describe(s: &ConnectionState) -> String {
 
 fn print_message(m: &ReceivedMessage, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
+    let item = &m.item;
     if json {
         let line = serde_json::json!({
+            "conversation": m.conversation,
+            "group_id": hex::encode(&item.group_id),
             "from": m.from,
-            "from_account": m.sender.account.to_string(),
-            "from_device": m.sender.device,
-            "text": m.text,
-            "sent_at": m.sent_at,
-            "received_at": m.received_at,
+            "from_account": item.sender.map(|s| s.account.to_string()),
+            "from_device": item.sender.map(|s| s.device),
+            "system": item.system,
+            "text": item.body,
+            "sent_at": item.sent_at,
+            "received_at": item.received_at,
             "seq": m.seq,
         });
         writeln!(out, "{line}")?;
+    } else if item.system {
+        writeln!(
+            out,
+            "{} [{}] * {}",
+            format_time(item.received_at),
+            m.conversation,
+            item.body
+        )?;
     } else {
-        writeln!(out, "{} {}: {}", format_time(m.sent_at), m.from, m.text)?;
+        writeln!(
+            out,
+            "{} [{}] {}: {}",
+            format_time(item.sent_at),
+            m.conversation,
+            m.from,
+            item.body
+        )?;
     }
     out.flush()?;
     Ok(())
 }
 
 /// `HH:MM:SS` UTC; enough to read a conversation without a date library.
-fn format_time(ms: i64) -> String {
+pub(crate) fn format_time(ms: i64) -> String {
     let secs = ms.div_euclid(1000).rem_euclid(86_400);
     format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }

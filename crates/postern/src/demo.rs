@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use postern_client::{Client, Recipient};
+use postern_client::{Client, Recipient, Target};
 use postern_server::{RunningServer, Server, ServerConfig};
 
 const ALICE: &str = "+14155552671";
@@ -42,20 +42,25 @@ pub async fn run() -> anyhow::Result<()> {
     ];
     println!("3. They talk (each line: sent, stored by the server, received):");
     for (from, to, text) in conversation {
-        let conn = from.connect().await?;
-        conn.send_text(&Recipient::Username(to.into()), text)
+        let mut conn = from.connect().await?;
+        conn.send_text(&Target::Contact(Recipient::Username(to.into())), text)
             .await?;
         let receiver = if to == "bob" { &bob } else { &alice };
         let mut rconn = receiver.connect().await?;
-        rconn.subscribe().await?;
-        let m = tokio::time::timeout(Duration::from_secs(10), rconn.recv())
-            .await
-            .context("the message did not arrive within 10 s")??
-            .context("the connection closed")?;
-        println!("   {} -> @{to}: {}", m.from, m.text);
+        rconn.sync().await?;
+        let m = loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), rconn.recv())
+                .await
+                .context("the message did not arrive within 10 s")??
+                .context("the connection closed")?;
+            if !m.is_system() {
+                break m;
+            }
+        };
+        println!("   {} -> @{to}: {}", m.from, m.text());
     }
-    println!("4. Payloads were opaque to the server. They are not yet end-to-end");
-    println!("   encrypted: MLS arrives next. Try it yourself: see README, \"Walkthrough\".");
+    println!("4. Every message was end-to-end encrypted with MLS: the server stored");
+    println!("   and forwarded ciphertext only. Try it yourself: see README, \"Walkthrough\".");
     shutdown(server).await;
     Ok(())
 }

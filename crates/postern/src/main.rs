@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod chat_cmd;
 mod client_cmd;
 mod demo;
 mod serve;
@@ -22,7 +23,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Run a server with `postern serve`; as a member, bind a home directory to
 /// a server with `postern --home DIR setup LINK`, then `register`, `send`
-/// and `recv`. `postern demo` shows a conversation in one command.
+/// and `recv`. Every conversation is end-to-end encrypted with MLS.
+/// `postern demo` shows a conversation in one command.
 #[derive(Parser)]
 #[command(name = "postern", version, propagate_version = true)]
 struct Cli {
@@ -71,25 +73,33 @@ enum Command {
         #[arg(long, default_value = "cli")]
         device_name: String,
     },
-    /// Send a text message; exits 0 once the server has durably stored it.
+    /// Send a text message, end-to-end encrypted; exits 0 once the server
+    /// has durably stored it for every device in the conversation.
+    ///
+    /// The first message to a contact starts a direct chat (an MLS group of
+    /// both members' devices).
     Send {
-        /// A phone number, @username, or account id.
+        /// A contact (phone number, @username or account id), or a group:
+        /// #NAME or #ID (32 hex digits, from `group list`).
         to: String,
         /// The message.
         text: String,
     },
     /// Print received messages and acknowledge them.
     ///
-    /// Each line reads `HH:MM:SS SENDER: TEXT`, the time being the sender's
-    /// clock in UTC; SENDER is @username, the phone number you wrote to, or
-    /// the account id. Messages are stored in the home before they are
-    /// acknowledged.
+    /// Each line reads `HH:MM:SS [CONVERSATION] SENDER: TEXT`, the time being
+    /// the sender's clock in UTC; CONVERSATION is #group or the contact of a
+    /// direct chat; SENDER is @username, the phone number you wrote to, or
+    /// the account id. Membership changes and warnings (a contact's safety
+    /// number changed) read `HH:MM:SS [CONVERSATION] * WHAT`. Messages are
+    /// decrypted and stored in the home before they are acknowledged.
     Recv {
         /// Exit after SECS seconds without a new message. Without it,
         /// stream until interrupted (reconnecting as needed).
         #[arg(long, value_name = "SECS")]
         wait: Option<f64>,
-        /// One JSON object a line: from, text, sent_at, received_at, seq.
+        /// One JSON object a line: conversation, group_id, from, system,
+        /// text, sent_at, received_at, seq.
         #[arg(long)]
         json: bool,
     },
@@ -103,6 +113,30 @@ enum Command {
     Username {
         #[command(subcommand)]
         action: UsernameAction,
+    },
+    /// Create and change groups.
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+    },
+    /// Link, list and remove this account's devices.
+    Device {
+        #[command(subcommand)]
+        action: DeviceAction,
+    },
+    /// Show the safety number you share with a contact.
+    ///
+    /// Compare it with the contact in person or on a call: if the numbers
+    /// match, nobody (not even the server) sits between your devices and
+    /// theirs. It changes when either of you adds, removes or re-keys a
+    /// device.
+    Verify {
+        /// Phone number, @username or account id.
+        contact: String,
+        /// Record that you compared it and it matched; later changes are
+        /// then flagged.
+        #[arg(long)]
+        confirm: bool,
     },
     /// Start a server and two members in a temporary directory and show a
     /// short conversation.
@@ -123,6 +157,76 @@ enum UsernameAction {
     },
     /// Give up the username.
     Clear,
+}
+
+#[derive(Subcommand)]
+enum GroupAction {
+    /// Create a group with these members (all their devices).
+    Create {
+        /// The group's name (without spaces; shown as #NAME).
+        name: String,
+        /// Phone numbers, @usernames or account ids.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Add members to a group.
+    Add {
+        /// #NAME or #ID.
+        group: String,
+        /// Phone numbers, @usernames or account ids.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Remove members (all their devices) from a group.
+    Remove {
+        /// #NAME or #ID.
+        group: String,
+        /// Phone numbers, @usernames or account ids.
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Leave a group.
+    Leave {
+        /// #NAME or #ID.
+        group: String,
+    },
+    /// List conversations (groups and direct chats) and their members.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceAction {
+    /// Print a one-time link that adds a new device to this account.
+    Link {
+        /// Also draw the link as a QR code in the terminal.
+        #[arg(long)]
+        qr: bool,
+    },
+    /// Set up this (new) home as another device of the account that made
+    /// LINK; it joins all of the account's conversations.
+    Add {
+        /// The postern://device?… link from `device link`.
+        link: String,
+        /// A label for this device.
+        #[arg(long, default_value = "cli")]
+        device_name: String,
+    },
+    /// List the account's devices.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove another device of this account: it can no longer connect and
+    /// cannot read anything sent afterwards.
+    Remove {
+        /// Its number, from `device list`.
+        id: u32,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -176,6 +280,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             UsernameAction::Set { name } => client_cmd::set_username(&home, &name).await,
             UsernameAction::Clear => client_cmd::set_username(&home, "").await,
         },
+        Command::Group { action } => match action {
+            GroupAction::Create { name, members } => {
+                chat_cmd::group_create(&home, &name, &members).await
+            }
+            GroupAction::Add { group, members } => {
+                chat_cmd::group_add(&home, &group, &members).await
+            }
+            GroupAction::Remove { group, members } => {
+                chat_cmd::group_remove(&home, &group, &members).await
+            }
+            GroupAction::Leave { group } => chat_cmd::group_leave(&home, &group).await,
+            GroupAction::List { json } => chat_cmd::group_list(&home, json).await,
+        },
+        Command::Device { action } => match action {
+            DeviceAction::Link { qr } => chat_cmd::device_link(&home, qr).await,
+            DeviceAction::Add { link, device_name } => {
+                chat_cmd::device_add(&home, &link, &device_name).await
+            }
+            DeviceAction::List { json } => chat_cmd::device_list(&home, json).await,
+            DeviceAction::Remove { id } => chat_cmd::device_remove(&home, id).await,
+        },
+        Command::Verify { contact, confirm } => chat_cmd::verify(&home, &contact, confirm).await,
         Command::Demo => demo::run().await,
         Command::Bench { what } => bench::run(what).await,
     }
