@@ -1081,10 +1081,12 @@ impl Connection {
         let mut messages = batch.messages;
         messages.sort_by_key(|m| m.seq);
         for m in messages {
+            // Checked inside the transaction: another connection of this
+            // device may have processed it meanwhile.
+            let txn = Txn::begin(&self.client)?;
             if m.seq <= self.client.with_home(|h| h.last_seq())? {
                 continue;
             }
-            let txn = Txn::begin(&self.client)?;
             let items = match self.process_queued(&m).await {
                 Ok(items) => items,
                 Err(e) if e.is_transient() => return Err(e),

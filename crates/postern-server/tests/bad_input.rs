@@ -204,9 +204,9 @@ async fn extreme_sequence_numbers_do_not_break_the_connection() {
         "one subscription per connection: {again:?}"
     );
     // A message for the device now: the connection must stay usable.
-    let (_, bob) = t.member("bob", "+14155552672").await;
+    let (_, mut bob) = t.member("bob", "+14155552672").await;
     bob.send_text(
-        &postern_client::Recipient::Username("alice".into()),
+        &postern_client::Target::Contact(postern_client::Recipient::Username("alice".into())),
         "still there?",
     )
     .await

@@ -1,62 +1,79 @@
 //! Delivery over real loopback sockets: conversations, offline queues,
-//! multi-device fan-out, idempotent retries, acks.
+//! multi-device fan-out, idempotent retries, acks. The SDK's conversations
+//! are MLS groups (see mls.rs for their rules); the raw-protocol tests here
+//! drive the queue underneath directly.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{TestServer, error_code};
-use postern_client::Recipient;
+use postern_client::{Recipient, Target};
 use postern_proto::pb::{self, ErrorCode, request::Kind as Req, response::Kind as Resp};
 
+/// The next message, skipping membership events.
 async fn recv_one(conn: &mut postern_client::Connection) -> postern_client::ReceivedMessage {
-    tokio::time::timeout(Duration::from_secs(10), conn.recv())
-        .await
-        .expect("a message within 10 s")
-        .unwrap()
-        .expect("connection open")
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), conn.recv())
+            .await
+            .expect("a message within 10 s")
+            .unwrap()
+            .expect("connection open");
+        if !m.is_system() {
+            return m;
+        }
+    }
+}
+
+fn contact(r: Recipient) -> Target {
+    Target::Contact(r)
 }
 
 #[tokio::test]
 async fn two_members_converse_by_username_and_phone() {
     let t = TestServer::start().await;
-    let (_, alice) = t.member("alice", "+14155552671").await;
+    let (_, mut alice) = t.member("alice", "+14155552671").await;
     let (_, mut bob) = t.member("bob", "+14155552672").await;
     bob.subscribe().await.unwrap();
 
     alice
-        .send_text(&Recipient::Username("bob".into()), "hi bob")
+        .send_text(&contact(Recipient::Username("bob".into())), "hi bob")
         .await
         .unwrap();
     let m = recv_one(&mut bob).await;
-    assert_eq!((m.from.as_str(), m.text.as_str()), ("@alice", "hi bob"));
-    assert!(m.sent_at > 0 && m.received_at >= m.sent_at - 60_000);
+    assert_eq!((m.from.as_str(), m.text()), ("@alice", "hi bob"));
+    assert!(m.item.sent_at > 0 && m.item.received_at >= m.item.sent_at - 60_000);
 
-    let mut alice = alice;
     alice.subscribe().await.unwrap();
-    bob.send_text(&Recipient::Phone("+1 415 555 2671".into()), "hi alice")
-        .await
-        .unwrap();
+    bob.send_text(
+        &contact(Recipient::Phone("+1 415 555 2671".into())),
+        "hi alice",
+    )
+    .await
+    .unwrap();
     let m = recv_one(&mut alice).await;
-    assert_eq!((m.from.as_str(), m.text.as_str()), ("@bob", "hi alice"));
+    assert_eq!((m.from.as_str(), m.text()), ("@bob", "hi alice"));
 }
 
 #[tokio::test]
 async fn offline_device_gets_queued_messages_in_order_and_acked_ones_are_gone() {
     let t = TestServer::start().await;
-    let (_, alice) = t.member("alice", "+14155552671").await;
+    let (_, mut alice) = t.member("alice", "+14155552671").await;
     let (bob_client, bob) = t.member("bob", "+14155552672").await;
     drop(bob);
     for i in 0..5 {
         alice
-            .send_text(&Recipient::Username("bob".into()), &format!("m{i}"))
+            .send_text(
+                &contact(Recipient::Username("bob".into())),
+                &format!("m{i}"),
+            )
             .await
             .unwrap();
     }
     let mut bob = bob_client.connect().await.unwrap();
     bob.subscribe().await.unwrap();
     for i in 0..5 {
-        assert_eq!(recv_one(&mut bob).await.text, format!("m{i}"));
+        assert_eq!(recv_one(&mut bob).await.text(), format!("m{i}"));
     }
     drop(bob);
 
@@ -72,12 +89,12 @@ async fn offline_device_gets_queued_messages_in_order_and_acked_ones_are_gone() 
 #[tokio::test]
 async fn a_retried_send_is_stored_and_delivered_once() {
     let t = TestServer::start().await;
-    let (_, alice) = t.member("alice", "+14155552671").await;
+    let (_, mut alice) = t.member("alice", "+14155552671").await;
     let (_, mut bob) = t.member("bob", "+14155552672").await;
     let bob_id = bob.whoami().await.unwrap().account;
 
     let pending = alice
-        .queue_text(&Recipient::Account(bob_id), "once")
+        .queue_text(&contact(Recipient::Account(bob_id)), "once")
         .await
         .unwrap();
     let first = alice.send_pending(&pending).await.unwrap();
@@ -86,19 +103,19 @@ async fn a_retried_send_is_stored_and_delivered_once() {
     assert!(again.duplicate, "the retry is recognised");
     assert_eq!(first.received_at_ms, again.received_at_ms);
     alice
-        .send_text(&Recipient::Account(bob_id), "next")
+        .send_text(&contact(Recipient::Account(bob_id)), "next")
         .await
         .unwrap();
 
     bob.subscribe().await.unwrap();
-    assert_eq!(recv_one(&mut bob).await.text, "once");
-    assert_eq!(recv_one(&mut bob).await.text, "next");
+    assert_eq!(recv_one(&mut bob).await.text(), "once");
+    assert_eq!(recv_one(&mut bob).await.text(), "next");
 }
 
 #[tokio::test]
 async fn every_device_of_the_recipient_gets_the_message() {
     let t = TestServer::start().await;
-    let (_, alice) = t.member("alice", "+14155552671").await;
+    let (_, mut alice) = t.member("alice", "+14155552671").await;
     let (_, bob) = t.member("bob", "+14155552672").await;
     let token = bob.create_link_token().await.unwrap();
 
@@ -118,24 +135,24 @@ async fn every_device_of_the_recipient_gets_the_message() {
     bob.subscribe().await.unwrap();
     tablet_conn.subscribe().await.unwrap();
     alice
-        .send_text(&Recipient::Username("bob".into()), "to all of you")
+        .send_text(&contact(Recipient::Username("bob".into())), "to all of you")
         .await
         .unwrap();
-    assert_eq!(recv_one(&mut bob).await.text, "to all of you");
-    assert_eq!(recv_one(&mut tablet_conn).await.text, "to all of you");
+    assert_eq!(recv_one(&mut bob).await.text(), "to all of you");
+    assert_eq!(recv_one(&mut tablet_conn).await.text(), "to all of you");
 }
 
 #[tokio::test]
 async fn unknown_recipients_and_oversized_payloads_are_typed_errors() {
     let t = TestServer::start().await;
-    let (_, alice) = t.member("alice", "+14155552671").await;
+    let (_, mut alice) = t.member("alice", "+14155552671").await;
     let err = alice
-        .send_text(&Recipient::Username("nobody".into()), "hello?")
+        .send_text(&contact(Recipient::Username("nobody".into())), "hello?")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::UnknownRecipient));
     let err = alice
-        .send_text(&Recipient::Phone("+14155559999".into()), "hello?")
+        .send_text(&contact(Recipient::Phone("+14155559999".into())), "hello?")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::UnknownRecipient));
@@ -204,36 +221,38 @@ async fn concurrent_senders_reach_a_live_device_exactly_once_in_sequence() {
     let (bob_client, bob) = t.member("bob", "+14155552600").await;
     let bob_id = bob.whoami().await.unwrap().account;
     drop(bob);
-    let mut senders = Vec::new();
+    // Five senders with three sessions each, all sending at once.
+    let mut sessions = Vec::new();
     for i in 0..5 {
-        let (_, conn) = t
+        let (client, _) = t
             .member(&format!("sender{i}"), &format!("+1415555261{i}"))
             .await;
-        senders.push(conn);
+        for _ in 0..3 {
+            sessions.push(t.raw_as(&client).await);
+        }
     }
     let mut raw = t.raw_as(&bob_client).await;
     raw.call(Req::Subscribe(pb::Subscribe { after_seq: 0 }))
         .await;
 
-    let per_sender = 300;
+    let per_session = 100;
     let mut tasks = tokio::task::JoinSet::new();
-    for conn in senders {
+    for (s, mut session) in sessions.into_iter().enumerate() {
         tasks.spawn(async move {
-            let conn = std::sync::Arc::new(conn);
-            let mut inner = tokio::task::JoinSet::new();
-            for j in 0..per_sender {
-                let conn = conn.clone();
-                inner.spawn(async move {
-                    conn.send_text(&Recipient::Account(bob_id), &format!("{j}"))
-                        .await
-                        .unwrap();
-                });
+            for j in 0..per_session {
+                let resp = session
+                    .call(Req::Send(pb::Send {
+                        client_message_id: postern_proto::ids::new_message_id().to_vec().into(),
+                        to_account_id: bob_id.0.to_vec().into(),
+                        payload: format!("{s}/{j}").into_bytes().into(),
+                    }))
+                    .await;
+                assert!(matches!(resp, Resp::Sent(_)), "{resp:?}");
             }
-            while inner.join_next().await.is_some() {}
         });
     }
 
-    let total = 5 * per_sender;
+    let total = 15 * per_session;
     let mut seqs = Vec::new();
     while seqs.len() < total {
         let env = tokio::time::timeout(Duration::from_secs(20), raw.r.recv())

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::TestServer;
-use postern_client::{ConnectionState, Event, Recipient};
+use postern_client::{ConnectionState, Event, Recipient, Target};
 use postern_proto::pb::ErrorCode;
 use postern_server::Server;
 use postern_server::config::SmsGatewayKind;
@@ -113,7 +113,7 @@ async fn next_event(l: &mut postern_client::Listener) -> Event {
 async fn the_listener_reports_state_and_reconnects_after_a_restart() {
     let t = TestServer::start().await;
     let (bob, _) = t.member("bob", "+14155552672").await;
-    let (_, alice) = t.member("alice", "+14155552671").await;
+    let (_, mut alice) = t.member("alice", "+14155552671").await;
     let mut listener = bob.listen();
     assert!(matches!(
         next_event(&mut listener).await,
@@ -124,13 +124,17 @@ async fn the_listener_reports_state_and_reconnects_after_a_restart() {
         Event::State(ConnectionState::Ready)
     ));
     alice
-        .send_text(&Recipient::Username("bob".into()), "first")
+        .send_text(&Target::Contact(Recipient::Username("bob".into())), "first")
         .await
         .unwrap();
-    let Event::Message(m) = next_event(&mut listener).await else {
-        panic!("expected a message")
+    let m = loop {
+        match next_event(&mut listener).await {
+            Event::Message(m) if !m.is_system() => break m,
+            Event::Message(_) => continue,
+            e => panic!("expected a message, got {e:?}"),
+        }
     };
-    assert_eq!(m.text, "first");
+    assert_eq!(m.text(), "first");
 
     // Stop the server; the listener notices and keeps retrying.
     let addr = t.server.client_addr;
@@ -146,17 +150,20 @@ async fn the_listener_reports_state_and_reconnects_after_a_restart() {
     // Same data, same address: the listener gets back in and delivery goes on.
     let server = Server::start(cfg).await.unwrap();
     let alice = postern_client::Client::open(&dir.path().join("alice")).unwrap();
-    let conn = alice.connect().await.unwrap();
-    conn.send_text(&Recipient::Username("bob".into()), "second")
-        .await
-        .unwrap();
+    let mut conn = alice.connect().await.unwrap();
+    conn.send_text(
+        &Target::Contact(Recipient::Username("bob".into())),
+        "second",
+    )
+    .await
+    .unwrap();
     loop {
         match next_event(&mut listener).await {
-            Event::Message(m) => {
-                assert_eq!(m.text, "second");
+            Event::Message(m) if !m.is_system() => {
+                assert_eq!(m.text(), "second");
                 break;
             }
-            Event::State(_) => continue,
+            _ => continue,
         }
     }
     server.shutdown().await;

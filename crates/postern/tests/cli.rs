@@ -151,10 +151,19 @@ fn register(s: &ServerProc, home: &Path, phone: &str, username: &str) {
     ok(home, &["username", "set", username]);
 }
 
-fn recv_json(home: &Path, wait: &str) -> Vec<serde_json::Value> {
+/// Everything `recv --json` prints: messages and membership events.
+fn recv_all(home: &Path, wait: &str) -> Vec<serde_json::Value> {
     ok(home, &["recv", "--wait", wait, "--json"])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The messages `recv --json` prints (not the events).
+fn recv_json(home: &Path, wait: &str) -> Vec<serde_json::Value> {
+    recv_all(home, wait)
+        .into_iter()
+        .filter(|v| v["system"] == false)
         .collect()
 }
 
@@ -172,8 +181,12 @@ fn two_members_converse_through_the_cli() {
 
     ok(&alice, &["send", "@bob", "hello bob"]);
     ok(&alice, &["send", "+1 415 555 2672", "by phone too"]);
-    let got = recv_json(&bob, "1");
+    let all = recv_all(&bob, "1");
+    assert_eq!(all[0]["system"], true, "{all:?}");
+    assert_eq!(all[0]["text"], "@alice started a chat with you");
+    let got: Vec<_> = all.into_iter().filter(|v| v["system"] == false).collect();
     assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["conversation"], "@alice");
     assert_eq!(got[0]["from"], "@alice");
     assert_eq!(got[0]["text"], "hello bob");
     assert_eq!(got[1]["text"], "by phone too");
@@ -183,7 +196,7 @@ fn two_members_converse_through_the_cli() {
 
     ok(&bob, &["send", "@alice", "hi alice"]);
     let plain = ok(&alice, &["recv", "--wait", "1"]);
-    assert!(plain.contains("@bob: hi alice"), "{plain}");
+    assert!(plain.contains("[@bob] @bob: hi alice"), "{plain}");
 }
 
 #[test]
