@@ -532,6 +532,7 @@ impl Connection {
             match self.conclude_commit(group_id, outcome)? {
                 Ok(()) => return Ok(()),
                 Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => {
+                    self.lost_races += 1;
                     self.catch_up().await?;
                 }
                 Err(e) => return Err(e),
@@ -858,7 +859,10 @@ impl Connection {
                     return Ok(sent);
                 }
                 Ok(_) => return Err(ClientError::Protocol("unexpected answer to a group send")),
-                Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => self.catch_up().await?,
+                Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => {
+                    self.lost_races += 1;
+                    self.catch_up().await?
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -907,6 +911,7 @@ impl Connection {
             let Resp::GroupInfo(info) = self
                 .call(Req::FetchGroupInfo(pb::FetchGroupInfo {
                     group_id: group_id.to_vec().into(),
+                    epoch: None,
                 }))
                 .await?
             else {
@@ -1317,26 +1322,36 @@ impl Connection {
         {
             return Ok(Vec::new());
         }
-        let Resp::GroupInfo(info) = self
+        let (opened, epoch) = self
+            .client
+            .with_engine(|e, _| e.open_welcome(welcome).map_err(mls_failure))?;
+        let tree = self
             .call(Req::FetchGroupInfo(pb::FetchGroupInfo {
                 group_id: group_id.to_vec().into(),
+                epoch: Some(epoch),
             }))
-            .await?
-        else {
-            return Err(ClientError::Protocol(
-                "unexpected answer to fetch group info",
-            ));
+            .await;
+        let joined = match tree {
+            Ok(Resp::GroupInfo(info)) => self.client.with_engine(|e, _| {
+                let tree = mls::parse_tree(&info.ratchet_tree).map_err(mls_failure)?;
+                Ok(e.join(opened, tree))
+            })?,
+            Ok(_) => {
+                return Err(ClientError::Protocol(
+                    "unexpected answer to fetch group info",
+                ));
+            }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => Err(MlsError::Mls(e.to_string())),
         };
-        let joined = self.client.with_engine(|e, _| {
-            let tree = mls::parse_tree(&info.ratchet_tree).map_err(mls_failure)?;
-            Ok(e.join(welcome, tree))
-        })?;
         let group = match joined {
             Ok(g) => g,
             Err(e) => {
-                // The group moved on since the Welcome (this device was
-                // offline): join its current epoch by external commit.
-                tracing::info!(error = %e, "welcome is stale; joining by external commit");
+                // The tree of the Welcome's epoch is gone (the Welcome
+                // waited longer than the server keeps it): join the current
+                // epoch by external commit; what was sent before is lost to
+                // this device.
+                tracing::info!(error = %e, "cannot join at the welcome's epoch; joining by external commit");
                 self.join_external(group_id, "you were added").await?;
                 return Ok(Vec::new());
             }

@@ -235,22 +235,25 @@ impl Home {
         &self.path
     }
 
-    /// Starts a transaction that MLS state changes join.
+    /// Starts a transaction that MLS state changes join; nested calls make
+    /// nested savepoints, each ended by [`Home::commit`] or
+    /// [`Home::rollback`].
     pub fn begin(&self) -> Result<(), ClientError> {
-        self.db.execute_batch("BEGIN IMMEDIATE")?;
+        self.db.execute_batch("SAVEPOINT home")?;
         Ok(())
     }
 
-    /// Commits the transaction [`Home::begin`] started.
+    /// Ends the innermost [`Home::begin`], keeping its changes (durably, if
+    /// it was the outermost).
     pub fn commit(&self) -> Result<(), ClientError> {
-        self.db.execute_batch("COMMIT")?;
+        self.db.execute_batch("RELEASE home")?;
         Ok(())
     }
 
-    /// Rolls back the transaction [`Home::begin`] started, if one is open.
+    /// Ends the innermost [`Home::begin`], undoing its changes.
     pub fn rollback(&self) {
         if !self.db.is_autocommit() {
-            let _ = self.db.execute_batch("ROLLBACK");
+            let _ = self.db.execute_batch("ROLLBACK TO home; RELEASE home");
         }
     }
 
@@ -685,6 +688,15 @@ mod tests {
         home.set_last_seq(7).unwrap();
         home.rollback();
         assert_eq!(home.last_seq().unwrap(), 0);
+        // Nested: the inner rollback undoes only the inner part.
+        home.begin().unwrap();
+        home.set("outer", b"1").unwrap();
+        home.begin().unwrap();
+        home.set("inner", b"1").unwrap();
+        home.rollback();
+        home.commit().unwrap();
+        assert!(home.get("outer").unwrap().is_some());
+        assert!(home.get("inner").unwrap().is_none());
         home.begin().unwrap();
         home.set_last_seq(8).unwrap();
         home.commit().unwrap();

@@ -407,6 +407,7 @@ pub struct Connection {
     device: Option<DeviceAddr>,
     subscribed: bool,
     tasks: Vec<chat::Task>,
+    lost_races: u64,
 }
 
 impl Connection {
@@ -429,7 +430,14 @@ impl Connection {
             device,
             subscribed: false,
             tasks: Vec::new(),
+            lost_races: 0,
         }
+    }
+
+    /// How many times a commit or message of this connection lost the race
+    /// for an epoch and was rebuilt (`STALE_EPOCH`).
+    pub fn lost_races(&self) -> u64 {
+        self.lost_races
     }
 
     /// The device the server authenticated this session as.

@@ -419,16 +419,28 @@ impl<'a> Engine<'a> {
             .map_err(mls_err)
     }
 
-    /// Joins from a Welcome and the ratchet tree of its epoch.
-    pub fn join(&self, welcome: Welcome, tree: RatchetTreeIn) -> Result<MlsGroup, MlsError> {
-        let staged = StagedWelcome::new_from_welcome(
-            &self.provider,
-            &Self::join_config(),
-            welcome,
-            Some(tree),
-        )
-        .map_err(mls_err)?;
-        staged.into_group(&self.provider).map_err(mls_err)
+    /// Opens a Welcome (using up the key package it was made for) and
+    /// says which epoch it joins; [`Engine::join`] finishes with that
+    /// epoch's ratchet tree, fetched out of band.
+    pub fn open_welcome(&self, welcome: Welcome) -> Result<(ProcessedWelcome, u64), MlsError> {
+        let processed =
+            ProcessedWelcome::new_from_welcome(&self.provider, &Self::join_config(), welcome)
+                .map_err(mls_err)?;
+        let epoch = processed.unverified_group_info().epoch().as_u64();
+        Ok((processed, epoch))
+    }
+
+    /// Joins from an opened Welcome and the ratchet tree of its epoch.
+    pub fn join(
+        &self,
+        welcome: ProcessedWelcome,
+        tree: RatchetTreeIn,
+    ) -> Result<MlsGroup, MlsError> {
+        welcome
+            .into_staged_welcome(&self.provider, Some(tree))
+            .map_err(mls_err)?
+            .into_group(&self.provider)
+            .map_err(mls_err)
     }
 
     /// Joins by external commit from a GroupInfo and ratchet tree (a new
@@ -462,21 +474,20 @@ impl<'a> Engine<'a> {
             .map_err(mls_err)?
             .finalize(&self.provider)
             .map_err(mls_err)?;
-        let (commit, _, group_info) = bundle.into_messages();
-        let staged = group
-            .pending_commit()
-            .ok_or_else(|| MlsError::Mls("no pending commit after an external join".into()))?;
-        let tree = staged
-            .export_ratchet_tree(self.provider.crypto(), group.export_ratchet_tree())
-            .map_err(mls_err)?
-            .ok_or_else(|| MlsError::Mls("no ratchet tree for the new epoch".into()))?;
+        // The builder merged the commit already: the group is at the new
+        // epoch (and is discarded if the server refuses the commit).
+        let (commit, _, _) = bundle.into_messages();
+        let group_info = group
+            .export_group_info(self.provider.crypto(), self.signer, false)
+            .map_err(mls_err)?;
         let commit = OutgoingCommit {
             commit: serialize(&commit)?,
             welcome: None,
-            group_info: serialize(
-                &group_info.ok_or_else(|| MlsError::Mls("no group info".into()))?,
-            )?,
-            ratchet_tree: tree.tls_serialize_detached().map_err(mls_err)?,
+            group_info: serialize(&group_info)?,
+            ratchet_tree: group
+                .export_ratchet_tree()
+                .tls_serialize_detached()
+                .map_err(mls_err)?,
         };
         Ok((group, commit))
     }

@@ -302,8 +302,8 @@ pub trait QueueStore: Send + Sync {
     /// Deletes every message of `device`'s queue with `seq <= up_to_seq`.
     async fn ack(&self, device: DeviceAddr, up_to_seq: u64) -> Result<()>;
 
-    /// Deletes queued messages and send records that expired before `now`;
-    /// returns how many queued messages went.
+    /// Deletes queued messages, send records and Welcome trees that expired
+    /// before `now`; returns how many queued messages went.
     async fn purge_expired(&self, now: Millis) -> Result<u64>;
 }
 
@@ -388,12 +388,17 @@ pub trait GroupStore: Send + Sync {
 
     /// Applies a commit atomically: checks the epoch and the sender's
     /// membership, advances the epoch, updates the members, keeps the
-    /// GroupInfo and tree, and queues the commit and the Welcome — all in one
-    /// transaction, so that no commit is accepted without being delivered.
+    /// GroupInfo and tree (and, with a Welcome, the tree of the new epoch
+    /// until `expires_at`), and queues the commit and the Welcome — all in
+    /// one transaction, so that no commit is accepted without being
+    /// delivered.
     async fn commit(&self, commit: NewCommit) -> Result<CommitOutcome>;
 
     /// The group's epoch, latest GroupInfo and ratchet tree.
     async fn group_info(&self, group_id: &[u8]) -> Result<Option<(u64, Bytes, Bytes)>>;
+
+    /// The ratchet tree of an epoch that began with a Welcome, while kept.
+    async fn welcome_tree(&self, group_id: &[u8], epoch: u64) -> Result<Option<Bytes>>;
 
     /// Ids of the groups the account has a device in.
     async fn groups_of_account(&self, account: AccountId) -> Result<Vec<Bytes>>;

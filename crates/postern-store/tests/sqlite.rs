@@ -803,6 +803,20 @@ async fn the_first_commit_of_an_epoch_wins_and_is_delivered_with_its_welcome() {
         store.groups_of_account(bob[0].addr.account).await.unwrap(),
         vec![Bytes::copy_from_slice(group)]
     );
+    // The tree of the epoch bob was welcomed into is kept for him, apart
+    // from the latest one, until it expires.
+    assert_eq!(
+        store.welcome_tree(group, 1).await.unwrap().as_deref(),
+        Some(&b"tree 1"[..])
+    );
+    assert_eq!(
+        store.welcome_tree(group, 2).await.unwrap(),
+        None,
+        "no welcome at 2"
+    );
+    assert_eq!(store.queue_head(bob[0].addr).await.unwrap(), 1);
+    store.purge_expired(NOW + HOUR).await.unwrap();
+    assert_eq!(store.welcome_tree(group, 1).await.unwrap(), None);
 }
 
 #[tokio::test]

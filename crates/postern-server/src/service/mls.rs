@@ -333,6 +333,19 @@ impl Service {
         if !group.members.iter().any(|d| d.account == me.account) {
             return Err(not_a_member());
         }
+        if let Some(epoch) = r.epoch {
+            let tree = self.store.welcome_tree(&id, epoch).await?.ok_or_else(|| {
+                refuse(
+                    ErrorCode::UnknownGroup,
+                    "no ratchet tree kept for that epoch; join the current one",
+                )
+            })?;
+            return Ok(Resp::GroupInfo(pb::GroupInfo {
+                epoch,
+                group_info: Bytes::new(),
+                ratchet_tree: tree,
+            }));
+        }
         let (epoch, group_info, ratchet_tree) = self
             .store
             .group_info(&id)

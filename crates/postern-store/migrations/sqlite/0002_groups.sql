@@ -20,6 +20,19 @@ CREATE TABLE groups (
     updated_at    INTEGER NOT NULL
 );
 
+-- The ratchet tree of each epoch that began with a Welcome, for devices
+-- that process the Welcome later (RFC 9420 §12.4.3.1: out of band, not in
+-- the Welcome). Kept as long as the Welcome itself may wait in a queue.
+CREATE TABLE welcome_trees (
+    group_id      BLOB    NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+    epoch         INTEGER NOT NULL,
+    ratchet_tree  BLOB    NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    PRIMARY KEY (group_id, epoch)
+);
+
+CREATE INDEX welcome_trees_expires ON welcome_trees (expires_at);
+
 -- The devices a group's messages are fanned out to. Deleting a device
 -- deletes its memberships.
 CREATE TABLE group_members (

@@ -166,6 +166,16 @@ pub(super) async fn commit(
         expires_at: c.expires_at,
     }];
     if let Some((welcome, to)) = c.welcome {
+        sqlx::query(
+            "INSERT INTO welcome_trees (group_id, epoch, ratchet_tree, expires_at) \
+             VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&c.group_id[..])
+        .bind(i64::try_from(current + 1).unwrap_or(i64::MAX))
+        .bind(&c.ratchet_tree[..])
+        .bind(c.expires_at)
+        .execute(&mut *conn)
+        .await?;
         msgs.push(NewMessage {
             sender: c.sender,
             client_message_id: welcome_message_id(c.client_message_id),
@@ -390,6 +400,18 @@ impl GroupStore for SqliteStore {
             Bytes::from(info),
             Bytes::from(tree),
         )))
+    }
+
+    async fn welcome_tree(&self, group_id: &[u8], epoch: u64) -> Result<Option<Bytes>> {
+        let tree: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT ratchet_tree FROM welcome_trees WHERE group_id = ? AND epoch = ?",
+        )
+        .bind(group_id)
+        .bind(i64::try_from(epoch).unwrap_or(i64::MAX))
+        .fetch_optional(&self.inner.reads)
+        .await
+        .map_err(db)?;
+        Ok(tree.map(Bytes::from))
     }
 
     async fn groups_of_account(&self, account: AccountId) -> Result<Vec<Bytes>> {

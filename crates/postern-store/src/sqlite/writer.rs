@@ -621,6 +621,10 @@ async fn purge_expired(conn: &mut SqliteConnection, now: Millis) -> Result<u64, 
         .bind(now)
         .execute(&mut *conn)
         .await?;
+    sqlx::query("DELETE FROM welcome_trees WHERE expires_at <= ?")
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
     Ok(queued)
 }
 
