@@ -131,7 +131,7 @@ impl Drop for Txn {
     }
 }
 
-/// Work found while processing that needs commits of its own; done after
+/// Work found while processing that needs messages or commits of its own; done after
 /// the batch (see [`Connection::run_tasks`]).
 #[derive(Clone, Debug)]
 pub(crate) enum Task {
@@ -140,11 +140,14 @@ pub(crate) enum Task {
         group_id: Vec<u8>,
         account: AccountId,
     },
+    /// Tell the group its name (a device of ours just joined it).
+    SendName { group_id: Vec<u8> },
 }
 
 impl Client {
-    /// Runs `f` with this device's MLS engine over the home.
-    pub(crate) fn with_engine<T>(
+    /// Runs `f` with this device's MLS engine over the home (for tools and
+    /// tests that need openmls directly; conversations need none of this).
+    pub fn with_engine<T>(
         &self,
         f: impl FnOnce(&Engine<'_>, &Home) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
@@ -173,6 +176,7 @@ impl Client {
     /// How a conversation is shown: `#name` or the contact's name.
     pub fn conversation_name(&self, c: &Conversation) -> String {
         match (c.kind, c.peer) {
+            (ConversationKind::Group, _) if c.name.is_empty() => "#(unnamed)".into(),
             (ConversationKind::Group, _) => format!("#{}", c.name),
             (ConversationKind::Direct, Some(peer)) => self.name_of(peer),
             (ConversationKind::Direct, None) => "(direct chat)".into(),
@@ -210,6 +214,7 @@ pub fn render(c: &Content) -> String {
             a.filename, a.media_type, a.size, a.caption
         ),
         Some(Body::Leave(_)) => "(left the group)".into(),
+        Some(Body::GroupName(g)) => format!("(named the group #{})", g.name),
         None => "[content this version cannot show]".into(),
     }
 }
@@ -418,6 +423,13 @@ impl Connection {
                             .await?;
                     }
                 }
+                Task::SendName { group_id } => {
+                    if let Some(c) = self.client.with_home(|h| h.conversation(&group_id))?
+                        && c.state == "active"
+                    {
+                        self.send_group_name(&c).await?;
+                    }
+                }
             }
         }
         Ok(())
@@ -612,7 +624,6 @@ impl Connection {
                 ConversationKind::Direct => content::group_meta::Kind::Direct,
                 ConversationKind::Group => content::group_meta::Kind::Group,
             } as i32,
-            name: name.to_owned(),
         };
         self.commit_change(
             &group_id,
@@ -633,7 +644,24 @@ impl Connection {
             },
         ));
         self.client.with_home(|h| h.add_items(items))?;
+        if kind == ConversationKind::Group {
+            self.send_group_name(&conversation).await?;
+        }
         Ok(conversation)
+    }
+
+    /// Tells the group its name, encrypted (see [`content::GroupName`]).
+    async fn send_group_name(&mut self, c: &Conversation) -> Result<(), ClientError> {
+        let content = Content {
+            version: content::CONTENT_VERSION,
+            message_id: new_message_id().to_vec().into(),
+            sent_at_ms: now_ms(),
+            in_reply_to: Default::default(),
+            body: Some(content::content::Body::GroupName(content::GroupName {
+                name: c.name.clone(),
+            })),
+        };
+        self.send_content(c, content).await.map(drop)
     }
 
     /// Creates a named group with these members (and all their devices).
@@ -683,6 +711,9 @@ impl Connection {
             format!("you added {}", names.join(", ")),
         ));
         self.client.with_home(|h| h.add_items(items))?;
+        if c.kind == ConversationKind::Group {
+            self.send_group_name(&c).await?;
+        }
         Ok(())
     }
 
@@ -1166,8 +1197,29 @@ impl Connection {
                 let bytes = app.into_bytes();
                 let content = Content::decode(&bytes[..])
                     .map_err(|_| ClientError::Protocol("undecodable content"))?;
-                if matches!(content.body, Some(content::content::Body::Leave(_))) {
-                    self.on_leave(&group, &group_id, from);
+                match &content.body {
+                    Some(content::content::Body::Leave(_)) => {
+                        self.on_leave(&group, &group_id, from)
+                    }
+                    Some(content::content::Body::GroupName(n)) => {
+                        if c.kind != ConversationKind::Group || n.name == c.name {
+                            return Ok(Vec::new());
+                        }
+                        let renamed = Conversation {
+                            name: n.name.clone(),
+                            ..c.clone()
+                        };
+                        self.client
+                            .with_home(|h| h.add_conversation(&renamed, now_ms()))?;
+                        let who = self.client.name_of(from.account);
+                        let body = if c.name.is_empty() {
+                            format!("the group is called #{}", n.name)
+                        } else {
+                            format!("{who} renamed #{} to #{}", c.name, n.name)
+                        };
+                        return Ok(vec![system(&group_id, body)]);
+                    }
+                    _ => {}
                 }
                 let message_id = content.message_id[..].try_into().ok();
                 Ok(vec![NewItem {
@@ -1241,6 +1293,23 @@ impl Connection {
                 let mut by_account: BTreeMap<AccountId, usize> = BTreeMap::new();
                 for d in &added_devices {
                     *by_account.entry(d.account).or_default() += 1;
+                }
+                if is_external
+                    && c.kind == ConversationKind::Group
+                    && Some(from.account) == self.device.map(|d| d.account)
+                {
+                    // Our account's new device joined: the lowest of our
+                    // other devices tells it the name.
+                    let lowest = members(&group)
+                        .into_iter()
+                        .filter(|(_, d)| d.account == from.account && *d != from)
+                        .min_by_key(|(i, _)| i.u32())
+                        .map(|(_, d)| d);
+                    if lowest == self.device {
+                        self.tasks.push(Task::SendName {
+                            group_id: group_id.clone(),
+                        });
+                    }
                 }
                 for (account, _) in by_account {
                     let name = self.client.name_of(account);
@@ -1375,7 +1444,7 @@ impl Connection {
             group_id,
             match conversation.kind {
                 ConversationKind::Direct => format!("{who} started a chat with you"),
-                ConversationKind::Group => format!("{who} added you to #{}", conversation.name),
+                ConversationKind::Group => format!("{who} added you to a group"),
             },
         ));
         Ok(items)
@@ -1397,7 +1466,8 @@ fn conversation_from(
         } else {
             ConversationKind::Group
         },
-        name: meta.name.clone(),
+        // Learnt from the group's next GroupName message.
+        name: String::new(),
         peer: direct
             .then(|| {
                 devices

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use postern_client::{Connection, ReceivedMessage, Target};
+use postern_proto::pb;
 
 fn to(s: &str) -> Target {
     s.parse().unwrap()
@@ -87,9 +88,19 @@ async fn three_members_talk_in_a_group_and_see_who_joins_and_leaves() {
     a.send_text(&to("#friends"), "welcome bob").await.unwrap();
     b.sync().await.unwrap();
     let got = drain(&mut b, Duration::from_millis(300)).await;
-    assert_eq!(events(&got), vec!["@alice added you to #friends"]);
+    assert_eq!(
+        events(&got),
+        vec![
+            "@alice added you to a group",
+            "the group is called #friends"
+        ]
+    );
     assert_eq!(texts(&got), vec!["welcome bob"]);
-    assert!(got.iter().all(|m| m.conversation == "#friends"));
+    assert!(
+        got.iter()
+            .filter(|m| !m.is_system())
+            .all(|m| m.conversation == "#friends")
+    );
 
     b.add_members(&to("#friends"), &["@carol".parse().unwrap()])
         .await
@@ -97,7 +108,7 @@ async fn three_members_talk_in_a_group_and_see_who_joins_and_leaves() {
     c.sync().await.unwrap();
     assert_eq!(
         events(&drain(&mut c, Duration::from_millis(300)).await),
-        vec!["@bob added you to #friends"]
+        vec!["@bob added you to a group", "the group is called #friends"]
     );
     c.send_text(&to("#friends"), "hi all").await.unwrap();
     a.sync().await.unwrap();
@@ -166,7 +177,8 @@ async fn an_offline_member_catches_up_across_several_epochs() {
     assert_eq!(
         events(&got),
         vec![
-            "@alice added you to #club",
+            "@alice added you to a group",
+            "the group is called #club",
             "@alice added @carol",
             "@alice added @dave",
             "@alice removed @carol"
@@ -232,4 +244,238 @@ async fn racing_commits_one_wins_the_other_retries_and_both_converge() {
     let mut got = texts(&drain(&mut a, Duration::from_millis(300)).await);
     got.sort();
     assert_eq!(got, vec!["from carol", "from dave"]);
+}
+
+#[tokio::test]
+async fn a_new_device_joins_every_conversation_and_a_removed_one_reads_nothing_more() {
+    let server = TestServer::start().await;
+    let (_, mut a) = server.member("alice", "+14155550501").await;
+    let (_, mut b) = server.member("bob", "+14155550502").await;
+    let (carol, mut c) = server.member("carol", "+14155550503").await;
+    a.send_text(&to("@bob"), "before the tablet").await.unwrap();
+    a.create_group(
+        "team",
+        &["@bob".parse().unwrap(), "@carol".parse().unwrap()],
+    )
+    .await
+    .unwrap();
+    b.sync().await.unwrap();
+    drain(&mut b, Duration::from_millis(200)).await;
+
+    // Bob links a tablet: it joins both conversations by external commit.
+    let token = b.create_link_token().await.unwrap();
+    let tablet = server.client("bob-tablet");
+    let mut t = tablet.connect().await.unwrap();
+    let addr = t.link_device(&token, "tablet").await.unwrap();
+    assert_eq!(addr.device, 2);
+    // Bob's phone sees its new device join and tells it the group's name.
+    b.sync().await.unwrap();
+    t.sync().await.unwrap();
+    let mut joined: Vec<String> = tablet
+        .with_home(|h| h.conversations())
+        .unwrap()
+        .iter()
+        .map(|c| tablet.conversation_name(c))
+        .collect();
+    joined.sort();
+    assert_eq!(joined, vec!["#team", "@alice"]);
+
+    a.sync().await.unwrap();
+    let seen = events(&drain(&mut a, Duration::from_millis(300)).await);
+    assert_eq!(
+        seen.iter()
+            .filter(|e| *e == "@bob joined from a new device")
+            .count(),
+        2,
+        "{seen:?}"
+    );
+
+    // It reads what is sent after it joined, in both, and can write.
+    a.send_text(&to("@bob"), "hello tablet").await.unwrap();
+    c.send_text(&to("#team"), "hello team").await.unwrap();
+    t.sync().await.unwrap();
+    let mut got = texts(&drain(&mut t, Duration::from_millis(300)).await);
+    got.sort();
+    assert_eq!(got, vec!["hello tablet", "hello team"]);
+    t.send_text(&to("#team"), "typed on the tablet")
+        .await
+        .unwrap();
+    c.sync().await.unwrap();
+    let got = drain(&mut c, Duration::from_millis(300)).await;
+    let m = got.iter().find(|m| !m.is_system()).expect("carol gets it");
+    assert_eq!((m.from.as_str(), m.text()), ("@bob", "typed on the tablet"));
+    // Bob's phone sees what his tablet sent, as his own.
+    b.sync().await.unwrap();
+    let got = drain(&mut b, Duration::from_millis(300)).await;
+    let own = got
+        .iter()
+        .find(|m| m.text() == "typed on the tablet")
+        .expect("bob's phone gets it");
+    assert_eq!(own.from, "you");
+
+    // Bob removes the tablet from his phone.
+    drop(t);
+    let removed_from = b.remove_device(2).await.unwrap();
+    assert_eq!(removed_from, 2);
+    assert!(
+        tablet.connect().await.unwrap().device().is_none(),
+        "the server no longer knows the tablet's key"
+    );
+    a.sync().await.unwrap();
+    let seen = events(&drain(&mut a, Duration::from_millis(300)).await);
+    assert!(
+        seen.contains(&"@bob removed a device of @bob".to_owned()),
+        "{seen:?}"
+    );
+
+    // A message sent now: the tablet's MLS state cannot open it. Take
+    // the ciphertext from carol's queue, as a thief holding the tablet's
+    // keys and a copy of the traffic would.
+    let mut raw = server.raw_as(&carol).await;
+    let after_seq = carol.with_home(|h| h.last_seq()).unwrap();
+    raw.call(pb::request::Kind::Subscribe(pb::Subscribe { after_seq }))
+        .await;
+    a.send_text(&to("#team"), "after the removal")
+        .await
+        .unwrap();
+    let is_application = |m: &pb::QueuedMessage| {
+        postern_proto::mls::framed_header(&m.payload)
+            .is_ok_and(|h| h.content_type == postern_proto::mls::ContentType::Application)
+    };
+    let queued = 'found: loop {
+        let env = tokio::time::timeout(Duration::from_secs(10), raw.r.recv())
+            .await
+            .expect("carol's copy arrives")
+            .unwrap()
+            .unwrap();
+        if let Some(pb::envelope::Body::Push(pb::Push {
+            kind: Some(pb::push::Kind::Deliver(d)),
+        })) = env.body
+        {
+            for m in d.messages {
+                if is_application(&m) {
+                    break 'found m;
+                }
+            }
+        }
+    };
+    let opened = tablet.with_engine(|e, _| {
+        let mut g = e
+            .load(&queued.group_id)
+            .unwrap()
+            .expect("the tablet still has its old state");
+        let msg = postern_client::mls::parse(&queued.payload).unwrap();
+        Ok(e.process(&mut g, msg.try_into_protocol_message().unwrap())
+            .map(|_| ()))
+    });
+    assert!(
+        matches!(opened, Ok(Err(_)) | Err(_)),
+        "a removed device cannot decrypt later messages"
+    );
+    // Carol, still a member, reads it.
+    c.sync().await.unwrap();
+    assert!(
+        texts(&drain(&mut c, Duration::from_millis(300)).await)
+            .contains(&"after the removal".to_owned())
+    );
+}
+
+/// Every place in `dir` — the bytes of every file (database, WAL, logs,
+/// outbox) and every value of every table of every SQLite database — where
+/// `needle` occurs.
+async fn find_everywhere(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    use sqlx::{Column, Connection, Row};
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut databases = Vec::new();
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            hits.push(format!("file {}", path.display()));
+        }
+        if bytes.starts_with(b"SQLite format 3\0") {
+            databases.push(path);
+        }
+    }
+    for db in databases {
+        let url = format!("sqlite://{}?mode=ro", db.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        for table in tables {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT * FROM \"{table}\"")))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+            for row in rows {
+                for (i, column) in row.columns().iter().enumerate() {
+                    let value: Option<Vec<u8>> = row
+                        .try_get::<Option<Vec<u8>>, _>(i)
+                        .or_else(|_| {
+                            row.try_get::<Option<String>, _>(i)
+                                .map(|s| s.map(String::into_bytes))
+                        })
+                        .unwrap_or(None);
+                    if value
+                        .is_some_and(|v| v.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                    {
+                        hits.push(format!("{table}.{}", column.name()));
+                    }
+                }
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test]
+async fn the_server_never_holds_a_byte_of_plaintext() {
+    let server = TestServer::start().await;
+    let (_, mut a) = server.member("alice", "+14155550601").await;
+    let (_, mut b) = server.member("bob", "+14155550602").await;
+    let (_, _c) = server.member("carol", "+14155550603").await;
+    let direct = format!("direct-secret-{:016x}", nonce());
+    let grouped = format!("group-secret-{:016x}", nonce());
+    a.send_text(&to("@bob"), &direct).await.unwrap();
+    a.create_group(
+        "plans",
+        &["@bob".parse().unwrap(), "@carol".parse().unwrap()],
+    )
+    .await
+    .unwrap();
+    a.send_text(&to("#plans"), &grouped).await.unwrap();
+    // Bob reads (and acks) them; carol's copies stay queued, unread.
+    b.sync().await.unwrap();
+    let got = texts(&drain(&mut b, Duration::from_millis(300)).await);
+    assert_eq!(got, vec![direct.clone(), grouped.clone()]);
+
+    let data = server.dir.path().join("server");
+    // The scan finds what the server does hold (a positive control) ...
+    assert!(!find_everywhere(&data, "+14155550601").await.is_empty());
+    // ... and none of the plaintext, nor the group's name.
+    for secret in [&direct, &grouped, &"plans".to_owned()] {
+        let hits = find_everywhere(&data, secret).await;
+        assert!(hits.is_empty(), "{secret:?} found in {hits:?}");
+    }
+    // The members' homes do hold it (decrypted, as they should).
+    let hits = find_everywhere(&server.dir.path().join("bob"), &direct).await;
+    assert!(!hits.is_empty(), "the scan would have found it");
+}
+
+/// A value no other run uses, so a hit cannot come from elsewhere.
+fn nonce() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
