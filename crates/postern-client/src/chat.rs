@@ -473,12 +473,12 @@ impl Connection {
         }
         let txn = Txn::begin(&self.client)?;
         self.client.with_engine(|e, h| {
-            if let Some(mut g) = e.load(group_id).map_err(mls_failure)? {
-                if g.pending_commit().is_some() {
-                    match &outcome {
-                        Ok(()) => e.confirm(&mut g).map_err(mls_failure)?,
-                        Err(_) => e.abandon(&mut g).map_err(mls_failure)?,
-                    }
+            if let Some(mut g) = e.load(group_id).map_err(mls_failure)?
+                && g.pending_commit().is_some()
+            {
+                match &outcome {
+                    Ok(()) => e.confirm(&mut g).map_err(mls_failure)?,
+                    Err(_) => e.abandon(&mut g).map_err(mls_failure)?,
                 }
             }
             h.clear_pending_commit(group_id)

@@ -235,6 +235,12 @@ impl Home {
         &self.path
     }
 
+    /// The SQLite connection (MLS storage lives on it too); for tools and
+    /// tests that drive [`crate::mls`] themselves.
+    pub fn connection(&self) -> &Connection {
+        &self.db
+    }
+
     /// Starts a transaction that MLS state changes join; nested calls make
     /// nested savepoints, each ended by [`Home::commit`] or
     /// [`Home::rollback`].
@@ -641,7 +647,8 @@ impl Home {
         Ok(())
     }
 
-    /// Commit requests whose outcome is not known.
+    /// Commit requests whose outcome is not known, as (group id, request).
+    #[allow(clippy::type_complexity)]
     pub fn pending_commits(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
         let mut stmt = self
             .db

@@ -479,3 +479,56 @@ fn nonce() -> u64 {
         .unwrap()
         .as_nanos() as u64
 }
+
+#[tokio::test]
+async fn conversations_survive_restarting_the_server_and_the_clients() {
+    let server = TestServer::start().await;
+    let (_, mut a) = server.member("alice", "+14155550701").await;
+    let (_, mut b) = server.member("bob", "+14155550702").await;
+    let (_, _c) = server.member("carol", "+14155550703").await;
+    a.send_text(&to("@bob"), "before").await.unwrap();
+    a.create_group("crew", &["@bob".parse().unwrap()])
+        .await
+        .unwrap();
+    b.sync().await.unwrap();
+    drain(&mut b, Duration::from_millis(200)).await;
+    a.send_text(&to("#crew"), "queued while bob is away")
+        .await
+        .unwrap();
+    drop((a, b));
+
+    // The server goes down and comes back on the same data and address.
+    let addr = server.server.client_addr;
+    let mut cfg = common::config(server.dir.path());
+    cfg.listen = addr;
+    let TestServer {
+        server: running,
+        dir,
+        ..
+    } = server;
+    running.shutdown().await;
+    let running = postern_server::Server::start(cfg).await.unwrap();
+
+    // The members come back from their homes alone.
+    let alice = postern_client::Client::open(&dir.path().join("alice")).unwrap();
+    let bob = postern_client::Client::open(&dir.path().join("bob")).unwrap();
+    let mut a = alice.connect().await.unwrap();
+    let mut b = bob.connect().await.unwrap();
+    b.sync().await.unwrap();
+    assert_eq!(
+        texts(&drain(&mut b, Duration::from_millis(300)).await),
+        vec!["queued while bob is away"]
+    );
+    a.add_members(&to("#crew"), &["@carol".parse().unwrap()])
+        .await
+        .unwrap();
+    b.send_text(&to("#crew"), "after the restart")
+        .await
+        .unwrap();
+    b.send_text(&to("@alice"), "still private").await.unwrap();
+    a.sync().await.unwrap();
+    let mut got = texts(&drain(&mut a, Duration::from_millis(300)).await);
+    got.sort();
+    assert_eq!(got, vec!["after the restart", "still private"]);
+    running.shutdown().await;
+}
