@@ -157,7 +157,7 @@ impl Client {
             provider: mls::Provider::new(&home.db),
             signer: &self.inner.signer,
             me,
-            suite: self.inner.suite,
+            suite: *lock(&self.inner.suite),
         };
         f(&engine, &home)
     }

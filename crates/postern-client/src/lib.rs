@@ -198,7 +198,7 @@ struct Inner {
     link: ServerLink,
     noise: NoiseKeypair,
     signer: mls::DeviceSigner,
-    suite: Ciphersuite,
+    suite: Mutex<Ciphersuite>,
     device: Mutex<Option<DeviceAddr>>,
 }
 
@@ -258,6 +258,11 @@ impl Client {
             }),
             _ => None,
         };
+        let suite = home
+            .get_text("mls_ciphersuite")?
+            .and_then(|s| s.parse().ok())
+            .and_then(mls::ciphersuite)
+            .unwrap_or(mls::DEFAULT_CIPHERSUITE);
         Ok(Client {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
@@ -265,7 +270,7 @@ impl Client {
                 link,
                 noise,
                 signer: mls::DeviceSigner(identity),
-                suite: mls::DEFAULT_CIPHERSUITE,
+                suite: Mutex::new(suite),
                 device: Mutex::new(device),
             }),
         })
@@ -319,6 +324,7 @@ impl Client {
                         .device
                         .as_ref()
                         .and_then(|d| DeviceAddr::try_from(d).ok());
+                    self.adopt_ciphersuite(server_hello.mls_ciphersuite)?;
                     return Ok(Connection::start(self.clone(), conn, device));
                 }
                 Err(e) => last = Some(e),
@@ -327,6 +333,31 @@ impl Client {
         Err(last
             .map(ClientError::Transport)
             .unwrap_or(ClientError::Disconnected))
+    }
+
+    /// Uses the MLS ciphersuite the server names for new groups and key
+    /// packages (0: the server does not say; keep the current one).
+    fn adopt_ciphersuite(&self, number: u32) -> Result<(), ClientError> {
+        if number == 0 {
+            return Ok(());
+        }
+        let suite = u16::try_from(number)
+            .ok()
+            .and_then(mls::ciphersuite)
+            .ok_or(ClientError::Protocol(
+                "the server asks for an MLS ciphersuite this client does not support",
+            ))?;
+        let mut current = lock(&self.inner.suite);
+        if *current != suite {
+            *current = suite;
+            self.with_home(|h| h.set("mls_ciphersuite", number.to_string().as_bytes()))?;
+        }
+        Ok(())
+    }
+
+    /// The MLS ciphersuite this device uses for new groups and key packages.
+    pub fn ciphersuite(&self) -> Ciphersuite {
+        *lock(&self.inner.suite)
     }
 
     /// A stream of received messages and connection-state events that

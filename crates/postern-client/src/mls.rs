@@ -28,16 +28,19 @@ use postern_proto::ids::{AccountId, DeviceAddr};
 use prost::Message as _;
 use rusqlite::Connection;
 
-/// The ciphersuite used unless a deployment chooses another.
+/// The ciphersuite used unless the server names another.
 pub const DEFAULT_CIPHERSUITE: Ciphersuite =
     Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
-/// Ciphersuites a deployment may choose: those whose signatures are
-/// Ed25519, the scheme of device identity keys.
-pub const SUPPORTED_CIPHERSUITES: [Ciphersuite; 2] = [
-    Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
-    Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519,
-];
+/// The ciphersuite a server names (by its RFC 9420 number), if it is one a
+/// Postern deployment may choose ([`postern_proto::mls::CIPHERSUITES`]).
+pub fn ciphersuite(number: u16) -> Option<Ciphersuite> {
+    postern_proto::mls::CIPHERSUITES
+        .iter()
+        .any(|(n, _)| *n == number)
+        .then(|| Ciphersuite::try_from(number).ok())
+        .flatten()
+}
 
 /// How many past epochs' secrets a member keeps, so that a message made
 /// just before a commit still decrypts after it.

@@ -24,6 +24,25 @@ pub const MLS_VERSION_10: u16 = 1;
 /// bytes; RFC 9420 leaves the length open, so a bound is ours to choose.
 pub const MAX_GROUP_ID_LEN: usize = 64;
 
+/// The ciphersuites a Postern deployment may choose (RFC 9420 §17.1
+/// numbers and names): those whose signatures are Ed25519, the scheme of
+/// device identity keys. The first is the default.
+pub const CIPHERSUITES: [(u16, &str); 2] = [
+    (0x0001, "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"),
+    (
+        0x0003,
+        "MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519",
+    ),
+];
+
+/// The number of a supported ciphersuite, by name.
+pub fn ciphersuite_by_name(name: &str) -> Option<u16> {
+    CIPHERSUITES
+        .iter()
+        .find(|(_, n)| n.eq_ignore_ascii_case(name.trim()))
+        .map(|(id, _)| *id)
+}
+
 /// What kind of MLS message a byte string holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WireFormat {

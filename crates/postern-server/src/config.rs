@@ -30,6 +30,9 @@ pub struct ServerConfig {
     /// SQLite durability: "full" (default; survives power loss) or "normal"
     /// (survives a process crash, may lose the last commits on power loss).
     pub sqlite_synchronous: String,
+    /// The MLS ciphersuite clients use for new groups and key packages, by
+    /// its RFC 9420 name; one of `postern_proto::mls::CIPHERSUITES`.
+    pub mls_ciphersuite: String,
     /// Connection and request limits.
     pub limits: Limits,
 }
@@ -44,6 +47,7 @@ impl Default for ServerConfig {
             sms: SmsConfig::default(),
             message_ttl: Duration::from_secs(30 * 24 * 3600),
             sqlite_synchronous: "full".into(),
+            mls_ciphersuite: postern_proto::mls::CIPHERSUITES[0].1.into(),
             limits: Limits::default(),
         }
     }

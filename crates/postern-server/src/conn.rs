@@ -97,6 +97,7 @@ where
             }),
             device: None,
             server_time_ms: now_ms(),
+            mls_ciphersuite: 0,
         };
         let _ = pending.refuse(&refusal).await;
         return None;
@@ -117,6 +118,7 @@ where
         error: None,
         device: device.map(Into::into),
         server_time_ms: now_ms(),
+        mls_ciphersuite: u32::from(service.mls_ciphersuite()),
     };
     match pending.accept(&accept).await {
         Ok(conn) => Some((

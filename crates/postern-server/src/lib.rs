@@ -127,14 +127,29 @@ impl Server {
         std::fs::write(&link_path, format!("{link}\n"))
             .with_context(|| format!("cannot write {}", link_path.display()))?;
 
+        let suite =
+            postern_proto::mls::ciphersuite_by_name(&cfg.mls_ciphersuite).with_context(|| {
+                let names: Vec<&str> = postern_proto::mls::CIPHERSUITES
+                    .iter()
+                    .map(|(_, n)| *n)
+                    .collect();
+                format!(
+                    "mls_ciphersuite {:?} is not one Postern supports ({})",
+                    cfg.mls_ciphersuite,
+                    names.join(", ")
+                )
+            })?;
         let store_dyn: Arc<dyn Store> = Arc::new(store.clone());
-        let service = Arc::new(Service::new(
-            store_dyn.clone(),
-            sms,
-            Arc::new(hub::Hub::default()),
-            cfg.limits.clone(),
-            cfg.message_ttl,
-        ));
+        let service = Arc::new(
+            Service::new(
+                store_dyn.clone(),
+                sms,
+                Arc::new(hub::Hub::default()),
+                cfg.limits.clone(),
+                cfg.message_ttl,
+            )
+            .with_mls_ciphersuite(suite),
+        );
         let shared = Arc::new(Shared {
             service,
             keys,

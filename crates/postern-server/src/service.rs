@@ -62,6 +62,7 @@ pub struct Service {
     verify_attempts_by_ip: RateLimiter<IpAddr>,
     key_package_claims: RateLimiter<DeviceAddr>,
     group_locks: mls::GroupLocks,
+    mls_ciphersuite: u16,
     rate_limit_log: LogThrottle,
 }
 
@@ -161,6 +162,7 @@ impl Service {
                 hour,
             ),
             group_locks: mls::GroupLocks::default(),
+            mls_ciphersuite: postern_proto::mls::CIPHERSUITES[0].0,
             rate_limit_log: LogThrottle::new(Duration::from_secs(10)),
             store,
             sms,
@@ -168,6 +170,17 @@ impl Service {
             limits,
             message_ttl,
         }
+    }
+
+    /// Tells clients to use this MLS ciphersuite (an RFC 9420 number).
+    pub fn with_mls_ciphersuite(mut self, suite: u16) -> Self {
+        self.mls_ciphersuite = suite;
+        self
+    }
+
+    /// The MLS ciphersuite clients are told to use.
+    pub fn mls_ciphersuite(&self) -> u16 {
+        self.mls_ciphersuite
     }
 
     /// The store this service writes to.

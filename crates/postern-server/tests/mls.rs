@@ -532,3 +532,33 @@ async fn conversations_survive_restarting_the_server_and_the_clients() {
     assert_eq!(got, vec!["after the restart", "still private"]);
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_deployment_chooses_the_ciphersuite() {
+    let suite = "MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519";
+    let server = TestServer::start_with(|c| c.mls_ciphersuite = suite.into()).await;
+    let (alice, mut a) = server.member("alice", "+14155550901").await;
+    let (_, mut b) = server.member("bob", "+14155550902").await;
+    assert_eq!(
+        alice.ciphersuite(),
+        openmls::prelude::Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519
+    );
+    a.send_text(&to("@bob"), "over chacha").await.unwrap();
+    b.sync().await.unwrap();
+    assert_eq!(
+        texts(&drain(&mut b, Duration::from_millis(300)).await),
+        vec!["over chacha"]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path());
+    cfg.mls_ciphersuite = "MLS_256_DHKEMP384_AES256GCM_SHA384_P384".into();
+    let err = postern_server::Server::start(cfg)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("not one Postern supports"),
+        "{err}"
+    );
+}
