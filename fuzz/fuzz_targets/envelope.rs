@@ -1,7 +1,7 @@
 //! Every protobuf message a peer sends, decoded from arbitrary bytes: the
 //! server decodes `ClientHello` and `Envelope` (which holds every request),
 //! the client decodes `ServerHello` and `Envelope` (responses and pushes),
-//! and `Content` from other members' payloads.
+//! and `Content` and `GroupMeta` from other members (decrypted MLS payloads).
 //! Whatever decodes must survive re-encoding unchanged.
 #![no_main]
 
@@ -21,4 +21,5 @@ fuzz_target!(|data: &[u8]| {
     round_trip::<pb::ClientHello>(data);
     round_trip::<pb::ServerHello>(data);
     round_trip::<postern_proto::content::Content>(data);
+    round_trip::<postern_proto::content::GroupMeta>(data);
 });
