@@ -78,6 +78,9 @@ pub struct SafetyReport {
     /// When the member last confirmed a number for this contact, and
     /// whether it was this one.
     pub verified: Option<(i64, bool)>,
+    /// True when the contact's keys changed since this device last asked
+    /// the directory.
+    pub changed: bool,
 }
 
 /// A group's member, for listings.
@@ -245,14 +248,15 @@ impl Connection {
     }
 
     /// The server's directory entries for `accounts`: each device's
-    /// identity key. Records them, and returns a notice for each contact
-    /// whose keys changed since they were last recorded.
+    /// identity key. Records them, and returns the contacts whose keys
+    /// changed since they were last recorded (a safety-number change; see
+    /// [`Connection::key_change_notices`]).
     pub async fn directory(
         &self,
         accounts: impl IntoIterator<Item = AccountId>,
-    ) -> Result<(Directory, Vec<NewItem>), ClientError> {
+    ) -> Result<(Directory, Vec<AccountId>), ClientError> {
         let mut dir = Directory::new();
-        let mut notices = Vec::new();
+        let mut changed = Vec::new();
         let accounts: BTreeSet<AccountId> = accounts.into_iter().collect();
         for account in accounts {
             let req = Req::Resolve(pb::Resolve {
@@ -277,21 +281,43 @@ impl Connection {
                     .with_home(|h| h.set_contact_keys(account, &keys))?;
                 let mine = Some(account) == self.device.map(|d| d.account);
                 if !known.is_empty() && !mine {
-                    let name = self.client.name_of(account);
-                    if let Some(c) = self.client.with_home(|h| h.direct_with(account))? {
-                        notices.push(system(
-                            &c.group_id,
-                            format!(
-                                "{name}'s safety number changed: a device was added, removed or \
-                                 given a new key. Compare numbers with `postern verify {name}`."
-                            ),
-                        ));
-                    }
+                    changed.push(account);
                 }
             }
             dir.insert(account, keys.into_iter().collect());
         }
-        Ok((dir, notices))
+        Ok((dir, changed))
+    }
+
+    /// Timeline notices for contacts whose safety number changed: in the
+    /// conversation where it showed (if any) and in the direct chat.
+    fn key_change_notices(
+        &self,
+        changed: &[AccountId],
+        group_id: Option<&[u8]>,
+    ) -> Result<Vec<NewItem>, ClientError> {
+        let mut out = Vec::new();
+        for &account in changed {
+            let name = self.client.name_of(account);
+            let text = format!(
+                "{name}'s safety number changed: a device was added, removed or given a new \
+                 key. Compare numbers with `postern verify {name}`."
+            );
+            let direct = self
+                .client
+                .with_home(|h| h.direct_with(account))?
+                .map(|c| c.group_id);
+            let mut targets: Vec<Vec<u8>> = group_id.map(<[u8]>::to_vec).into_iter().collect();
+            if let Some(d) = direct
+                && !targets.contains(&d)
+            {
+                targets.push(d);
+            }
+            for target in targets {
+                out.push(system(&target, text.clone()));
+            }
+        }
+        Ok(out)
     }
 
     /// Makes sure the server holds enough of this device's key packages;
@@ -604,7 +630,7 @@ impl Connection {
         let me = self.me()?;
         let mut everyone: Vec<AccountId> = accounts.clone();
         everyone.push(me.account);
-        let (dir, notices) = self.directory(everyone.iter().copied()).await?;
+        let (dir, changed) = self.directory(everyone.iter().copied()).await?;
         let mut invited = accounts.clone();
         invited.push(me.account);
         invited.sort_unstable();
@@ -633,7 +659,7 @@ impl Connection {
         )
         .await?;
         let names: Vec<String> = accounts.iter().map(|a| self.client.name_of(*a)).collect();
-        let mut items = notices;
+        let mut items = self.key_change_notices(&changed, Some(&group_id))?;
         items.push(system(
             &group_id,
             match kind {
@@ -700,12 +726,12 @@ impl Connection {
         for m in members {
             accounts.push(self.resolve(m).await?);
         }
-        let (dir, notices) = self.directory(accounts.iter().copied()).await?;
+        let (dir, changed) = self.directory(accounts.iter().copied()).await?;
         let adds = self.claim_packages(&accounts, &dir).await?;
         self.commit_change(&c.group_id, adds, Vec::new(), None)
             .await?;
         let names: Vec<String> = accounts.iter().map(|a| self.client.name_of(*a)).collect();
-        let mut items = notices;
+        let mut items = self.key_change_notices(&changed, Some(&c.group_id))?;
         items.push(system(
             &c.group_id,
             format!("you added {}", names.join(", ")),
@@ -1069,7 +1095,8 @@ impl Connection {
     ) -> Result<SafetyReport, ClientError> {
         let me = self.me()?;
         let account = self.resolve(contact).await?;
-        let (dir, notices) = self.directory([me.account, account]).await?;
+        let (dir, changed) = self.directory([me.account, account]).await?;
+        let notices = self.key_change_notices(&changed, None)?;
         if !notices.is_empty() {
             self.client.with_home(|h| h.add_items(notices))?;
         }
@@ -1090,6 +1117,7 @@ impl Connection {
             contact: self.client.name_of(account),
             number,
             verified,
+            changed: !changed.is_empty(),
         })
     }
 
@@ -1264,7 +1292,8 @@ impl Connection {
                     .filter_map(|(cred, _)| mls::credential_device(cred).ok())
                     .map(|d| d.account)
                     .collect();
-                let (dir, mut items) = self.directory(accounts).await?;
+                let (dir, changed) = self.directory(accounts).await?;
+                let mut items = self.key_change_notices(&changed, Some(&group_id))?;
                 let mut added_devices = Vec::new();
                 for (cred, key) in &added {
                     match mls::check_member(&dir, cred, key) {
@@ -1426,9 +1455,10 @@ impl Connection {
             }
         };
         let devices = members(&group);
-        let (dir, mut items) = self
+        let (dir, changed) = self
             .directory(devices.iter().map(|(_, d)| d.account))
             .await?;
+        let mut items = self.key_change_notices(&changed, Some(group_id))?;
         for m in group.members() {
             if let Err(e) = mls::check_member(&dir, &m.credential, &m.signature_key) {
                 self.forget_group(group_id)?;

@@ -240,5 +240,12 @@ pub async fn verify(home: &Path, contact: &str, confirm: bool) -> anyhow::Result
             report.contact
         ),
     }
+    if report.changed && !matches!(report.verified, Some((_, false))) {
+        println!(
+            "Note: {}'s keys changed since this device last looked (a device was added, \
+             removed or re-keyed).",
+            report.contact
+        );
+    }
     Ok(())
 }

@@ -383,3 +383,101 @@ fn serve_with_no_flags_uses_defaults_under_the_data_home() {
     assert!(text.contains("not yet end-to-end encrypted"));
     assert!(out.status.success());
 }
+
+#[test]
+fn groups_devices_and_safety_numbers_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProc::start(dir.path());
+    let (alice, bob, carol) = (
+        dir.path().join("alice"),
+        dir.path().join("bob"),
+        dir.path().join("carol"),
+    );
+    member(&s, &alice, "+14155552681", "alice");
+    member(&s, &bob, "+14155552682", "bob");
+    member(&s, &carol, "+14155552683", "carol");
+
+    let made = ok(&alice, &["group", "create", "book-club", "@bob"]);
+    assert!(made.starts_with("Created #book-club"), "{made}");
+    ok(&alice, &["group", "add", "#book-club", "@carol"]);
+    ok(&alice, &["send", "#book-club", "chapter 3 tonight"]);
+    let got = recv_all(&carol, "1");
+    let texts: Vec<&str> = got.iter().map(|v| v["text"].as_str().unwrap()).collect();
+    assert!(texts.contains(&"chapter 3 tonight"), "{texts:?}");
+    assert!(got.iter().any(|v| v["conversation"] == "#book-club"));
+
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&bob, &["group", "list", "--json"])).unwrap();
+    let club = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "#book-club")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(club["members"].as_array().unwrap().len(), 3, "{club}");
+
+    ok(&alice, &["group", "remove", "#book-club", "@carol"]);
+    ok(&bob, &["send", "#book-club", "carol is gone"]);
+    let after = recv_all(&carol, "1");
+    assert!(
+        after.iter().all(|v| v["text"] != "carol is gone"),
+        "a removed member gets nothing more: {after:?}"
+    );
+    ok(&bob, &["group", "leave", "#book-club"]);
+    let err = postern(&bob, &["send", "#book-club", "still here?"]);
+    assert!(!err.status.success(), "bob left");
+
+    // Safety numbers match on both sides and flag a change.
+    let sa = ok(&alice, &["verify", "@bob"]);
+    let sb = ok(&bob, &["verify", "@alice"]);
+    let digits = |s: &str| -> String {
+        s.lines()
+            .filter(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_digit() || c == ' '))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(digits(&sa), digits(&sb));
+    assert_eq!(digits(&sa).split(' ').count(), 12, "{sa}");
+    ok(&alice, &["verify", "@bob", "--confirm"]);
+    assert!(ok(&alice, &["verify", "@bob"]).contains("You verified this number"));
+
+    // Bob adds a laptop: a new key, a new safety number, flagged when it
+    // joins the direct chat and in `verify`.
+    ok(&alice, &["send", "@bob", "before the laptop"]);
+    recv_all(&bob, "0.5");
+    let link = ok(&bob, &["device", "link"]);
+    let link = link
+        .lines()
+        .find(|l| l.starts_with("postern://device?"))
+        .unwrap();
+    let laptop = dir.path().join("bob-laptop");
+    let added = ok(&laptop, &["device", "add", link, "--device-name", "laptop"]);
+    assert!(added.contains("device 2"), "{added}");
+    let devices: serde_json::Value =
+        serde_json::from_str(&ok(&bob, &["device", "list", "--json"])).unwrap();
+    assert_eq!(devices.as_array().unwrap().len(), 2);
+    let notice = recv_all(&alice, "1");
+    assert!(
+        notice.iter().any(|v| v["text"]
+            .as_str()
+            .unwrap()
+            .contains("@bob's safety number changed")),
+        "{notice:?}"
+    );
+    let changed = ok(&alice, &["verify", "@bob"]);
+    assert!(changed.contains("NOT the number you verified"), "{changed}");
+
+    // The laptop reads the direct chat; removing it ends that.
+    ok(&alice, &["send", "@bob", "hi both devices"]);
+    assert!(
+        recv_json(&laptop, "1")
+            .iter()
+            .any(|v| v["text"] == "hi both devices")
+    );
+    ok(&bob, &["device", "remove", "2"]);
+    let gone = postern(&laptop, &["recv", "--wait", "0.5"]);
+    assert!(
+        !gone.status.success(),
+        "a removed device can no longer connect"
+    );
+}
