@@ -26,6 +26,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
 
+mod mls;
 mod mqtt;
 
 /// What to measure.
@@ -37,6 +38,8 @@ pub enum BenchCommand {
     Idle(IdleArgs),
     /// The `delivery` traffic through an MQTT broker (QoS 1), for comparison.
     Mqtt(mqtt::MqttArgs),
+    /// MLS costs by group size: join, message, add and remove commits.
+    Mls(mls::MlsArgs),
 }
 
 /// The traffic of one delivery run; `bench delivery` and `bench mqtt` take
@@ -270,6 +273,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Delivery(a) => delivery(a).await,
         BenchCommand::Idle(a) => idle(a).await,
         BenchCommand::Mqtt(a) => mqtt::run(a).await,
+        BenchCommand::Mls(a) => tokio::task::spawn_blocking(move || mls::run(a)).await?,
     }
 }
 
