@@ -411,6 +411,11 @@ impl Connection {
     /// do.
     pub async fn sync(&mut self) -> Result<(), ClientError> {
         self.catch_up().await?;
+        if !self.topped_up {
+            // Once per connection: others may have used up our packages.
+            self.top_up_key_packages().await?;
+            self.topped_up = true;
+        }
         self.run_tasks().await
     }
 

@@ -439,6 +439,7 @@ pub struct Connection {
     subscribed: bool,
     tasks: Vec<chat::Task>,
     lost_races: u64,
+    topped_up: bool,
 }
 
 impl Connection {
@@ -462,6 +463,7 @@ impl Connection {
             subscribed: false,
             tasks: Vec::new(),
             lost_races: 0,
+            topped_up: false,
         }
     }
 

@@ -105,7 +105,6 @@ impl Listener {
         // Catch up first: messages can only be sent in the group's
         // current epoch.
         conn.sync().await?;
-        conn.top_up_key_packages().await?;
         conn.flush_outbox().await?;
         Ok(conn)
     }

@@ -562,3 +562,38 @@ async fn the_deployment_chooses_the_ciphersuite() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_device_tops_up_its_key_packages_when_the_server_says_they_are_low() {
+    let server = TestServer::start().await;
+    let (alice, a) = server.member("alice", "+14155551001").await;
+    let (bob, _) = server.member("bob", "+14155551002").await;
+    drop(a);
+    let mut raw = server.raw_as(&bob).await;
+    // Bob takes all twenty one-time packages; the last resort remains.
+    for _ in 0..20 {
+        assert!(!claim_is_last_resort(&mut raw, &alice).await);
+    }
+    assert!(
+        claim_is_last_resort(&mut raw, &alice).await,
+        "only the last resort is left"
+    );
+    // Alice's next session notices and uploads a fresh batch.
+    let mut a = alice.connect().await.unwrap();
+    a.sync().await.unwrap();
+    assert!(
+        !claim_is_last_resort(&mut raw, &alice).await,
+        "one-time packages again"
+    );
+}
+
+/// Claims one of `of`'s key packages; true if it was the last-resort one.
+async fn claim_is_last_resort(raw: &mut common::Raw, of: &postern_client::Client) -> bool {
+    let req = pb::request::Kind::ClaimKeyPackages(pb::ClaimKeyPackages {
+        account_id: of.device().unwrap().account.0.to_vec().into(),
+    });
+    match raw.call(req).await {
+        pb::response::Kind::ClaimedKeyPackages(c) => c.key_packages[0].last_resort,
+        other => panic!("{other:?}"),
+    }
+}
