@@ -166,6 +166,30 @@ pub struct NewItem {
     pub received_at: i64,
 }
 
+const ITEM_COLUMNS: &str = "id, group_id, sender_account, sender_device, message_id, kind, body, \
+                            content, sent_at, received_at";
+
+fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TimelineItem> {
+    let account: Option<Vec<u8>> = r.get(2)?;
+    let device: Option<u32> = r.get(3)?;
+    let message_id: Option<Vec<u8>> = r.get(4)?;
+    let kind: String = r.get(5)?;
+    Ok(TimelineItem {
+        id: r.get(0)?,
+        group_id: r.get(1)?,
+        sender: match (account.and_then(|a| AccountId::from_slice(&a)), device) {
+            (Some(account), Some(device)) => Some(DeviceAddr { account, device }),
+            _ => None,
+        },
+        message_id: message_id.and_then(|m| m[..].try_into().ok()),
+        system: kind == "system",
+        body: r.get(6)?,
+        content: r.get(7)?,
+        sent_at: r.get(8)?,
+        received_at: r.get(9)?,
+    })
+}
+
 /// A send not yet accepted.
 #[derive(Clone, Debug)]
 pub struct PendingSend {
@@ -541,34 +565,38 @@ impl Home {
         group_id: &[u8],
         limit: usize,
     ) -> Result<Vec<TimelineItem>, ClientError> {
-        let mut stmt = self.db.prepare(
-            "SELECT id, group_id, sender_account, sender_device, message_id, kind, body, content,
-                    sent_at, received_at
-             FROM timeline WHERE group_id = ?1 ORDER BY id DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![group_id, limit as i64], |r| {
-            let account: Option<Vec<u8>> = r.get(2)?;
-            let device: Option<u32> = r.get(3)?;
-            let message_id: Option<Vec<u8>> = r.get(4)?;
-            let kind: String = r.get(5)?;
-            Ok(TimelineItem {
-                id: r.get(0)?,
-                group_id: r.get(1)?,
-                sender: match (account.and_then(|a| AccountId::from_slice(&a)), device) {
-                    (Some(account), Some(device)) => Some(DeviceAddr { account, device }),
-                    _ => None,
-                },
-                message_id: message_id.and_then(|m| m[..].try_into().ok()),
-                system: kind == "system",
-                body: r.get(6)?,
-                content: r.get(7)?,
-                sent_at: r.get(8)?,
-                received_at: r.get(9)?,
-            })
-        })?;
+        let mut stmt = self.db.prepare(&format!(
+            "SELECT {ITEM_COLUMNS} FROM timeline WHERE group_id = ?1 ORDER BY id DESC LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![group_id, limit as i64], item_from_row)?;
         let mut out: Vec<TimelineItem> = rows.collect::<Result<_, _>>()?;
         out.reverse();
         Ok(out)
+    }
+
+    /// The oldest timeline entry `recv` has not shown: not this device's own
+    /// sends.
+    pub fn next_unshown(&self) -> Result<Option<TimelineItem>, ClientError> {
+        let shown: i64 = self
+            .get_text("shown_up_to")?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok(self
+            .db
+            .query_row(
+                &format!(
+                    "SELECT {ITEM_COLUMNS} FROM timeline WHERE id > ?1 AND kind != 'own' \
+                     ORDER BY id LIMIT 1"
+                ),
+                [shown],
+                item_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Records that `recv` showed everything up to timeline entry `id`.
+    pub fn mark_shown(&self, id: i64) -> Result<(), ClientError> {
+        self.set("shown_up_to", id.to_string().as_bytes())
     }
 
     /// The server sequence number of the last queued message processed.

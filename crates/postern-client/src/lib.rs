@@ -26,7 +26,7 @@ mod listener;
 pub mod mls;
 pub mod safety;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -154,8 +154,6 @@ impl std::str::FromStr for Recipient {
 /// A received message or membership event, decrypted and stored.
 #[derive(Clone, Debug)]
 pub struct ReceivedMessage {
-    /// Server sequence number of the queued message it came from.
-    pub seq: u64,
     /// How this device shows the conversation: `#group` or the contact.
     pub conversation: String,
     /// What this device calls the sender (`@username`, a phone number, or
@@ -434,7 +432,6 @@ pub struct Connection {
     client: Client,
     commands: mpsc::Sender<Command>,
     deliveries: mpsc::UnboundedReceiver<pb::Deliver>,
-    ready: VecDeque<ReceivedMessage>,
     device: Option<DeviceAddr>,
     subscribed: bool,
     tasks: Vec<chat::Task>,
@@ -458,7 +455,6 @@ impl Connection {
             client,
             commands,
             deliveries,
-            ready: VecDeque::new(),
             device,
             subscribed: false,
             tasks: Vec::new(),
@@ -663,12 +659,15 @@ impl Connection {
         Ok(())
     }
 
-    /// The next received message (after [`Connection::subscribe`]). Each
-    /// batch is stored in the home, then acked, before it is returned.
-    /// `None` when the connection closed.
+    /// The next message or event not yet returned by a `recv` of this
+    /// home — including what other calls (a `sync` before a send, say)
+    /// received and stored meanwhile — waiting for the server's deliveries
+    /// when there is none (after [`Connection::subscribe`]). Each batch is
+    /// decrypted and stored in the home, then acked, before anything of it
+    /// is returned. `None` when the connection closed.
     pub async fn recv(&mut self) -> Result<Option<ReceivedMessage>, ClientError> {
         loop {
-            if let Some(m) = self.ready.pop_front() {
+            if let Some(m) = self.next_unshown()? {
                 return Ok(Some(m));
             }
             let Some(batch) = self.deliveries.recv().await else {

@@ -90,7 +90,55 @@ pub async fn register(
     Ok(())
 }
 
-pub async fn send(home: &Path, to: &str, text: &str) -> anyhow::Result<()> {
+/// What `send`, `edit`, `delete` and `react` send.
+pub enum Outgoing {
+    /// A text, perhaps answering a message (by id).
+    Text {
+        text: String,
+        reply_to: Option<String>,
+    },
+    /// New text for one of your messages.
+    Edit { id: String, text: String },
+    /// Retracts one of your messages.
+    Delete { id: String },
+    /// A reaction to a message.
+    React {
+        id: String,
+        emoji: String,
+        remove: bool,
+    },
+}
+
+impl Outgoing {
+    async fn queue(
+        &self,
+        conn: &mut postern_client::Connection,
+        to: &Target,
+    ) -> Result<postern_client::PendingSend, ClientError> {
+        use postern_proto::content::{Text, content::Body};
+        conn.sync().await?;
+        let (body, reply_to) = match self {
+            Outgoing::Text { text, reply_to } => {
+                let reply_to = match reply_to {
+                    Some(id) => Some(conn.find_message(to, id).await?),
+                    None => None,
+                };
+                (Body::Text(Text { text: text.clone() }), reply_to)
+            }
+            Outgoing::Edit { id, text } => {
+                (Body::edit(conn.find_message(to, id).await?, text), None)
+            }
+            Outgoing::Delete { id } => (Body::delete(conn.find_message(to, id).await?), None),
+            Outgoing::React { id, emoji, remove } => (
+                Body::reaction(conn.find_message(to, id).await?, emoji, *remove),
+                None,
+            ),
+        };
+        conn.queue_body(to, body, reply_to).await
+    }
+}
+
+pub async fn send(home: &Path, to: &str, what: Outgoing) -> anyhow::Result<()> {
     let to: Target = to.parse().expect("infallible");
     let client = Client::open(home)?;
     if client.device().is_none() {
@@ -105,7 +153,7 @@ pub async fn send(home: &Path, to: &str, text: &str) -> anyhow::Result<()> {
             let id = match queued {
                 Some(id) => id,
                 None => {
-                    let p = conn.queue_text(&to, text).await?;
+                    let p = what.queue(&mut conn, &to).await?;
                     queued = Some(p.client_message_id);
                     p.client_message_id
                 }
@@ -196,6 +244,28 @@ fn describe(s: &ConnectionState) -> String {
     }
 }
 
+pub async fn history(home: &Path, to: &str, limit: usize, json: bool) -> anyhow::Result<()> {
+    let client = Client::open(home)?;
+    let target: Target = to.parse().expect("infallible");
+    let Some(c) = client.find_conversation(&target)? else {
+        bail!("no conversation {to} on this device (`postern group list` shows them)");
+    };
+    let conversation = client.conversation_name(&c);
+    for item in client.with_home(|h| h.timeline(&c.group_id, limit))? {
+        let from = item
+            .sender
+            .map(|s| client.name_of(s.account))
+            .unwrap_or_default();
+        let m = ReceivedMessage {
+            conversation: conversation.clone(),
+            from,
+            item,
+        };
+        print_message(&m, json)?;
+    }
+    Ok(())
+}
+
 fn print_message(m: &ReceivedMessage, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let item = &m.item;
@@ -203,6 +273,7 @@ fn print_message(m: &ReceivedMessage, json: bool) -> anyhow::Result<()> {
         let line = serde_json::json!({
             "conversation": m.conversation,
             "group_id": hex::encode(&item.group_id),
+            "message_id": item.message_id.map(hex::encode),
             "from": m.from,
             "from_account": item.sender.map(|s| s.account.to_string()),
             "from_device": item.sender.map(|s| s.device),
@@ -210,7 +281,7 @@ fn print_message(m: &ReceivedMessage, json: bool) -> anyhow::Result<()> {
             "text": item.body,
             "sent_at": item.sent_at,
             "received_at": item.received_at,
-            "seq": m.seq,
+            "id": item.id,
         });
         writeln!(out, "{line}")?;
     } else if item.system {
@@ -224,11 +295,14 @@ fn print_message(m: &ReceivedMessage, json: bool) -> anyhow::Result<()> {
     } else {
         writeln!(
             out,
-            "{} [{}] {}: {}",
+            "{} [{}] {}: {}  ({})",
             format_time(item.sent_at),
             m.conversation,
             m.from,
-            item.body
+            item.body,
+            item.message_id
+                .map(|id| postern_client::chat::short_id(&id))
+                .unwrap_or_default()
         )?;
     }
     out.flush()?;

@@ -84,6 +84,49 @@ enum Command {
         to: String,
         /// The message.
         text: String,
+        /// Answer this message (its id, or the 8 hex digits `recv` and
+        /// `history` show after each message).
+        #[arg(long, value_name = "ID")]
+        reply_to: Option<String>,
+    },
+    /// Replace the text of one of your messages.
+    Edit {
+        /// The conversation (as for `send`).
+        to: String,
+        /// The message's id (or its last 8 hex digits).
+        id: String,
+        /// The new text.
+        text: String,
+    },
+    /// Retract one of your messages.
+    Delete {
+        /// The conversation (as for `send`).
+        to: String,
+        /// The message's id (or its last 8 hex digits).
+        id: String,
+    },
+    /// React to a message with an emoji.
+    React {
+        /// The conversation (as for `send`).
+        to: String,
+        /// The message's id (or its last 8 hex digits).
+        id: String,
+        /// The reaction, like 👍.
+        emoji: String,
+        /// Take the reaction back.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Show a conversation's history from this device's home (no network).
+    History {
+        /// The conversation (as for `send`).
+        to: String,
+        /// How many entries, newest last.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object a line, as `recv --json`.
+        #[arg(long)]
+        json: bool,
     },
     /// Print received messages and acknowledge them.
     ///
@@ -273,7 +316,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             username,
             device_name,
         } => client_cmd::register(&home, &phone, code, username.as_deref(), &device_name).await,
-        Command::Send { to, text } => client_cmd::send(&home, &to, &text).await,
+        Command::Send { to, text, reply_to } => {
+            client_cmd::send(&home, &to, client_cmd::Outgoing::Text { text, reply_to }).await
+        }
+        Command::Edit { to, id, text } => {
+            client_cmd::send(&home, &to, client_cmd::Outgoing::Edit { id, text }).await
+        }
+        Command::Delete { to, id } => {
+            client_cmd::send(&home, &to, client_cmd::Outgoing::Delete { id }).await
+        }
+        Command::React {
+            to,
+            id,
+            emoji,
+            remove,
+        } => {
+            let what = client_cmd::Outgoing::React { id, emoji, remove };
+            client_cmd::send(&home, &to, what).await
+        }
+        Command::History { to, limit, json } => client_cmd::history(&home, &to, limit, json).await,
         Command::Recv { wait, json } => client_cmd::recv(&home, wait, json).await,
         Command::Whoami { json } => client_cmd::whoami(&home, json).await,
         Command::Username { action } => match action {

@@ -481,3 +481,52 @@ fn groups_devices_and_safety_numbers_from_the_command_line() {
         "a removed device can no longer connect"
     );
 }
+
+#[test]
+fn replies_edits_reactions_and_deletions_reach_the_other_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = ServerProc::start(dir.path());
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    member(&s, &alice, "+14155552691", "alice");
+    member(&s, &bob, "+14155552692", "bob");
+
+    ok(&alice, &["send", "@bob", "dinner at 7?"]);
+    let got = recv_json(&bob, "1");
+    let id = got[0]["message_id"].as_str().unwrap().to_owned();
+    let short = &id[id.len() - 8..];
+    ok(&bob, &["send", "@alice", "yes!", "--reply-to", short]);
+    ok(&bob, &["react", "@alice", short, "👍"]);
+    ok(&alice, &["edit", "@bob", short, "dinner at 8?"]);
+    ok(&alice, &["delete", "@bob", short]);
+
+    let at_alice: Vec<String> = recv_json(&alice, "1")
+        .iter()
+        .map(|v| v["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        at_alice,
+        vec![
+            format!("(reply to {short}) yes!"),
+            format!("(reacted 👍 to {short})")
+        ]
+    );
+    let at_bob: Vec<String> = recv_json(&bob, "1")
+        .iter()
+        .map(|v| v["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        at_bob,
+        vec![
+            format!("(edited {short}) dinner at 8?"),
+            format!("(deleted message {short})")
+        ]
+    );
+
+    // The home keeps the whole conversation; history reads it offline.
+    s.kill9();
+    let history = ok(&alice, &["history", "@bob"]);
+    assert!(history.contains("you: dinner at 7?"), "{history}");
+    assert!(history.contains("@bob: (reply to"), "{history}");
+    let bad = postern(&alice, &["react", "@bob", "ffffffff", "x"]);
+    assert!(!bad.status.success());
+}

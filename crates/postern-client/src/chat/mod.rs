@@ -181,6 +181,26 @@ impl Client {
             .unwrap_or_else(|| format!("{}…", &account.to_string()[..8]))
     }
 
+    /// The conversation a target names, from the home alone (no network;
+    /// a contact without a direct chat here is `None`).
+    pub fn find_conversation(&self, to: &Target) -> Result<Option<Conversation>, ClientError> {
+        self.with_home(|h| match to {
+            Target::GroupId(id) => h.conversation(id),
+            Target::GroupName(name) => Ok(h.conversations_named(name)?.into_iter().next()),
+            Target::Contact(r) => {
+                let account = match r {
+                    Recipient::Account(a) => Some(*a),
+                    Recipient::Phone(p) => h.contact_by_phone(p)?,
+                    Recipient::Username(u) => h.contact_by_username(u)?,
+                };
+                match account {
+                    Some(a) => h.direct_with(a),
+                    None => Ok(None),
+                }
+            }
+        })
+    }
+
     /// How a conversation is shown: `#name` or the contact's name.
     pub fn conversation_name(&self, c: &Conversation) -> String {
         match (c.kind, c.peer) {
@@ -208,8 +228,13 @@ fn system(group_id: &[u8], body: String) -> NewItem {
 /// What a member sees for a content.
 pub fn render(c: &Content) -> String {
     use content::content::Body;
-    let target = |t: &[u8]| hex::encode(&t[..t.len().min(4)]);
-    match &c.body {
+    let target = |t: &[u8]| short_id(t);
+    let reply = if c.in_reply_to.is_empty() {
+        String::new()
+    } else {
+        format!("(reply to {}) ", target(&c.in_reply_to))
+    };
+    let body = match &c.body {
         Some(Body::Text(t)) => t.text.clone(),
         Some(Body::Edit(e)) => format!("(edited {}) {}", target(&e.target), e.text),
         Some(Body::Delete(d)) => format!("(deleted message {})", target(&d.target)),
@@ -224,7 +249,14 @@ pub fn render(c: &Content) -> String {
         Some(Body::Leave(_)) => "(left the group)".into(),
         Some(Body::GroupName(g)) => format!("(named the group #{})", g.name),
         None => "[content this version cannot show]".into(),
-    }
+    };
+    reply + &body
+}
+
+/// How a message id is shown: its last 4 bytes in hex (the first bytes of
+/// an id are a timestamp, alike for messages sent close together).
+pub fn short_id(id: &[u8]) -> String {
+    hex::encode(&id[id.len().saturating_sub(4)..])
 }
 
 fn device_of(d: &pb::DeviceAddress) -> Option<DeviceAddr> {

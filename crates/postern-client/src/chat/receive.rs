@@ -4,6 +4,30 @@
 use super::*;
 
 impl Connection {
+    /// The oldest timeline entry not yet shown by [`Connection::recv`] — an
+    /// event, or a message from someone else (or another device of ours) —
+    /// marked shown as it is returned.
+    pub(crate) fn next_unshown(&self) -> Result<Option<ReceivedMessage>, ClientError> {
+        let Some(item) = self.client.with_home(|h| h.next_unshown())? else {
+            return Ok(None);
+        };
+        self.client.with_home(|h| h.mark_shown(item.id))?;
+        let conversation = self
+            .client
+            .with_home(|h| h.conversation(&item.group_id))?
+            .map(|c| self.client.conversation_name(&c))
+            .unwrap_or_default();
+        let from = item
+            .sender
+            .map(|s| self.client.name_of(s.account))
+            .unwrap_or_default();
+        Ok(Some(ReceivedMessage {
+            conversation,
+            from,
+            item,
+        }))
+    }
+
     /// Processes one delivered batch: each message in its own transaction
     /// with the MLS state change it causes; then acks the batch.
     pub(crate) async fn take_batch(&mut self, batch: pb::Deliver) -> Result<(), ClientError> {
@@ -28,26 +52,11 @@ impl Connection {
                     vec![system(&group, format!("a message could not be read: {e}"))]
                 }
             };
-            let stored = self.client.with_home(|h| {
-                let stored = h.add_items(items)?;
-                h.set_last_seq(m.seq)?;
-                Ok::<_, ClientError>(stored)
+            self.client.with_home(|h| {
+                h.add_items(items)?;
+                h.set_last_seq(m.seq)
             })?;
             txn.commit()?;
-            for item in stored {
-                let c = self.client.with_home(|h| h.conversation(&item.group_id))?;
-                self.ready.push_back(ReceivedMessage {
-                    seq: m.seq,
-                    conversation: c
-                        .map(|c| self.client.conversation_name(&c))
-                        .unwrap_or_default(),
-                    from: item
-                        .sender
-                        .map(|s| self.client.name_of(s.account))
-                        .unwrap_or_default(),
-                    item,
-                });
-            }
         }
         self.call(Req::Ack(pb::Ack { up_to_seq: last })).await?;
         Ok(())

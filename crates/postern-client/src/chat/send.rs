@@ -11,18 +11,69 @@ impl Connection {
         self.send_pending(&pending).await
     }
 
-    /// Catches up, finds (or starts) the conversation and puts the text in
-    /// the outbox with a fresh id, without sending it; [`Connection::send_pending`]
-    /// or [`Connection::flush_outbox`] sends it, with that id, however many
-    /// times it takes.
+    /// Sends any kind of content — a reply, an edit, a deletion, a reaction,
+    /// an attachment reference — to a contact or group.
+    pub async fn send_body(
+        &mut self,
+        to: &Target,
+        body: content::content::Body,
+        reply_to: Option<[u8; 16]>,
+    ) -> Result<pb::Sent, ClientError> {
+        let pending = self.queue_body(to, body, reply_to).await?;
+        self.send_pending(&pending).await
+    }
+
+    /// The full id of a message in a conversation, from its id or the short
+    /// form `recv` and `history` show (the last 8 hex digits).
+    pub async fn find_message(&mut self, to: &Target, id: &str) -> Result<[u8; 16], ClientError> {
+        let c = self.conversation_for(to).await?;
+        let id = id.trim().to_ascii_lowercase();
+        let found: Vec<[u8; 16]> = self
+            .client
+            .with_home(|h| h.timeline(&c.group_id, 10_000))?
+            .into_iter()
+            .filter_map(|item| item.message_id)
+            .filter(|m| hex::encode(m).ends_with(&id) && id.len() >= 8)
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(refused(
+                ErrorCode::BadRequest,
+                format!("no message {id} in this conversation (`postern history` shows ids)"),
+            )),
+            _ => Err(refused(
+                ErrorCode::BadRequest,
+                format!("{id} matches several messages; give more digits"),
+            )),
+        }
+    }
+
+    /// [`Connection::queue_body`] for a text.
     pub async fn queue_text(
         &mut self,
         to: &Target,
         text: &str,
     ) -> Result<PendingSend, ClientError> {
+        let body = content::content::Body::Text(content::Text { text: text.into() });
+        self.queue_body(to, body, None).await
+    }
+
+    /// Catches up, finds (or starts) the conversation and puts the content
+    /// in the outbox with a fresh id, without sending it;
+    /// [`Connection::send_pending`] or [`Connection::flush_outbox`] sends
+    /// it, with that id, however many times it takes.
+    pub async fn queue_body(
+        &mut self,
+        to: &Target,
+        body: content::content::Body,
+        reply_to: Option<[u8; 16]>,
+    ) -> Result<PendingSend, ClientError> {
         self.sync().await?;
         let c = self.conversation_for(to).await?;
-        let content = Content::text(new_message_id(), now_ms(), text);
+        let mut content = Content::new(new_message_id(), now_ms(), body);
+        if let Some(target) = reply_to {
+            content = content.replying_to(target);
+        }
         let pending = PendingSend {
             client_message_id: content.message_id[..]
                 .try_into()
