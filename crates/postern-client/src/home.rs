@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS timeline (
     sender_account BLOB,
     sender_device  INTEGER,
     message_id     BLOB,
-    kind           TEXT NOT NULL,           -- 'message', 'system' or 'own'
+    kind           TEXT NOT NULL,           -- 'message', 'system', 'own' (sent here) or 'note' (done here)
     body           TEXT NOT NULL,           -- what to show
     content        BLOB,                    -- the decoded Content, for messages
     sent_at        INTEGER NOT NULL,
@@ -133,7 +133,8 @@ pub struct TimelineItem {
     pub sender: Option<DeviceAddr>,
     /// The sender's message id.
     pub message_id: Option<[u8; 16]>,
-    /// True for membership changes and warnings rather than messages.
+    /// True for membership changes, warnings and notes rather than
+    /// messages.
     pub system: bool,
     /// What to show.
     pub body: String,
@@ -154,7 +155,8 @@ pub struct NewItem {
     pub sender: Option<DeviceAddr>,
     /// The sender's message id.
     pub message_id: Option<[u8; 16]>,
-    /// `message`, `system` or `own`.
+    /// `message`, `system`, `own` (a message sent here) or `note` (an
+    /// action taken here).
     pub kind: &'static str,
     /// What to show.
     pub body: String,
@@ -182,7 +184,7 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TimelineItem> {
             _ => None,
         },
         message_id: message_id.and_then(|m| m[..].try_into().ok()),
-        system: kind == "system",
+        system: kind == "system" || kind == "note",
         body: r.get(6)?,
         content: r.get(7)?,
         sent_at: r.get(8)?,
@@ -574,8 +576,8 @@ impl Home {
         Ok(out)
     }
 
-    /// The oldest timeline entry `recv` has not shown: not this device's own
-    /// sends.
+    /// The oldest timeline entry `recv` has not shown: messages and events
+    /// from others, not this device's own sends and notes.
     pub fn next_unshown(&self) -> Result<Option<TimelineItem>, ClientError> {
         let shown: i64 = self
             .get_text("shown_up_to")?
@@ -585,8 +587,8 @@ impl Home {
             .db
             .query_row(
                 &format!(
-                    "SELECT {ITEM_COLUMNS} FROM timeline WHERE id > ?1 AND kind != 'own' \
-                     ORDER BY id LIMIT 1"
+                    "SELECT {ITEM_COLUMNS} FROM timeline \
+                     WHERE id > ?1 AND kind IN ('message', 'system') ORDER BY id LIMIT 1"
                 ),
                 [shown],
                 item_from_row,

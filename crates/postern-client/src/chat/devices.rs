@@ -143,7 +143,7 @@ impl Connection {
                 self.commit_change(&c.group_id, Vec::new(), vec![target], None)
                     .await?;
                 self.client.with_home(|h| {
-                    h.add_items(vec![system(
+                    h.add_items(vec![note(
                         &c.group_id,
                         format!("you removed your device {device_id}"),
                     )])

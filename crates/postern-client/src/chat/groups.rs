@@ -82,7 +82,7 @@ impl Connection {
         .await?;
         let names: Vec<String> = accounts.iter().map(|a| self.client.name_of(*a)).collect();
         let mut items = self.key_change_notices(&changed, Some(&group_id))?;
-        items.push(system(
+        items.push(note(
             &group_id,
             match kind {
                 ConversationKind::Direct => format!("you started a chat with {}", names.join(", ")),
@@ -154,10 +154,7 @@ impl Connection {
             .await?;
         let names: Vec<String> = accounts.iter().map(|a| self.client.name_of(*a)).collect();
         let mut items = self.key_change_notices(&changed, Some(&c.group_id))?;
-        items.push(system(
-            &c.group_id,
-            format!("you added {}", names.join(", ")),
-        ));
+        items.push(note(&c.group_id, format!("you added {}", names.join(", "))));
         self.client.with_home(|h| h.add_items(items))?;
         if c.kind == ConversationKind::Group {
             self.send_group_name(&c).await?;
@@ -190,7 +187,7 @@ impl Connection {
             .await?;
         let names: Vec<String> = accounts.iter().map(|a| self.client.name_of(*a)).collect();
         self.client.with_home(|h| {
-            h.add_items(vec![system(
+            h.add_items(vec![note(
                 &c.group_id,
                 format!("you removed {}", names.join(", ")),
             )])
@@ -219,7 +216,7 @@ impl Connection {
                 e.forget(&mut g).map_err(mls_failure)?;
             }
             h.set_conversation_state(&c.group_id, "left")?;
-            h.add_items(vec![system(&c.group_id, "you left".into())])?;
+            h.add_items(vec![note(&c.group_id, "you left".into())])?;
             Ok(())
         })?;
         txn.commit()?;

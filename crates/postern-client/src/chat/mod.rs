@@ -212,6 +212,16 @@ impl Client {
     }
 }
 
+/// A record of something this device did ("you added @bob"): kept in the
+/// timeline, not shown again by `recv`.
+fn note(group_id: &[u8], body: String) -> NewItem {
+    NewItem {
+        kind: "note",
+        ..system(group_id, body)
+    }
+}
+
+/// An event or warning to show the member.
 fn system(group_id: &[u8], body: String) -> NewItem {
     NewItem {
         group_id: group_id.to_vec(),
