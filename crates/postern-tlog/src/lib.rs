@@ -1,0 +1,45 @@
+//! `postern-tlog`: Postern's public transparency log of legal requests.
+//!
+//! This crate owns everything about the log that is not hosting it:
+//!
+//! - [`merkle`]: RFC 6962 / RFC 9162 Merkle trees — hashing, roots, and
+//!   inclusion and consistency proofs, generated and verified;
+//! - the C2SP formats the Certificate Transparency, Go checksum database
+//!   and Sigstore ecosystems share, so their witnesses, monitors and
+//!   verifiers can watch this log: [`note`] (`signed-note`, Ed25519 and
+//!   cosignature/v1 keys), [`checkpoint`] (`tlog-checkpoint`), [`tile`]
+//!   (`tlog-tiles`), [`witness`] (`tlog-witness`, sans-IO) and [`proof`]
+//!   (`tlog-proof` offline bundles);
+//! - [`LogWriter`], which appends entries in batches, writes immutable
+//!   tiles and entry bundles to a directory and signs checkpoints;
+//! - [`client`], the verifier and monitor: fetch over any [`Fetch`],
+//!   recompute the root from the entries, check consistency with the last
+//!   run and report forks with the signed evidence;
+//! - [`entry`]: the typed, canonical entries (legal requests, sealed
+//!   requests and their openings), which hold no personal data;
+//! - with the `http` feature, [`http`]: an axum router serving a log
+//!   directory, the witness server, and reqwest clients for both.
+//!
+//! It must never log personal data, and never sign two checkpoints that
+//! are not consistent: the writer only appends.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod client;
+pub mod entry;
+#[cfg(feature = "http")]
+pub mod http;
+pub mod merkle;
+pub mod note;
+pub mod proof;
+pub mod tile;
+pub mod witness;
+pub mod writer;
+
+pub use checkpoint::{Checkpoint, Policy};
+pub use client::{DirFetch, Fetch, MonitorState, Verdict, VerifyError};
+pub use merkle::Hash;
+pub use note::{Algorithm, Note, Signer, Verifier};
+pub use proof::ProofBundle;
+pub use writer::LogWriter;
