@@ -198,6 +198,24 @@ impl MonitorState {
     }
 }
 
+impl MonitorState {
+    /// Reads a state file; `Ok(None)` if it does not exist yet.
+    pub fn load(path: &std::path::Path) -> Result<Option<MonitorState>, VerifyError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => MonitorState::parse(&text)
+                .map(Some)
+                .map_err(|e| VerifyError::State(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(VerifyError::State(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Writes the state file atomically (write, fsync, rename).
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        crate::witness::write_atomic(path, self.to_string().as_bytes())
+    }
+}
+
 impl fmt::Display for MonitorState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{STATE_HEADER}\nsize {}", self.frontier.size())?;

@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::client::{Fetch, FetchError};
+use crate::client::{DirFetch, Fetch, FetchError};
 use crate::merkle::Hash;
 use crate::note::{NoteError, NoteSignature, Verifier};
 use crate::tile::Tile;
@@ -214,6 +214,37 @@ impl Fetch for HttpFetch {
             s if s.is_success() => read_limited(resp).await.map_err(failed),
             StatusCode::NOT_FOUND => Err(FetchError::NotFound(path.to_owned())),
             s => Err(failed(format!("HTTP status {s}"))),
+        }
+    }
+}
+
+/// Where a log is read from: an `http://` or `https://` URL prefix, or a
+/// directory (a local copy or mirror).
+#[derive(Clone, Debug)]
+pub enum LogSource {
+    /// Over HTTP(S).
+    Http(HttpFetch),
+    /// From a directory.
+    Dir(DirFetch),
+}
+
+impl LogSource {
+    /// A URL prefix if `location` starts with `http://` or `https://`,
+    /// otherwise a directory.
+    pub fn new(location: &str) -> Result<LogSource, String> {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            Ok(LogSource::Http(HttpFetch::new(location)?))
+        } else {
+            Ok(LogSource::Dir(DirFetch(PathBuf::from(location))))
+        }
+    }
+}
+
+impl Fetch for LogSource {
+    async fn fetch(&self, path: &str) -> Result<Vec<u8>, FetchError> {
+        match self {
+            LogSource::Http(h) => h.fetch(path).await,
+            LogSource::Dir(d) => d.fetch(path).await,
         }
     }
 }

@@ -79,6 +79,25 @@ pub enum KeyError {
     },
 }
 
+/// Why a key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// Reading or writing it failed.
+    #[error("{path}: {source}", path = .0.display(), source = .1)]
+    Io(std::path::PathBuf, std::io::Error),
+    /// It does not hold a valid `skey`.
+    #[error("{path}: {error}", path = .0.display(), error = .1)]
+    Key(std::path::PathBuf, KeyError),
+    /// It holds a key with another name or type.
+    #[error("{} holds the key {found}, with another name or type than asked for; move it away to generate a new one", path.display())]
+    Mismatch {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The vkey of the key it holds.
+        found: String,
+    },
+}
+
 /// What was wrong with a note, or with its signatures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NoteError {
@@ -307,6 +326,47 @@ impl Signer {
         let signer = Signer::from_seed(name, algorithm, seed)?;
         check_id(given, signer.key_id)?;
         Ok(signer)
+    }
+
+    /// Reads the `skey` in `path`, or generates a key named `name` and
+    /// writes it there (mode 0600 on Unix) if the file does not exist.
+    /// An existing key must have the expected name and type.
+    pub fn load_or_generate(
+        path: &std::path::Path,
+        name: &str,
+        algorithm: Algorithm,
+    ) -> Result<Signer, KeyFileError> {
+        let file_err = |e: std::io::Error| KeyFileError::Io(path.to_owned(), e);
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let s = Signer::from_skey(text.trim())
+                    .map_err(|e| KeyFileError::Key(path.to_owned(), e))?;
+                if s.name != name || s.algorithm != algorithm {
+                    return Err(KeyFileError::Mismatch {
+                        path: path.to_owned(),
+                        found: s.verifier().vkey(),
+                    });
+                }
+                Ok(s)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let s = Signer::generate(name, algorithm)
+                    .map_err(|e| KeyFileError::Key(path.to_owned(), e))?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(file_err)?;
+                }
+                let mut opts = std::fs::OpenOptions::new();
+                opts.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                let mut f = opts.open(path).map_err(file_err)?;
+                std::io::Write::write_all(&mut f, format!("{}\n", s.skey()).as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .map_err(file_err)?;
+                Ok(s)
+            }
+            Err(e) => Err(file_err(e)),
+        }
     }
 
     /// The `skey` text. It is the private key: store it like one.
