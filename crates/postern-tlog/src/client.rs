@@ -374,14 +374,15 @@ pub async fn verify<F: Fetch>(
             new.root
         )));
     }
-    if let Some((prev, _)) = &previous {
-        if prev.size > 0 && prev.size < size {
-            let proof = consistency_proof(fetch, prev.size, size)
-                .await?
-                .map_err(|e| VerifyError::Tiles(e.to_string()))?;
-            verify_consistency(prev.size, size, &prev.root, &new.root, &proof)
-                .map_err(|e| VerifyError::Tiles(format!("consistency proof: {e}")))?;
-        }
+    if let Some((prev, _)) = &previous
+        && prev.size > 0
+        && prev.size < size
+    {
+        let proof = consistency_proof(fetch, prev.size, size)
+            .await?
+            .map_err(|e| VerifyError::Tiles(e.to_string()))?;
+        verify_consistency(prev.size, size, &prev.root, &new.root, &proof)
+            .map_err(|e| VerifyError::Tiles(format!("consistency proof: {e}")))?;
     }
     Ok(Verdict {
         previous_size: previous.as_ref().map(|(p, _)| p.size),

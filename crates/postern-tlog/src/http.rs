@@ -316,10 +316,10 @@ impl WitnessClient {
         let body = read_limited(resp)
             .await
             .map_err(WitnessClientError::Transport)?;
-        if status == 409 {
-            if let Some(size) = parse_conflict(&body) {
-                return Err(WitnessClientError::Conflict(size));
-            }
+        if status == 409
+            && let Some(size) = parse_conflict(&body)
+        {
+            return Err(WitnessClientError::Conflict(size));
         }
         if status != 200 {
             return Err(WitnessClientError::Refused {

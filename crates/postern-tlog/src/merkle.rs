@@ -132,7 +132,7 @@ pub fn subtree_hash<R: HashReader + ?Sized>(
     if n == 0 {
         return Ok(empty_root());
     }
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start.is_multiple_of(n) {
         let level = n.trailing_zeros() as u8;
         return reader.node(level, start >> level);
     }
@@ -434,7 +434,7 @@ impl MemoryTree {
             }
             self.levels[level].push(h);
             let row = &self.levels[level];
-            if row.len() % 2 == 1 {
+            if !row.len().is_multiple_of(2) {
                 break;
             }
             h = node_hash(&row[row.len() - 2], &row[row.len() - 1]);

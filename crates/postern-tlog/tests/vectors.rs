@@ -21,7 +21,7 @@ fn c2sp_signed_note_example() {
     assert_eq!(v.vkey(), vkey);
     let parsed = Note::parse(note.as_bytes()).unwrap();
     assert_eq!(parsed.text(), "This is an example message.\n");
-    let verified = parsed.verify(&[v.clone()]).unwrap();
+    let verified = parsed.verify(std::slice::from_ref(&v)).unwrap();
     assert_eq!(verified.len(), 1);
     assert_eq!(parsed.to_string(), note);
 
