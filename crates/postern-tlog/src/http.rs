@@ -290,6 +290,11 @@ impl WitnessClient {
         })
     }
 
+    /// The witness's cosigning key.
+    pub fn key(&self) -> &Verifier {
+        &self.key
+    }
+
     /// Submits `checkpoint` with a consistency proof from `old_size`; on
     /// success returns the witness's verified cosignatures, ready for
     /// [`crate::LogWriter::add_cosignatures`].

@@ -17,8 +17,10 @@
 //!   run and report forks with the signed evidence;
 //! - [`entry`]: the typed, canonical entries (legal requests, sealed
 //!   requests and their openings), which hold no personal data;
-//! - with the `http` feature, [`http`]: an axum router serving a log
-//!   directory, the witness server, and reqwest clients for both.
+//! - with the `http` feature (on by default), the async shells: [`http`]
+//!   (an axum router serving a log directory, the witness server, reqwest
+//!   clients for both) and [`sequencer`] (batched appends, a checkpoint per
+//!   interval, witness cosigning), which is what a server embeds.
 //!
 //! It must never log personal data, and never sign two checkpoints that
 //! are not consistent: the writer only appends.
@@ -33,6 +35,8 @@ pub mod http;
 pub mod merkle;
 pub mod note;
 pub mod proof;
+#[cfg(feature = "http")]
+pub mod sequencer;
 pub mod tile;
 pub mod witness;
 pub mod writer;
