@@ -639,13 +639,50 @@ mod tests {
             assert!(Verifier::from_vkey(bad).is_err(), "{bad:?}");
         }
         let skey = s.skey();
-        let (head, tail) = skey.rsplit_once('+').unwrap();
-        let wrong_id = format!("{}+00000000+{tail}", head.rsplit_once('+').unwrap().0);
+        // The key material may itself hold '+': split from the left.
+        let material = skey.splitn(5, '+').nth(4).unwrap();
+        let wrong_id = format!("PRIVATE+KEY+example.org/log+00000000+{material}");
         assert!(matches!(
             Signer::from_skey(&wrong_id),
             Err(KeyError::KeyIdMismatch { .. })
         ));
         assert!(Signer::generate("a+b", Algorithm::Ed25519).is_err());
+    }
+
+    #[test]
+    fn signature_limits_and_unknown_key_ids() {
+        let log = Signer::generate("example.org/log", Algorithm::Ed25519).unwrap();
+        let mut note = Note::new("text\n").unwrap();
+        note.sign(&log, 0);
+        // The same name with another key id is another key: ignored.
+        let mut other_id = note.signatures()[0].clone();
+        other_id.key_id ^= 1;
+        other_id.signature = vec![0; 64];
+        let mut with_other = note.clone();
+        with_other.signatures.insert(0, other_id.clone());
+        let parsed = Note::parse(with_other.to_string().as_bytes()).unwrap();
+        assert_eq!(parsed.verify(&[log.verifier()]).unwrap().len(), 1);
+        // Only unknown ids: nothing trusted.
+        let mut only_other = Note::new("text\n").unwrap();
+        only_other.signatures.push(other_id);
+        assert_eq!(
+            only_other.verify(&[log.verifier()]),
+            Err(NoteError::NoTrustedSignature)
+        );
+        // MAX_SIGNATURES lines parse; one more does not.
+        let line = format!("\u{2014} k{} AAAAAAA=\n", "");
+        let at_limit = format!("text\n\n{}", line.repeat(MAX_SIGNATURES));
+        assert_eq!(
+            Note::parse(at_limit.as_bytes()).unwrap().signatures().len(),
+            MAX_SIGNATURES
+        );
+        let over = format!("text\n\n{}", line.repeat(MAX_SIGNATURES + 1));
+        assert_eq!(
+            Note::parse(over.as_bytes()),
+            Err(NoteError::TooManySignatures {
+                max: MAX_SIGNATURES
+            })
+        );
     }
 
     #[test]

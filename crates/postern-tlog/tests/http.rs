@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use postern_tlog::LogWriter;
 use postern_tlog::checkpoint::Policy;
 use postern_tlog::client;
 use postern_tlog::http::{HttpFetch, WitnessClient, log_router, witness_router};
 use postern_tlog::note::{Algorithm, Signer};
 use postern_tlog::sequencer::{Sequencer, SequencerConfig};
 use postern_tlog::witness::{FileStore, Witness};
+use postern_tlog::{Fetch, LogWriter};
 
 async fn serve(router: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -84,6 +84,23 @@ async fn sequenced_cosigned_served_and_verified() {
     }
     drop(seq);
     task.await.unwrap();
+
+    // The witness serves the latest checkpoint it cosigned for the log.
+    let hash = postern_tlog::witness::origin_hash("log.example/legal");
+    let witnessed = HttpFetch::new(&witness_url)
+        .unwrap()
+        .fetch(&format!("{hash}/checkpoint"))
+        .await
+        .unwrap();
+    let opened = policy.open(&witnessed).unwrap();
+    assert_eq!(opened.checkpoint.size, 900);
+    assert!(matches!(
+        HttpFetch::new(&witness_url)
+            .unwrap()
+            .fetch(&format!("{}/checkpoint", "0".repeat(64)))
+            .await,
+        Err(postern_tlog::client::FetchError::NotFound(_))
+    ));
 
     // An entry too large for a bundle is refused without stopping the log.
     let writer = LogWriter::open(&log_dir, log_key).unwrap();
