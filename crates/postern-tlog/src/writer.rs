@@ -201,9 +201,9 @@ impl LogWriter {
     }
 
     /// Integrates the queued entries: writes the new tiles and bundles,
-    /// then signs and writes a checkpoint for the new size, at time `now`
-    /// (unused by Ed25519 signatures; kept for cosigning signers).
-    /// Returns the new checkpoint.
+    /// fsyncs them, then signs and replaces the checkpoint. Returns the new
+    /// checkpoint. After an error the in-memory tree is ahead of the
+    /// directory: drop the writer and reopen it.
     pub fn publish(&mut self) -> Result<Checkpoint, WriterError> {
         let old = self.tree.size();
         let base = old / TILE_WIDTH * TILE_WIDTH;
