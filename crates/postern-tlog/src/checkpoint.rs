@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::merkle::Hash;
-use crate::note::{Algorithm, Note, NoteError, VerifiedSignature, Verifier};
+use crate::note::{Note, NoteError, VerifiedSignature, Verifier};
 
 /// A log's signed tree head: origin, size, root hash and extension lines.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,7 +92,8 @@ impl fmt::Display for Checkpoint {
 pub struct Policy {
     /// The log's key; its name is the origin the checkpoint must carry.
     pub log: Verifier,
-    /// The witnesses' cosigning keys.
+    /// The witnesses' cosigning keys (plain Ed25519 vkeys are taken as the
+    /// same keys' cosignature/v1 keys).
     pub witnesses: Vec<Verifier>,
     /// How many distinct witnesses must have cosigned.
     pub quorum: usize,
@@ -157,12 +158,7 @@ impl Policy {
                 found: checkpoint.origin,
             });
         }
-        let cosigners: Vec<Verifier> = self
-            .witnesses
-            .iter()
-            .filter(|w| w.algorithm() == Algorithm::CosignatureV1)
-            .cloned()
-            .collect();
+        let cosigners: Vec<Verifier> = self.witnesses.iter().map(Verifier::to_cosigner).collect();
         let cosignatures = match note.verify(&cosigners) {
             Ok(v) => v,
             Err(NoteError::NoTrustedSignature) => Vec::new(),

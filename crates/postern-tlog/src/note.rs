@@ -219,6 +219,18 @@ impl Verifier {
         self.algorithm
     }
 
+    /// The same key as a witness's cosignature/v1 key (type `0x04`, with
+    /// its own key id). Witness keys published as plain Ed25519 vkeys are
+    /// read this way, as transparency-dev's tools do.
+    pub fn to_cosigner(&self) -> Verifier {
+        Verifier {
+            name: self.name.clone(),
+            key_id: key_id(&self.name, Algorithm::CosignatureV1, self.key.as_bytes()),
+            algorithm: Algorithm::CosignatureV1,
+            key: self.key,
+        }
+    }
+
     /// Checks `signature` (the bytes after the key id) over `text`. For a
     /// cosignature, returns its timestamp.
     fn verify(&self, text: &str, signature: &[u8]) -> Result<Option<u64>, ()> {

@@ -5,6 +5,9 @@
 
 use std::path::Path;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
 use postern_tlog::checkpoint::{OpenError, Policy};
 use postern_tlog::client::{self, DirFetch, ForkKind, MonitorState, VerifyError};
 use postern_tlog::note::{Algorithm, Signer};
@@ -245,6 +248,24 @@ async fn witness_quorum_and_offline_proofs() {
             got: 2
         }))
     ));
+    // A witness key given as a plain Ed25519 vkey counts as its cosigner key.
+    let plain = Policy {
+        log: key().verifier(),
+        witnesses: witnesses[..1]
+            .iter()
+            .map(|(k, _)| {
+                let v = k.verifier();
+                let mut material = B64.decode(v.vkey().splitn(3, '+').nth(2).unwrap()).unwrap();
+                material[0] = 0x01;
+                let id = postern_tlog::note::key_id(v.name(), Algorithm::Ed25519, &material[1..]);
+                Verifier::from_vkey(&format!("{}+{id:08x}+{}", v.name(), B64.encode(&material)))
+                    .unwrap()
+            })
+            .collect(),
+        quorum: 1,
+    };
+    assert_eq!(plain.witnesses[0].algorithm(), Algorithm::Ed25519);
+    client::verify(&fetch, &plain, None).await.unwrap();
 
     // An offline proof for entry 777, from the writer and from the tiles.
     let entry = b"entry 777";
