@@ -316,3 +316,68 @@ fn a_shrunk_log_is_caught_from_a_directory_copy() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn monitor_reports_each_check_and_stops_on_a_fork() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Signer::generate(ORIGIN, Algorithm::Ed25519).unwrap();
+    let vkey = key.verifier().vkey();
+    let (log, fork) = (tmp.path().join("log"), tmp.path().join("fork"));
+    grow(&mut LogWriter::open(&log, key.clone()).unwrap(), "e", 40);
+    grow(&mut LogWriter::open(&fork, key).unwrap(), "f", 40);
+    let state = tmp.path().join("state");
+    let child = Command::new(BIN)
+        .args(["transparency", "monitor", "--interval", "1", "--log"])
+        .arg(&log)
+        .args(["--log-key", &vkey, "--state"])
+        .arg(&state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !state.exists() {
+        assert!(Instant::now() < deadline, "no first check in 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Swap the served copy for a fork of the same size.
+    std::fs::rename(&log, tmp.path().join("honest")).unwrap();
+    std::fs::rename(&fork, &log).unwrap();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the monitor did not stop on the fork"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        out.contains(&format!("OK: {ORIGIN} is consistent.")),
+        "{out}"
+    );
+    assert!(
+        err.contains("FORK: the log signed two different trees of the same size"),
+        "{err}"
+    );
+}
