@@ -274,6 +274,11 @@ impl<S: WitnessStore> Witness<S> {
     /// A witness cosigning with `signer` (a [`Algorithm::CosignatureV1`]
     /// key) for the logs whose keys are given; a log's origin is its key's
     /// name.
+    ///
+    /// # Panics
+    ///
+    /// If `signer` is not a cosignature/v1 key: a witness that signed with a
+    /// plain note key would produce signatures no client counts.
     pub fn new(signer: Signer, logs: Vec<Verifier>, store: S) -> Witness<S> {
         assert_eq!(
             signer.algorithm(),

@@ -219,6 +219,16 @@ fn to_hash(bytes: &[u8], placeholders_ok: bool) -> Option<Hash> {
     }
 }
 
+/// A probe's proof, or `None` if a hash in it is not 32 bytes.
+fn proof_hashes(proof: &serde_json::Value) -> Option<Vec<Hash>> {
+    proof
+        .as_array()
+        .map_or(&[][..], |v| v.as_slice())
+        .iter()
+        .map(|h| to_hash(&b64(h), false))
+        .collect()
+}
+
 fn probes(kind: &str) -> Vec<(String, serde_json::Value)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/vectors/merkle")
@@ -247,12 +257,7 @@ fn transparency_dev_inclusion_probes() {
     let mut happy = 0;
     for (path, p) in probes {
         let want_err = p["wantErr"].as_bool().unwrap();
-        let proof: Option<Vec<Hash>> = p["proof"]
-            .as_array()
-            .map_or(&[][..], |v| v.as_slice())
-            .iter()
-            .map(|h| to_hash(&b64(h), false))
-            .collect();
+        let proof = proof_hashes(&p["proof"]);
         let result = (|| {
             let leaf = to_hash(&b64(&p["leafHash"]), false).ok_or(())?;
             let root = to_hash(&b64(&p["root"]), false).ok_or(())?;
@@ -279,13 +284,7 @@ fn transparency_dev_consistency_probes() {
     for (path, p) in probes {
         let want_err = p["wantErr"].as_bool().unwrap();
         let result = (|| {
-            let proof: Vec<Hash> = p["proof"]
-                .as_array()
-                .map_or(&[][..], |v| v.as_slice())
-                .iter()
-                .map(|h| to_hash(&b64(h), false))
-                .collect::<Option<_>>()
-                .ok_or(())?;
+            let proof = proof_hashes(&p["proof"]).ok_or(())?;
             let root1 = to_hash(&b64(&p["root1"]), !want_err).ok_or(())?;
             let root2 = to_hash(&b64(&p["root2"]), !want_err).ok_or(())?;
             verify_consistency(
@@ -315,12 +314,7 @@ fn generated_proofs_equal_the_published_ones() {
             p["leafIdx"].as_u64().unwrap(),
             p["treeSize"].as_u64().unwrap(),
         );
-        let want: Vec<Hash> = p["proof"]
-            .as_array()
-            .map_or(&[][..], |v| v.as_slice())
-            .iter()
-            .map(|h| Hash::from_slice(&b64(h)).unwrap())
-            .collect();
+        let want = proof_hashes(&p["proof"]).unwrap();
         assert_eq!(
             merkle::inclusion_proof(&tree, index, size)
                 .unwrap()
@@ -335,12 +329,7 @@ fn generated_proofs_equal_the_published_ones() {
             continue;
         }
         let (old, new) = (p["size1"].as_u64().unwrap(), p["size2"].as_u64().unwrap());
-        let want: Vec<Hash> = p["proof"]
-            .as_array()
-            .map_or(&[][..], |v| v.as_slice())
-            .iter()
-            .map(|h| Hash::from_slice(&b64(h)).unwrap())
-            .collect();
+        let want = proof_hashes(&p["proof"]).unwrap();
         assert_eq!(
             merkle::consistency_proof(&tree, old, new).unwrap().unwrap(),
             want,

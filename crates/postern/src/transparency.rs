@@ -10,13 +10,9 @@ use postern_tlog::client::{self, MonitorState, Verdict, VerifyError};
 use postern_tlog::http::LogSource;
 use postern_tlog::{Policy, ProofBundle, Verifier};
 
-/// Which log, which keys, which state file.
+/// Whose signatures a checkpoint needs.
 #[derive(clap::Args)]
-pub struct LogArgs {
-    /// The log's URL prefix (serving checkpoint and tile/…), or a
-    /// directory holding a copy of the log.
-    #[arg(long, value_name = "URL")]
-    log: String,
+pub struct KeyArgs {
     /// The log's verifier key (its name is the log's origin).
     #[arg(long, value_name = "VKEY")]
     log_key: String,
@@ -26,14 +22,9 @@ pub struct LogArgs {
     /// How many witnesses must have cosigned. Default: all given.
     #[arg(long, value_name = "N")]
     quorum: Option<usize>,
-    /// The last verified checkpoint and tree edge, read before and
-    /// written after each successful check, so the next run proves the log
-    /// only grew. Without it, each run stands alone.
-    #[arg(long, value_name = "FILE")]
-    state: Option<PathBuf>,
 }
 
-impl LogArgs {
+impl KeyArgs {
     fn policy(&self) -> anyhow::Result<Policy> {
         let log = Verifier::from_vkey(&self.log_key)
             .with_context(|| format!("--log-key {:?} is not a verifier key", self.log_key))?;
@@ -57,7 +48,25 @@ impl LogArgs {
             quorum,
         })
     }
+}
 
+/// Which log, which keys, which state file.
+#[derive(clap::Args)]
+pub struct LogArgs {
+    /// The log's URL prefix (serving checkpoint and tile/…), or a
+    /// directory holding a copy of the log.
+    #[arg(long, value_name = "URL")]
+    log: String,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// The last verified checkpoint and tree edge, read before and
+    /// written after each successful check, so the next run proves the log
+    /// only grew. Without it, each run stands alone.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+}
+
+impl LogArgs {
     fn source(&self) -> anyhow::Result<LogSource> {
         LogSource::new(&self.log).map_err(|e| anyhow::anyhow!("cannot set up an HTTP client: {e}"))
     }
@@ -99,15 +108,8 @@ pub enum TransparencyCommand {
         /// A file holding the entry's bytes.
         #[arg(long, value_name = "FILE")]
         entry: PathBuf,
-        /// The log's verifier key.
-        #[arg(long, value_name = "VKEY")]
-        log_key: String,
-        /// A witness's cosigning verifier key. Repeat for several.
-        #[arg(long = "witness", value_name = "VKEY")]
-        witnesses: Vec<String>,
-        /// How many witnesses must have cosigned. Default: all given.
-        #[arg(long, value_name = "N")]
-        quorum: Option<usize>,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
 }
 
@@ -127,7 +129,7 @@ pub async fn run(cmd: TransparencyCommand) -> anyhow::Result<()> {
         } => {
             let data = read(&entry)?;
             let bundle =
-                client::prove_inclusion(&log.source()?, &log.policy()?, index, &data, None)
+                client::prove_inclusion(&log.source()?, &log.keys.policy()?, index, &data, None)
                     .await
                     .context("cannot prove the entry's inclusion")?;
             match out {
@@ -137,21 +139,8 @@ pub async fn run(cmd: TransparencyCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        TransparencyCommand::CheckProof {
-            proof,
-            entry,
-            log_key,
-            witnesses,
-            quorum,
-        } => {
-            let args = LogArgs {
-                log: String::new(),
-                log_key,
-                witnesses,
-                quorum,
-                state: None,
-            };
-            let policy = args.policy()?;
+        TransparencyCommand::CheckProof { proof, entry, keys } => {
+            let policy = keys.policy()?;
             let text = std::fs::read_to_string(&proof)
                 .with_context(|| format!("cannot read {}", proof.display()))?;
             let bundle =
@@ -178,7 +167,7 @@ fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 
 /// One check: load the state, verify, save the new state.
 async fn check(args: &LogArgs) -> Result<Verdict, anyhow::Error> {
-    let policy = args.policy()?;
+    let policy = args.keys.policy()?;
     let state = match &args.state {
         Some(path) => MonitorState::load(path)?,
         None => None,
@@ -209,11 +198,12 @@ fn print_verdict(args: &LogArgs, v: &Verdict) {
         (None, Some(path)) => println!("  First check; state saved to {}.", path.display()),
         _ => println!("  No --state file: consistency with earlier checks was not verified."),
     }
-    if !args.witnesses.is_empty() {
+    let keys = &args.keys;
+    if !keys.witnesses.is_empty() {
         println!(
             "  Cosigned by {} witness(es) ({} required): {}",
             v.cosigners.len(),
-            args.quorum.unwrap_or(args.witnesses.len()),
+            keys.quorum.unwrap_or(keys.witnesses.len()),
             v.cosigners.join(", ")
         );
     }
