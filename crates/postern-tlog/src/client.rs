@@ -315,6 +315,18 @@ pub async fn verify<F: Fetch>(
     policy: &Policy,
     state: Option<&MonitorState>,
 ) -> Result<Verdict, VerifyError> {
+    verify_with(fetch, policy, state, |_, _| {}).await
+}
+
+/// [`verify`], also handing each new entry, with its index, to `inspect`
+/// (to decode and audit them; see [`crate::entry::Tally`]). Entries are
+/// passed before the root is checked: act on them only if this succeeds.
+pub async fn verify_with<F: Fetch>(
+    fetch: &F,
+    policy: &Policy,
+    state: Option<&MonitorState>,
+    mut inspect: impl FnMut(u64, &[u8]),
+) -> Result<Verdict, VerifyError> {
     let bytes = fetch.fetch("checkpoint").await?;
     let opened = policy.open(&bytes)?;
     let new = opened.checkpoint.clone();
@@ -344,7 +356,13 @@ pub async fn verify<F: Fetch>(
         frontier = s.frontier.clone();
     }
     let from = frontier.size();
-    for_each_entry(fetch, from, new.size, |e| frontier.push(leaf_hash(e))).await?;
+    let mut index = from;
+    for_each_entry(fetch, from, new.size, |e| {
+        frontier.push(leaf_hash(e));
+        inspect(index, e);
+        index += 1;
+    })
+    .await?;
     if frontier.root() != new.root {
         if let Some((_, s)) = &previous {
             // Either the new entries are wrong, or the old ones changed.

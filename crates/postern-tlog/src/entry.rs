@@ -494,6 +494,50 @@ impl Entry {
     }
 }
 
+/// Counts of a log's entries by kind, as a monitor reports them, and the
+/// problems an auditor would want to know about: entries that are not
+/// valid records, and openings that do not open the sealed entry they
+/// name (among the sealed entries this tally has seen).
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    /// Published legal requests.
+    pub requests: u64,
+    /// Sealed requests.
+    pub sealed: u64,
+    /// Openings of sealed requests.
+    pub openings: u64,
+    /// Indexes of entries that do not decode, with why.
+    pub invalid: Vec<(u64, EntryError)>,
+    /// Indexes of openings that contradict the sealed entry of their id.
+    pub bad_openings: Vec<u64>,
+    /// Openings whose sealed entry this tally has not seen (it came
+    /// before the entries it was shown).
+    pub unmatched_openings: u64,
+    sealed_by_id: std::collections::HashMap<[u8; 16], SealedRequest>,
+}
+
+impl Tally {
+    /// Counts one entry at `index`.
+    pub fn add(&mut self, index: u64, bytes: &[u8]) {
+        match Entry::decode(bytes) {
+            Ok(Entry::LegalRequest(_)) => self.requests += 1,
+            Ok(Entry::Sealed(s)) => {
+                self.sealed += 1;
+                self.sealed_by_id.insert(s.id, s);
+            }
+            Ok(Entry::Opening(o)) => {
+                self.openings += 1;
+                match self.sealed_by_id.get(&o.request.id) {
+                    Some(s) if o.opens(s) => {}
+                    Some(_) => self.bad_openings.push(index),
+                    None => self.unmatched_openings += 1,
+                }
+            }
+            Err(e) => self.invalid.push((index, e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,6 +577,32 @@ mod tests {
         ] {
             assert_eq!(Entry::decode(&e.encode().unwrap()), Ok(e));
         }
+    }
+
+    #[test]
+    fn a_tally_checks_openings_against_sealed_entries() {
+        let (sealed, opening) = request(4).seal().unwrap();
+        let mut forged = opening.clone();
+        forged.request.accounts = 1000;
+        let (_, unrelated) = request(5).seal().unwrap();
+        let mut t = Tally::default();
+        for (i, e) in [
+            Entry::LegalRequest(request(6)),
+            Entry::Sealed(sealed),
+            Entry::Opening(opening),
+            Entry::Opening(forged),
+            Entry::Opening(unrelated),
+        ]
+        .iter()
+        .enumerate()
+        {
+            t.add(i as u64, &e.encode().unwrap());
+        }
+        t.add(5, b"\x01\x09");
+        assert_eq!((t.requests, t.sealed, t.openings), (1, 1, 3));
+        assert_eq!(t.bad_openings, vec![3]);
+        assert_eq!(t.unmatched_openings, 1);
+        assert_eq!(t.invalid, vec![(5, EntryError::UnknownKind(9))]);
     }
 
     #[test]

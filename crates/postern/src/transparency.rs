@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use postern_tlog::client::{self, MonitorState, Verdict, VerifyError};
+use postern_tlog::entry::Tally;
 use postern_tlog::http::LogSource;
 use postern_tlog::{Policy, ProofBundle, Verifier};
 
@@ -116,8 +117,8 @@ pub enum TransparencyCommand {
 pub async fn run(cmd: TransparencyCommand) -> anyhow::Result<()> {
     match cmd {
         TransparencyCommand::Verify(args) => {
-            let verdict = check(&args).await?;
-            print_verdict(&args, &verdict);
+            let (verdict, tally) = check(&args).await?;
+            print_verdict(&args, &verdict, &tally);
             Ok(())
         }
         TransparencyCommand::Monitor { log, interval } => monitor(&log, interval).await,
@@ -166,23 +167,27 @@ fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 }
 
 /// One check: load the state, verify, save the new state.
-async fn check(args: &LogArgs) -> Result<Verdict, anyhow::Error> {
+async fn check(args: &LogArgs) -> anyhow::Result<(Verdict, Tally)> {
     let policy = args.keys.policy()?;
     let state = match &args.state {
         Some(path) => MonitorState::load(path)?,
         None => None,
     };
-    let verdict = client::verify(&args.source()?, &policy, state.as_ref()).await?;
+    let mut tally = Tally::default();
+    let verdict = client::verify_with(&args.source()?, &policy, state.as_ref(), |i, e| {
+        tally.add(i, e)
+    })
+    .await?;
     if let Some(path) = &args.state {
         verdict
             .state
             .save(path)
             .with_context(|| format!("cannot save the state to {}", path.display()))?;
     }
-    Ok(verdict)
+    Ok((verdict, tally))
 }
 
-fn print_verdict(args: &LogArgs, v: &Verdict) {
+fn print_verdict(args: &LogArgs, v: &Verdict, tally: &Tally) {
     let cp = &v.checkpoint;
     println!("OK: {} is consistent.", cp.origin);
     println!("  size {}, root {}", cp.size, cp.root);
@@ -190,6 +195,22 @@ fn print_verdict(args: &LogArgs, v: &Verdict) {
         "  {} new entries hashed; together with the earlier ones they give the signed root.",
         v.new_entries
     );
+    println!(
+        "  New entries: {} legal requests, {} sealed, {} openings.",
+        tally.requests, tally.sealed, tally.openings
+    );
+    for (index, e) in tally.invalid.iter().take(5) {
+        println!("  WARNING: entry {index} is not a valid record: {e}");
+    }
+    if tally.invalid.len() > 5 {
+        println!(
+            "  WARNING: … and {} more invalid entries",
+            tally.invalid.len() - 5
+        );
+    }
+    for index in &tally.bad_openings {
+        println!("  WARNING: entry {index} claims to open a sealed request but does not match it");
+    }
     match (v.previous_size, &args.state) {
         (Some(prev), Some(path)) => println!(
             "  It extends the checkpoint of size {prev} seen before (state: {}).",
@@ -212,7 +233,7 @@ fn print_verdict(args: &LogArgs, v: &Verdict) {
 async fn monitor(args: &LogArgs, interval: u64) -> anyhow::Result<()> {
     loop {
         match check(args).await {
-            Ok(v) => print_verdict(args, &v),
+            Ok((v, tally)) => print_verdict(args, &v, &tally),
             Err(e) => match e.downcast_ref::<VerifyError>() {
                 // Network trouble passes; anything the log signed that
                 // does not add up stops the monitor with the evidence.

@@ -8,6 +8,10 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use postern_tlog::LogWriter;
+use postern_tlog::entry::{
+    AuthorityType, Commitment, DataCategories, Entry, Jurisdiction, LegalRequest, Month, Outcome,
+    ReasonCode,
+};
 use postern_tlog::http::{WitnessClient, WitnessClientError, log_router};
 use postern_tlog::note::{Algorithm, Signer, Verifier};
 
@@ -60,10 +64,33 @@ fn start_witness(data: &Path, log_vkey: &str) -> (Killed, String, String) {
     (child, format!("http://127.0.0.1:{port}"), vkey)
 }
 
+/// A legal-request record, as the server will log them; `prefix` makes
+/// two logs' records differ.
+fn record(prefix: &str, i: u64) -> Vec<u8> {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&i.to_be_bytes());
+    id[8] = prefix.len() as u8;
+    id[9] = prefix.as_bytes()[0];
+    Entry::LegalRequest(LegalRequest {
+        id,
+        month: Month::new(2026, 11).unwrap(),
+        jurisdiction: Jurisdiction::new("FR").unwrap(),
+        authority: AuthorityType::Court,
+        legal_basis: "CPP art. 60-1".into(),
+        categories: DataCategories::PHONE_NUMBER,
+        outcome: Outcome::Refused(ReasonCode::OUTSIDE_POLICY),
+        accounts: 1,
+        order: Commitment::to_order(&[1; 32], b"order"),
+        account_ids: Commitment::to_accounts(&[2; 32], &[[3; 16]]),
+    })
+    .encode()
+    .unwrap()
+}
+
 fn grow(w: &mut LogWriter, prefix: &str, n: u64) {
     for _ in 0..n {
         let i = w.size() + w.pending() as u64;
-        w.append(format!("{prefix} {i}").into_bytes()).unwrap();
+        w.append(record(prefix, i)).unwrap();
     }
     w.publish().unwrap();
 }
@@ -162,6 +189,11 @@ fn witness_cosigns_verify_accepts_and_a_fork_is_caught() {
     );
     assert!(stdout.contains("size 600"), "{stdout}");
     assert!(stdout.contains("witness.example.net"), "{stdout}");
+    assert!(
+        stdout.contains("New entries: 600 legal requests, 0 sealed, 0 openings."),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("WARNING"), "{stdout}");
 
     // The log grows; a stale submission gets the witness's size back; the
     // right one is cosigned; verify proves the growth.
@@ -237,7 +269,7 @@ fn witness_cosigns_verify_accepts_and_a_fork_is_caught() {
 
     // An offline proof, written from the served log and checked offline.
     let entry = tmp.path().join("entry");
-    std::fs::write(&entry, "entry 640").unwrap();
+    std::fs::write(&entry, record("entry", 640)).unwrap();
     let proof_file = tmp.path().join("entry.tlog-proof");
     let out = postern(&[
         "transparency",
@@ -261,8 +293,8 @@ fn witness_cosigns_verify_accepts_and_a_fork_is_caught() {
             .unwrap()
             .starts_with("c2sp.org/tlog-proof@v1\nindex 640\n")
     );
-    let check = |entry_text: &str| {
-        std::fs::write(&entry, entry_text).unwrap();
+    let check = |entry_bytes: Vec<u8>| {
+        std::fs::write(&entry, entry_bytes).unwrap();
         postern(&[
             "transparency",
             "check-proof",
@@ -275,14 +307,14 @@ fn witness_cosigns_verify_accepts_and_a_fork_is_caught() {
             &witness_vkey,
         ])
     };
-    let out = check("entry 640");
+    let out = check(record("entry", 640));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("OK: entry 640 is in"),
         "{}",
         text(&out.stdout)
     );
-    let out = check("entry 641");
+    let out = check(record("entry", 641));
     assert!(!out.status.success());
 }
 
