@@ -119,7 +119,7 @@ pub async fn run(cmd: TransparencyCommand) -> anyhow::Result<()> {
         TransparencyCommand::Verify(args) => {
             let (verdict, tally) = check(&args).await?;
             print_verdict(&args, &verdict, &tally);
-            Ok(())
+            audit(&tally)
         }
         TransparencyCommand::Monitor { log, interval } => monitor(&log, interval).await,
         TransparencyCommand::Prove {
@@ -187,6 +187,17 @@ async fn check(args: &LogArgs) -> anyhow::Result<(Verdict, Tally)> {
     Ok((verdict, tally))
 }
 
+/// The log is consistent, but an opening that contradicts what was
+/// sealed means the operator misreported a request: that is a failure.
+fn audit(tally: &Tally) -> anyhow::Result<()> {
+    match tally.bad_openings.as_slice() {
+        [] => Ok(()),
+        bad => anyhow::bail!(
+            "entries {bad:?} claim to open sealed requests but do not match what was sealed"
+        ),
+    }
+}
+
 fn print_verdict(args: &LogArgs, v: &Verdict, tally: &Tally) {
     let cp = &v.checkpoint;
     println!("OK: {} is consistent.", cp.origin);
@@ -207,9 +218,6 @@ fn print_verdict(args: &LogArgs, v: &Verdict, tally: &Tally) {
             "  WARNING: … and {} more invalid entries",
             tally.invalid.len() - 5
         );
-    }
-    for index in &tally.bad_openings {
-        println!("  WARNING: entry {index} claims to open a sealed request but does not match it");
     }
     match (v.previous_size, &args.state) {
         (Some(prev), Some(path)) => println!(
@@ -233,7 +241,10 @@ fn print_verdict(args: &LogArgs, v: &Verdict, tally: &Tally) {
 async fn monitor(args: &LogArgs, interval: u64) -> anyhow::Result<()> {
     loop {
         match check(args).await {
-            Ok((v, tally)) => print_verdict(args, &v, &tally),
+            Ok((v, tally)) => {
+                print_verdict(args, &v, &tally);
+                audit(&tally)?;
+            }
             Err(e) => match e.downcast_ref::<VerifyError>() {
                 // Network trouble passes; anything the log signed that
                 // does not add up stops the monitor with the evidence.
