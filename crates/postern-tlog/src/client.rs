@@ -242,6 +242,25 @@ pub struct Verdict {
     pub state: MonitorState,
 }
 
+/// Fetches a tile or bundle; a partial one that is gone may have been
+/// replaced by its full tile, which the spec lets a log delete it for.
+async fn fetch_tile<F: Fetch>(fetch: &F, tile: Tile) -> Result<(Tile, Vec<u8>), VerifyError> {
+    match fetch.fetch(&tile.path()).await {
+        Ok(bytes) => Ok((tile, bytes)),
+        Err(FetchError::NotFound(path)) if !tile.is_full() => {
+            let full = Tile {
+                width: TILE_WIDTH as u16,
+                ..tile
+            };
+            match fetch.fetch(&full.path()).await {
+                Ok(bytes) => Ok((full, bytes)),
+                Err(_) => Err(FetchError::NotFound(path).into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Calls `f` on every entry in `[from, to)`, reading entry bundles.
 async fn for_each_entry<F: Fetch>(
     fetch: &F,
@@ -254,10 +273,11 @@ async fn for_each_entry<F: Fetch>(
     }
     for index in from / TILE_WIDTH..=(to - 1) / TILE_WIDTH {
         let tile = Tile::for_tree(TileKind::Entries, index, to).expect("index below size");
-        let bytes = fetch.fetch(&tile.path()).await?;
+        let (tile, bytes) = fetch_tile(fetch, tile).await?;
         let entries = parse_entry_bundle(&bytes, tile.width)?;
         let skip = from.saturating_sub(index * TILE_WIDTH) as usize;
-        for e in entries.into_iter().skip(skip) {
+        let end = (to - index * TILE_WIDTH).min(TILE_WIDTH) as usize;
+        for e in entries.into_iter().take(end).skip(skip) {
             f(e);
         }
     }
@@ -283,7 +303,7 @@ async fn with_tiles<F: Fetch, T>(
                         tile.path()
                     )));
                 }
-                let bytes = fetch.fetch(&tile.path()).await?;
+                let (tile, bytes) = fetch_tile(fetch, tile).await?;
                 cache.insert(&tile, &bytes)?;
             }
         }

@@ -184,6 +184,20 @@ async fn damaged_logs_give_typed_errors() {
     std::fs::write(&bundle, &good).unwrap();
     client::verify(&fetch, &policy(), None).await.unwrap();
 
+    // A log that has grown and deleted the partial tiles of an older
+    // checkpoint: a client still at that checkpoint reads the full ones.
+    let mut w = LogWriter::open(dir.path(), key()).unwrap();
+    let old_state = client::verify(&fetch, &policy(), None).await.unwrap().state;
+    let old_checkpoint = std::fs::read(dir.path().join("checkpoint")).unwrap();
+    append(&mut w, "entry", 300);
+    std::fs::remove_file(&bundle).unwrap();
+    std::fs::remove_file(&tile).unwrap();
+    let grown = std::fs::read(dir.path().join("checkpoint")).unwrap();
+    std::fs::write(dir.path().join("checkpoint"), &old_checkpoint).unwrap();
+    let again = client::verify(&fetch, &policy(), None).await.unwrap();
+    assert_eq!(again.state, old_state);
+    std::fs::write(dir.path().join("checkpoint"), &grown).unwrap();
+
     // Another log's key, or a malformed checkpoint.
     let stranger = Signer::generate(ORIGIN, Algorithm::Ed25519).unwrap();
     assert!(matches!(
