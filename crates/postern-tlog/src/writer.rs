@@ -100,7 +100,7 @@ impl LogWriter {
         let cp_path = dir.join(CHECKPOINT_FILE);
         let mut w = LogWriter {
             dir: dir.to_owned(),
-            checkpoint: Note::new("placeholder\n").expect("valid text"),
+            checkpoint: sign_checkpoint(&signer, 0, &MemoryTree::new()).1,
             signer,
             tree: MemoryTree::new(),
             tail: Vec::new(),
@@ -280,14 +280,7 @@ impl LogWriter {
     }
 
     fn sign_and_write(&mut self, size: u64) -> Result<Checkpoint, WriterError> {
-        let checkpoint = Checkpoint {
-            origin: self.signer.name().to_owned(),
-            size,
-            root: self.tree.root_at(size),
-            extensions: Vec::new(),
-        };
-        let mut note = Note::new(&checkpoint.to_string()).expect("a checkpoint is valid note text");
-        note.sign(&self.signer, 0);
+        let (checkpoint, note) = sign_checkpoint(&self.signer, size, &self.tree);
         let path = self.dir.join(CHECKPOINT_FILE);
         write_atomic(&path, note.to_string().as_bytes()).map_err(io_err(&path))?;
         self.checkpoint = note;
@@ -352,6 +345,19 @@ impl LogWriter {
             checkpoint: self.checkpoint.to_string(),
         })
     }
+}
+
+/// The checkpoint of `tree` at `size`, and its note signed by `signer`.
+fn sign_checkpoint(signer: &Signer, size: u64, tree: &MemoryTree) -> (Checkpoint, Note) {
+    let checkpoint = Checkpoint {
+        origin: signer.name().to_owned(),
+        size,
+        root: tree.root_at(size),
+        extensions: Vec::new(),
+    };
+    let mut note = Note::new(&checkpoint.to_string()).expect("a checkpoint is valid note text");
+    note.sign(signer, 0);
+    (checkpoint, note)
 }
 
 /// Fsyncs files on a few threads at once: a batch writes tens to
