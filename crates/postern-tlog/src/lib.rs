@@ -24,6 +24,34 @@
 //!
 //! It must never log personal data, and never sign two checkpoints that
 //! are not consistent: the writer only appends.
+//!
+//! A log written, checked, and an entry proven, in a few lines:
+//!
+//! ```
+//! use postern_tlog::note::{Algorithm, Signer};
+//! use postern_tlog::{DirFetch, LogWriter, Policy, client};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let key = Signer::generate("transparency.example.org/legal", Algorithm::Ed25519)?;
+//! let mut log = LogWriter::open(dir.path(), key.clone())?;
+//! for i in 0..1000u32 {
+//!     log.append(i.to_be_bytes().to_vec())?;
+//! }
+//! log.publish()?; // tiles, bundles and a signed checkpoint on disk
+//!
+//! // Anyone with the log's verifier key can check it...
+//! let policy = Policy::log_only(key.verifier());
+//! let rt = tokio::runtime::Builder::new_current_thread().build()?;
+//! let verdict = rt.block_on(client::verify(&DirFetch(dir.path().into()), &policy, None))?;
+//! assert_eq!(verdict.checkpoint.size, 1000);
+//!
+//! // ...and an offline proof shows one entry is in it.
+//! let proof = log.proof_bundle(42, None)?;
+//! proof.verify(&42u32.to_be_bytes(), &policy)?;
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
