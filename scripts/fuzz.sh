@@ -41,6 +41,16 @@ if [ -z "$(ls -A corpus/link)" ]; then
     printf 'postern://server?v=1&tcp=chat.example.org:7443&tcp=[::1]:7443&key=AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE' > corpus/link/seed
 fi
 
+# A signed note (the C2SP example) and a witness request for the
+# transparency-log targets.
+mkdir -p corpus/note corpus/checkpoint
+if [ -z "$(ls -A corpus/note)" ]; then
+    printf 'This is an example message.\n\n\xe2\x80\x94 example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n' > corpus/note/seed
+fi
+if [ -z "$(ls -A corpus/checkpoint)" ]; then
+    printf 'old 0\n\nexample.org/log\n1\nbjQLnP+zepicpUTmu3gKLHiQHT+zNzh2hRGjBhevoB0=\n\n\xe2\x80\x94 example.org/log AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n' > corpus/checkpoint/seed
+fi
+
 "${fuzz[@]}" build
 
 failed=()

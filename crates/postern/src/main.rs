@@ -1,6 +1,7 @@
 //! `postern`: one binary for the server, the member's command line, the demo
 //! and the benchmarks. It only parses arguments and wires library crates
-//! together; the logic lives in postern-server and postern-client.
+//! together; the logic lives in postern-server, postern-client and
+//! postern-tlog.
 #![forbid(unsafe_code)]
 
 mod bench;
@@ -8,6 +9,8 @@ mod chat_cmd;
 mod client_cmd;
 mod demo;
 mod serve;
+mod transparency;
+mod witness;
 
 use std::path::PathBuf;
 
@@ -34,8 +37,11 @@ struct Cli {
     home: Option<PathBuf>,
 
     /// Log filter (error, warn, info, debug, trace, or a RUST_LOG-style
-    /// directive). Logs go to stderr.
-    #[arg(long, global = true, env = "POSTERN_LOG", value_name = "FILTER")]
+    /// directive). Logs go to stderr. Give it before the command
+    /// (`postern --log debug recv`); `serve` also takes it after.
+    /// Not global, because `witness` and `transparency` use `--log` to
+    /// name a transparency log.
+    #[arg(long, env = "POSTERN_LOG", value_name = "FILTER")]
     log: Option<String>,
 
     #[command(subcommand)]
@@ -184,6 +190,14 @@ enum Command {
     /// Start a server and two members in a temporary directory and show a
     /// short conversation.
     Demo,
+    /// Run a transparency-log witness: verify consistency, cosign, and
+    /// remember each log's latest size.
+    Witness(witness::WitnessArgs),
+    /// Verify or monitor a transparency log; write and check offline proofs.
+    Transparency {
+        #[command(subcommand)]
+        what: transparency::TransparencyCommand,
+    },
     /// Measure the server.
     Bench {
         #[command(subcommand)]
@@ -275,10 +289,14 @@ enum DeviceAction {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Witness(_) => "info",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default_log))
+    let log = match &cli.command {
+        Command::Serve(args) => args.log.clone().or(cli.log.clone()),
+        _ => cli.log.clone(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(log.as_deref().unwrap_or(default_log))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -364,6 +382,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Verify { contact, confirm } => chat_cmd::verify(&home, &contact, confirm).await,
         Command::Demo => demo::run().await,
+        Command::Witness(args) => witness::run(args).await,
+        Command::Transparency { what } => transparency::run(what).await,
         Command::Bench { what } => bench::run(what).await,
     }
 }

@@ -41,6 +41,10 @@ pub struct ServeArgs {
         conflicts_with = "sms_outbox"
     )]
     sms_webhook: Option<String>,
+    /// Log filter (error, warn, info, debug, trace, or a RUST_LOG-style
+    /// directive). Default: info.
+    #[arg(long, env = "POSTERN_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
 }
 
 impl ServeArgs {
@@ -119,7 +123,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
