@@ -65,26 +65,37 @@ pub(crate) fn mls_err(e: impl std::fmt::Debug) -> MlsError {
     MlsError::Mls(format!("{e:?}"))
 }
 
-/// openmls_sqlite_storage stores its values in this encoding.
+/// The encoding openmls_sqlite_storage stores MLS state in: CBOR, which is
+/// self-describing like JSON (openmls's serde types need that) but keeps
+/// byte strings compact. A large group's state is rewritten at every commit;
+/// with JSON (every byte as a decimal number) serializing it was a fifth of
+/// a 1,000-member commit's time (see BENCHMARKS.md, "MLS").
 #[derive(Default)]
-pub struct JsonCodec;
+pub struct CborCodec;
 
-impl Codec for JsonCodec {
-    type Error = serde_json::Error;
+/// Why MLS state could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("MLS state encoding: {0}")]
+pub struct CodecError(String);
+
+impl Codec for CborCodec {
+    type Error = CodecError;
 
     fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-        serde_json::to_vec(value)
+        let mut out = Vec::new();
+        ciborium::into_writer(value, &mut out).map_err(|e| CodecError(e.to_string()))?;
+        Ok(out)
     }
 
     fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
-        serde_json::from_slice(slice)
+        ciborium::from_reader(slice).map_err(|e| CodecError(e.to_string()))
     }
 }
 
 /// Crypto plus storage on the home's connection.
 pub struct Provider<'a> {
     crypto: RustCrypto,
-    storage: SqliteStorageProvider<JsonCodec, &'a Connection>,
+    storage: SqliteStorageProvider<CborCodec, &'a Connection>,
 }
 
 impl<'a> Provider<'a> {
@@ -100,7 +111,7 @@ impl<'a> Provider<'a> {
 impl<'a> OpenMlsProvider for Provider<'a> {
     type CryptoProvider = RustCrypto;
     type RandProvider = RustCrypto;
-    type StorageProvider = SqliteStorageProvider<JsonCodec, &'a Connection>;
+    type StorageProvider = SqliteStorageProvider<CborCodec, &'a Connection>;
 
     fn storage(&self) -> &Self::StorageProvider {
         &self.storage
@@ -117,7 +128,7 @@ impl<'a> OpenMlsProvider for Provider<'a> {
 
 /// Creates openmls's tables in the home (idempotent).
 pub fn migrate(db: &mut Connection) -> Result<(), MlsError> {
-    SqliteStorageProvider::<JsonCodec, &mut Connection>::new(db)
+    SqliteStorageProvider::<CborCodec, &mut Connection>::new(db)
         .run_migrations()
         .map_err(mls_err)
 }
@@ -345,11 +356,16 @@ impl<'a> Engine<'a> {
         adds: Vec<KeyPackage>,
         removes: Vec<LeafNodeIndex>,
     ) -> Result<OutgoingCommit, MlsError> {
+        // An add-only commit needs no update path (RFC 9420 §12.4): without
+        // it, adding members does not encrypt path secrets to every
+        // unmerged leaf, which in a large group is most of the cost.
+        // Commits that remove members carry a path, as they must.
+        let self_update = !removes.is_empty() || adds.is_empty();
         let bundle = group
             .commit_builder()
             .propose_adds(adds)
             .propose_removals(removes)
-            .force_self_update(true)
+            .force_self_update(self_update)
             .load_psks(self.provider.storage())
             .map_err(mls_err)?
             .create_group_info(true)
