@@ -597,3 +597,111 @@ async fn claim_is_last_resort(raw: &mut common::Raw, of: &postern_client::Client
         other => panic!("{other:?}"),
     }
 }
+
+/// A TCP relay between a client and the server that, once armed, passes on
+/// the next large client write (a commit, with its tree) and then cuts the
+/// connection before the server's answer comes back: the commit reaches the
+/// server, its sender never learns the outcome.
+struct Cutter {
+    addr: std::net::SocketAddr,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cutter {
+    async fn start(server: std::net::SocketAddr) -> Cutter {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let armed = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = tokio::net::TcpStream::connect(server).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = upstream.into_split();
+                let cut = std::sync::Arc::new(AtomicBool::new(false));
+                let (flag, cut_up, cut_down) = (flag.clone(), cut.clone(), cut.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 64 * 1024];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        if n >= 1000 && flag.swap(false, Ordering::SeqCst) {
+                            cut_up.store(true, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 64 * 1024];
+                    while let Ok(n) = ur.read(&mut buf).await {
+                        if n == 0 || cut_down.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Dropping `cw` closes the client's side.
+                });
+            }
+        });
+        Cutter { addr, armed }
+    }
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_is_lost_is_settled_on_the_next_connection() {
+    let server = TestServer::start().await;
+    let cutter = Cutter::start(server.server.client_addr).await;
+    // Alice reaches the server through the cutter.
+    let link = postern_proto::link::ServerLink {
+        tcp: vec![cutter.addr.to_string()],
+        noise_key: server.server.link.noise_key,
+    };
+    let alice = postern_client::Client::setup(&server.dir.path().join("alice"), &link).unwrap();
+    let mut a = alice.connect().await.unwrap();
+    a.request_code("+14155551101").await.unwrap();
+    a.register(
+        "+14155551101",
+        &server.code("+14155551101"),
+        Some("alice"),
+        "phone",
+    )
+    .await
+    .unwrap();
+    let (_, mut b) = server.member("bob", "+14155551102").await;
+    let (_, mut c) = server.member("carol", "+14155551103").await;
+    a.create_group("ops", &["@bob".parse().unwrap()])
+        .await
+        .unwrap();
+    b.sync().await.unwrap();
+
+    // The commit adding carol reaches the server; the answer never comes.
+    cutter
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = a
+        .add_members(&to("#ops"), &["@carol".parse().unwrap()])
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(alice.with_home(|h| h.pending_commits()).unwrap().len(), 1);
+    drop(a);
+
+    // The next connection repeats the recorded commit with its id: the
+    // server recognises it, and alice's group moves on to where the others
+    // are.
+    let mut a = alice.connect().await.unwrap();
+    a.sync().await.unwrap();
+    assert!(alice.with_home(|h| h.pending_commits()).unwrap().is_empty());
+    c.sync().await.unwrap();
+    c.send_text(&to("#ops"), "carol is in").await.unwrap();
+    for conn in [&mut a, &mut b] {
+        conn.sync().await.unwrap();
+        let got = texts(&drain(conn, Duration::from_millis(300)).await);
+        assert!(got.contains(&"carol is in".to_owned()), "{got:?}");
+    }
+}

@@ -504,6 +504,7 @@ impl Connection {
                 Task::SendName { group_id } => {
                     if let Some(c) = self.client.with_home(|h| h.conversation(&group_id))?
                         && c.state == "active"
+                        && c.kind == ConversationKind::Group
                     {
                         self.send_group_name(&c).await?;
                     }
@@ -522,8 +523,13 @@ impl Connection {
                     .with_home(|h| h.clear_pending_commit(&group_id))?;
                 continue;
             };
+            let added_someone = !req.added.is_empty();
             let outcome = self.call(Req::GroupCommit(req)).await;
             match self.conclude_commit(&group_id, outcome.map(|_| ()))? {
+                // Whoever it added has not heard the group's name yet.
+                Ok(()) if added_someone => self.tasks.push(Task::SendName {
+                    group_id: group_id.clone(),
+                }),
                 Ok(()) => {}
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => self.client.with_home(|h| {
