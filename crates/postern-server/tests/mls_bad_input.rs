@@ -473,3 +473,94 @@ async fn raw_claim(t: &TestServer, reg: &pb::Registered) -> Resp {
         }))
         .await
 }
+
+#[tokio::test]
+async fn reordered_messages_fail_cleanly_and_leave_the_group_state_intact() {
+    let t = TestServer::start().await;
+    let (_, mut a) = t.member("alice", "+14155550861").await;
+    let (bob, mut b) = t.member("bob", "+14155550862").await;
+    let (_, _c) = t.member("carol", "+14155550863").await;
+    a.create_group("order", &["@bob".parse().unwrap()])
+        .await
+        .unwrap();
+    b.sync().await.unwrap();
+    drain(&mut b).await;
+    drop(b);
+
+    // Capture, without processing them, the commit that adds carol and
+    // the message that follows it in the next epoch.
+    let mut copy = t.raw_as(&bob).await;
+    let after_seq = bob.with_home(|h| h.last_seq()).unwrap();
+    copy.call(Req::Subscribe(pb::Subscribe { after_seq })).await;
+    a.add_members(&to("#order"), &["@carol".parse().unwrap()])
+        .await
+        .unwrap();
+    a.send_text(&to("#order"), "next epoch").await.unwrap();
+    let mut captured: Vec<pb::QueuedMessage> = Vec::new();
+    while captured.len() < 3 {
+        let env = tokio::time::timeout(Duration::from_secs(10), copy.r.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(pb::envelope::Body::Push(pb::Push {
+            kind: Some(pb::push::Kind::Deliver(d)),
+        })) = env.body
+        {
+            captured.extend(d.messages);
+        }
+    }
+    let header = |m: &pb::QueuedMessage| {
+        postern_proto::mls::framed_header(&m.payload)
+            .unwrap()
+            .content_type
+    };
+    let commit = captured
+        .iter()
+        .find(|m| header(m) == ContentType::Commit)
+        .unwrap();
+    let later = captured
+        .iter()
+        .filter(|m| header(m) == ContentType::Application)
+        .last()
+        .unwrap();
+
+    // Delivered out of order: the later message first.
+    let open = |m: &pb::QueuedMessage| {
+        bob.with_engine(|e, _| {
+            let mut g = e.load(&m.group_id).unwrap().unwrap();
+            let before = g.epoch();
+            let msg = postern_client::mls::parse(&m.payload).unwrap();
+            let result = e.process(&mut g, msg.try_into_protocol_message().unwrap());
+            let merged = match result {
+                Ok(p) => match p.into_content() {
+                    openmls::prelude::ProcessedMessageContent::StagedCommitMessage(s) => {
+                        e.merge(&mut g, *s).map(|_| "commit")
+                    }
+                    openmls::prelude::ProcessedMessageContent::ApplicationMessage(_) => {
+                        Ok("message")
+                    }
+                    _ => Ok("other"),
+                },
+                Err(e) => Err(e),
+            };
+            Ok((
+                before,
+                e.load(&m.group_id).unwrap().unwrap().epoch(),
+                merged.map_err(|e| e.to_string()),
+            ))
+        })
+        .unwrap()
+    };
+    let (before, after, result) = open(later);
+    assert!(
+        result.is_err(),
+        "a message from an epoch not yet reached is refused"
+    );
+    assert_eq!(before, after, "and the group state is unchanged");
+    let (_, after_commit, result) = open(commit);
+    assert_eq!(result, Ok("commit"));
+    assert_eq!(after_commit.as_u64(), after.as_u64() + 1);
+    let (_, _, result) = open(later);
+    assert_eq!(result, Ok("message"), "in order, the same message opens");
+}
