@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ed25519_dalek::SigningKey;
-use openmls::prelude::{KeyPackage, LeafNodeIndex, MlsMessageBodyIn, ProcessedMessageContent};
+use openmls::prelude::{
+    KeyPackage, LeafNodeIndex, MlsGroup, MlsMessageBodyIn, ProcessedMessageContent,
+};
 use postern_client::mls::{self, DeviceSigner, Directory, Engine, Provider};
 use postern_proto::content::GroupMeta;
 use postern_proto::ids::{AccountId, DeviceAddr};
@@ -93,18 +95,15 @@ struct Row {
     setup: Duration,
     join: Duration,
     message: Duration,
-    add: Duration,
-    add_processed: Duration,
-    remove: Duration,
-    remove_processed: Duration,
+    /// In the group as created: every parent node blank.
+    fresh: Changes,
+    /// After one self-update in each subtree of the creator's copath.
+    warm: Changes,
+    warmers: usize,
     tree_bytes: usize,
 }
 
-fn process_commit(
-    engine: &Engine<'_>,
-    group: &mut openmls::prelude::MlsGroup,
-    commit: &[u8],
-) -> anyhow::Result<()> {
+fn process_commit(engine: &Engine<'_>, group: &mut MlsGroup, commit: &[u8]) -> anyhow::Result<()> {
     let msg = mls::parse(commit)?
         .try_into_protocol_message()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -125,7 +124,17 @@ fn measure(size: usize, args: &MlsArgs) -> anyhow::Result<Row> {
     let started = Instant::now();
     let others = Device::new()?;
     let mut adds = vec![receiver.key_package(&ce)?];
+    // Real members at leaves 2, 4, 8, …: one in each subtree on the
+    // creator's copath, for the warm measurement (see below).
+    let mut warmers: Vec<Device> = Vec::new();
     for i in 0..size.saturating_sub(2) {
+        let leaf = i + 2;
+        if leaf.is_power_of_two() {
+            let warmer = Device::new()?;
+            adds.push(warmer.key_package(&ce)?);
+            warmers.push(warmer);
+            continue;
+        }
         let signer = DeviceSigner(SigningKey::generate(&mut rand::rngs::OsRng));
         let addr = DeviceAddr {
             account: AccountId::random(),
@@ -161,9 +170,15 @@ fn measure(size: usize, args: &MlsArgs) -> anyhow::Result<Row> {
         _ => bail!("not a welcome"),
     };
     let t = Instant::now();
-    let (opened, _) = re.open_welcome(welcome)?;
+    let (opened, _) = re.open_welcome(welcome.clone())?;
     let mut rgroup = re.join(opened, mls::parse_tree(&created.ratchet_tree)?)?;
     let join = t.elapsed();
+    let mut wgroups = Vec::new();
+    for w in &warmers {
+        let e = w.engine();
+        let (opened, _) = e.open_welcome(welcome.clone())?;
+        wgroups.push(e.join(opened, mls::parse_tree(&created.ratchet_tree)?)?);
+    }
 
     // Application messages: encrypt at the creator, decrypt at the receiver.
     let mut message = Vec::with_capacity(args.messages);
@@ -184,19 +199,90 @@ fn measure(size: usize, args: &MlsArgs) -> anyhow::Result<Row> {
         }
     }
 
-    // Add one member and remove it again, `rounds` times.
+    let fresh = rounds(
+        &ce,
+        &mut group,
+        &re,
+        &mut rgroup,
+        &warmers,
+        &mut wgroups,
+        args.rounds,
+    )?;
+
+    // Warm: each warmer commits once (a self-update), which fills the
+    // parent nodes of its subtree on the creator's copath, as a group's
+    // members' own commits do over time.
+    for k in 0..warmers.len() {
+        let e = warmers[k].engine();
+        let out = e.commit(&mut wgroups[k], Vec::new(), Vec::new())?;
+        e.confirm(&mut wgroups[k])?;
+        process_commit(&ce, &mut group, &out.commit)?;
+        process_commit(&re, &mut rgroup, &out.commit)?;
+        for (i, w) in warmers.iter().enumerate() {
+            if i != k {
+                process_commit(&w.engine(), &mut wgroups[i], &out.commit)?;
+            }
+        }
+    }
+    let warm = rounds(
+        &ce,
+        &mut group,
+        &re,
+        &mut rgroup,
+        &warmers,
+        &mut wgroups,
+        args.rounds,
+    )?;
+    Ok(Row {
+        size,
+        setup,
+        join,
+        message: median(message),
+        fresh,
+        warm,
+        warmers: warmers.len(),
+        tree_bytes,
+    })
+}
+
+/// Median times of adding one member and removing it again.
+struct Changes {
+    add: Duration,
+    add_processed: Duration,
+    remove: Duration,
+    remove_processed: Duration,
+}
+
+/// Adds a member and removes it again, `n` times; the receiver's times are
+/// measured, the warmers only keep up.
+fn rounds(
+    ce: &Engine<'_>,
+    group: &mut MlsGroup,
+    re: &Engine<'_>,
+    rgroup: &mut MlsGroup,
+    warmers: &[Device],
+    wgroups: &mut [MlsGroup],
+    n: usize,
+) -> anyhow::Result<Changes> {
     let (mut add, mut add_processed, mut remove, mut remove_processed) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..args.rounds {
+    let keep_up = |commit: &[u8], wgroups: &mut [MlsGroup]| -> anyhow::Result<()> {
+        for (w, g) in warmers.iter().zip(wgroups.iter_mut()) {
+            process_commit(&w.engine(), g, commit)?;
+        }
+        Ok(())
+    };
+    for _ in 0..n {
         let newcomer = Device::new()?;
-        let kp = newcomer.key_package(&ce)?;
+        let kp = newcomer.key_package(ce)?;
         let t = Instant::now();
-        let out = ce.commit(&mut group, vec![kp], Vec::new())?;
-        ce.confirm(&mut group)?;
+        let out = ce.commit(group, vec![kp], Vec::new())?;
+        ce.confirm(group)?;
         add.push(t.elapsed());
         let t = Instant::now();
-        process_commit(&re, &mut rgroup, &out.commit)?;
+        process_commit(re, rgroup, &out.commit)?;
         add_processed.push(t.elapsed());
+        keep_up(&out.commit, wgroups)?;
 
         let leaf: LeafNodeIndex = group
             .members()
@@ -204,23 +290,19 @@ fn measure(size: usize, args: &MlsArgs) -> anyhow::Result<Row> {
             .map(|m| m.index)
             .context("the newcomer is a member")?;
         let t = Instant::now();
-        let out = ce.commit(&mut group, Vec::new(), vec![leaf])?;
-        ce.confirm(&mut group)?;
+        let out = ce.commit(group, Vec::new(), vec![leaf])?;
+        ce.confirm(group)?;
         remove.push(t.elapsed());
         let t = Instant::now();
-        process_commit(&re, &mut rgroup, &out.commit)?;
+        process_commit(re, rgroup, &out.commit)?;
         remove_processed.push(t.elapsed());
+        keep_up(&out.commit, wgroups)?;
     }
-    Ok(Row {
-        size,
-        setup,
-        join,
-        message: median(message),
+    Ok(Changes {
         add: median(add),
         add_processed: median(add_processed),
         remove: median(remove),
         remove_processed: median(remove_processed),
-        tree_bytes,
     })
 }
 
@@ -231,19 +313,25 @@ pub fn run(args: MlsArgs) -> anyhow::Result<()> {
     }
     if !args.json {
         println!(
-            "MLS ({:?}), one creator and one receiver, median times in ms:",
+            "MLS ({:?}), one creator and one receiver, median times in ms; \
+             add/remove in the group as created (fresh) and after one member \
+             commit in each subtree of the creator's copath (warm):",
             mls::DEFAULT_CIPHERSUITE
         );
         println!(
-            "{:>6} {:>10} {:>9} {:>11} {:>9} {:>11} {:>9} {:>11} {:>10}",
+            "{:>6} {:>8} {:>7} {:>8} | {:>6} {:>7} {:>7} {:>7} | {:>6} {:>7} {:>7} {:>7} | {:>8}",
             "size",
             "setup",
             "join",
-            "msg enc+dec",
+            "msg",
             "add",
-            "add (recv)",
+            "add rx",
             "remove",
-            "rm (recv)",
+            "rm rx",
+            "add",
+            "add rx",
+            "remove",
+            "rm rx",
             "tree KiB"
         );
     }
@@ -252,30 +340,41 @@ pub fn run(args: MlsArgs) -> anyhow::Result<()> {
             eprintln!("measuring a group of {size}…");
         }
         let r = measure(size, &args)?;
+        let changes = |c: &Changes| {
+            serde_json::json!({
+                "add_commit_ms": ms(c.add),
+                "add_processed_ms": ms(c.add_processed),
+                "remove_commit_ms": ms(c.remove),
+                "remove_processed_ms": ms(c.remove_processed),
+            })
+        };
         if args.json {
             let v = serde_json::json!({
                 "size": r.size,
                 "setup_ms": ms(r.setup),
                 "join_ms": ms(r.join),
                 "message_ms": ms(r.message),
-                "add_commit_ms": ms(r.add),
-                "add_processed_ms": ms(r.add_processed),
-                "remove_commit_ms": ms(r.remove),
-                "remove_processed_ms": ms(r.remove_processed),
+                "fresh": changes(&r.fresh),
+                "warm": changes(&r.warm),
+                "warming_commits": r.warmers,
                 "tree_bytes": r.tree_bytes,
             });
             println!("{v}");
         } else {
             println!(
-                "{:>6} {:>10.0} {:>9.1} {:>11.3} {:>9.1} {:>11.1} {:>9.1} {:>11.1} {:>10.1}",
+                "{:>6} {:>8.0} {:>7.1} {:>8.3} | {:>6.1} {:>7.1} {:>7.1} {:>7.1} | {:>6.1} {:>7.1} {:>7.1} {:>7.1} | {:>8.1}",
                 r.size,
                 ms(r.setup),
                 ms(r.join),
                 ms(r.message),
-                ms(r.add),
-                ms(r.add_processed),
-                ms(r.remove),
-                ms(r.remove_processed),
+                ms(r.fresh.add),
+                ms(r.fresh.add_processed),
+                ms(r.fresh.remove),
+                ms(r.fresh.remove_processed),
+                ms(r.warm.add),
+                ms(r.warm.add_processed),
+                ms(r.warm.remove),
+                ms(r.warm.remove_processed),
                 r.tree_bytes as f64 / 1024.0
             );
         }
