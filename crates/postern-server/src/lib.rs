@@ -135,9 +135,6 @@ impl Server {
             tcp: vec![public],
             noise_key: keys.public,
         };
-        let link_path = cfg.data_dir.join("server-link.txt");
-        std::fs::write(&link_path, format!("{link}\n"))
-            .with_context(|| format!("cannot write {}", link_path.display()))?;
         let log = if cfg.transparency.enabled {
             Some(
                 transparency::start(&cfg.transparency, &cfg.data_dir, &link.tcp[0])
@@ -197,6 +194,11 @@ impl Server {
             }
         });
         tasks.spawn(purge_loop(store_dyn, stop));
+        // Written last: once it exists, everything else (the log's vkey
+        // included) is in place and the server is serving.
+        let link_path = cfg.data_dir.join("server-link.txt");
+        std::fs::write(&link_path, format!("{link}\n"))
+            .with_context(|| format!("cannot write {}", link_path.display()))?;
 
         Ok(RunningServer {
             client_addr,
