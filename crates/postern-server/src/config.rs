@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub mls_ciphersuite: String,
     /// Connection and request limits.
     pub limits: Limits,
+    /// The public transparency log the server hosts.
+    pub transparency: TransparencyConfig,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +51,7 @@ impl Default for ServerConfig {
             sqlite_synchronous: "full".into(),
             mls_ciphersuite: postern_proto::mls::CIPHERSUITES[0].1.into(),
             limits: Limits::default(),
+            transparency: TransparencyConfig::default(),
         }
     }
 }
@@ -152,6 +155,54 @@ impl Default for Limits {
     }
 }
 
+/// The transparency log of legal requests the server hosts under `/log/`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransparencyConfig {
+    /// Host the log (default). Off, no log key is created and `/log/` is
+    /// not served.
+    pub enabled: bool,
+    /// The longest an appended entry waits for the signed checkpoint that
+    /// includes it; a checkpoint is signed only when there are new entries.
+    #[serde(with = "humantime_secs")]
+    pub checkpoint_interval: Duration,
+    /// The log's origin (its key name, the first line of every
+    /// checkpoint), a schema-less URL such as `chat.example.org/log`.
+    /// Default: on first start, the host of `public_addr` followed by
+    /// `/log`; afterwards, the name in the log's key file, so the log keeps
+    /// its identity when the address changes.
+    pub origin: Option<String>,
+    /// Witnesses each new checkpoint is submitted to for cosigning.
+    pub witnesses: Vec<WitnessConfig>,
+    /// How many witness cosignatures verifiers should require; a
+    /// checkpoint with fewer is still published, with a warning. Default:
+    /// all the configured witnesses.
+    pub quorum: Option<usize>,
+}
+
+impl Default for TransparencyConfig {
+    fn default() -> Self {
+        TransparencyConfig {
+            enabled: true,
+            checkpoint_interval: Duration::from_secs(1),
+            origin: None,
+            witnesses: Vec::new(),
+            quorum: None,
+        }
+    }
+}
+
+/// A witness of the log: where it takes submissions and its key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// The URL prefix of its `add-checkpoint` endpoint, e.g.
+    /// `https://witness.example.net` for `…/add-checkpoint`.
+    pub url: String,
+    /// Its cosigning verifier key (a C2SP vkey, `NAME+KEYID+BASE64`).
+    pub vkey: String,
+}
+
 /// Durations in config files are whole seconds.
 mod humantime_secs {
     use std::time::Duration;
@@ -182,6 +233,30 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected() {
         assert!(toml::from_str::<ServerConfig>("lisen = \"0.0.0.0:9000\"").is_err());
+        assert!(toml::from_str::<ServerConfig>("[transparency]\nintervall = 5").is_err());
+        assert!(
+            toml::from_str::<ServerConfig>(
+                "[[transparency.witnesses]]\nurl = \"http://w\"\nvkey = \"k\"\nkey = \"k\""
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_log_is_on_by_default_and_witnesses_are_a_list() {
+        let cfg = ServerConfig::default();
+        assert!(cfg.transparency.enabled);
+        assert_eq!(cfg.transparency.checkpoint_interval, Duration::from_secs(1));
+        let cfg = toml_from_str(
+            "[transparency]\ncheckpoint_interval = 10\norigin = \"chat.example.org/log\"\n\
+             quorum = 1\n[[transparency.witnesses]]\nurl = \"https://w.example\"\n\
+             vkey = \"w.example+01234567+AAAA\"\n",
+        );
+        let t = cfg.transparency;
+        assert_eq!(t.checkpoint_interval, Duration::from_secs(10));
+        assert_eq!(t.origin.as_deref(), Some("chat.example.org/log"));
+        assert_eq!((t.witnesses.len(), t.quorum), (1, Some(1)));
+        assert_eq!(t.witnesses[0].url, "https://w.example");
     }
 
     fn toml_from_str(s: &str) -> ServerConfig {

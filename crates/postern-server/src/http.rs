@@ -1,7 +1,10 @@
-//! The HTTP API: health, the server link, and counters for operators.
+//! The HTTP API: health, the server link, counters for operators, and the
+//! transparency log under `/log/` (served by `postern_tlog::http`, with
+//! its cache headers: tiles immutable, the checkpoint briefly).
 //!
 //! It serves nothing personal: no phone numbers, no addresses, no payloads.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::Router;
@@ -10,12 +13,16 @@ use axum::routing::get;
 
 use crate::Shared;
 
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+pub(crate) fn router(shared: Arc<Shared>, log_dir: Option<&Path>) -> Router {
+    let router = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/link", get(link))
         .route("/stats", get(stats))
-        .with_state(shared)
+        .with_state(shared);
+    match log_dir {
+        Some(dir) => router.nest("/log", postern_tlog::http::log_router(dir.to_owned())),
+        None => router,
+    }
 }
 
 async fn link(State(s): State<Arc<Shared>>) -> String {

@@ -1,10 +1,13 @@
-//! The Postern server: accounts, devices, delivery queues, SMS gateways and
-//! the HTTP API, wired to a store and to carrier listeners.
+//! The Postern server: accounts, devices, delivery queues, SMS gateways,
+//! the HTTP API and the transparency log, wired to a store and to carrier
+//! listeners.
 //!
 //! From the socket inward: a TCP listener accepts ([`Server::start`]), each
 //! connection runs a Noise handshake and then the request loop in `conn`,
 //! requests are handled by [`service::Service`], messages go to per-device
 //! queues in the store and wake subscribed connections through the hub.
+//! Beside them, the [`transparency`] log takes typed entries, signs a
+//! checkpoint per batch and is served under `/log/` on the HTTP API.
 //!
 //! The server never parses message payloads and never logs phone numbers,
 //! codes or payloads.
@@ -19,6 +22,7 @@ pub mod phone;
 pub mod ratelimit;
 pub mod service;
 pub mod sms;
+pub mod transparency;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,12 +34,14 @@ use anyhow::{Context, bail};
 use postern_proto::keys::NoiseKeypair;
 use postern_proto::link::ServerLink;
 use postern_store::{SqliteOptions, SqliteStore, Store, Synchronous};
+use postern_tlog::Verifier;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 pub use config::ServerConfig;
 use config::SmsGatewayKind;
 use service::{Service, now_ms};
+use transparency::TransparencyLog;
 
 /// State every connection and the HTTP API share.
 pub(crate) struct Shared {
@@ -63,15 +69,21 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     /// The link clients bootstrap from.
     pub link: ServerLink,
+    /// The transparency log's verifier key (also in `DATA_DIR/log-vkey.txt`),
+    /// if the server hosts the log.
+    pub log_key: Option<Verifier>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     store: SqliteStore,
     shared: Arc<Shared>,
+    log: Option<transparency::Hosted>,
 }
 
 impl Server {
     /// Opens the data directory and store, binds the listeners, writes
-    /// `server-link.txt`, and starts serving in the background.
+    /// `server-link.txt`, opens the transparency log (creating its key and
+    /// writing `log-vkey.txt` on first start), and starts serving in the
+    /// background.
     pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         create_private_dir(&cfg.data_dir)?;
         let keys = Arc::new(load_or_create_key(&cfg.data_dir.join("server.key"))?);
@@ -123,9 +135,15 @@ impl Server {
             tcp: vec![public],
             noise_key: keys.public,
         };
-        let link_path = cfg.data_dir.join("server-link.txt");
-        std::fs::write(&link_path, format!("{link}\n"))
-            .with_context(|| format!("cannot write {}", link_path.display()))?;
+        let log = if cfg.transparency.enabled {
+            Some(
+                transparency::start(&cfg.transparency, &cfg.data_dir, &link.tcp[0])
+                    .await
+                    .context("cannot start the transparency log")?,
+            )
+        } else {
+            None
+        };
 
         let suite =
             postern_proto::mls::ciphersuite_by_name(&cfg.mls_ciphersuite).with_context(|| {
@@ -167,7 +185,7 @@ impl Server {
             stop.clone(),
         ));
         let mut http_stop = stop.clone();
-        let router = http::router(shared.clone());
+        let router = http::router(shared.clone(), log.as_ref().map(|l| l.log.dir()));
         tasks.spawn(async move {
             let serve = axum::serve(http_listener, router)
                 .with_graceful_shutdown(async move { stopped(&mut http_stop).await });
@@ -176,15 +194,22 @@ impl Server {
             }
         });
         tasks.spawn(purge_loop(store_dyn, stop));
+        // Written last: once it exists, everything else (the log's vkey
+        // included) is in place and the server is serving.
+        let link_path = cfg.data_dir.join("server-link.txt");
+        std::fs::write(&link_path, format!("{link}\n"))
+            .with_context(|| format!("cannot write {}", link_path.display()))?;
 
         Ok(RunningServer {
             client_addr,
             http_addr,
             link,
+            log_key: log.as_ref().map(|l| l.log.key().clone()),
             shutdown,
             tasks,
             store,
             shared,
+            log,
         })
     }
 }
@@ -195,11 +220,21 @@ impl RunningServer {
         self.shared.connections()
     }
 
-    /// Stops accepting, closes the listeners and the store. Requests already
-    /// acknowledged are durable before this returns.
+    /// The transparency log, to append entries to; `None` if the server
+    /// does not host it (`transparency.enabled = false`).
+    pub fn transparency(&self) -> Option<&TransparencyLog> {
+        self.log.as_ref().map(|l| &l.log)
+    }
+
+    /// Stops accepting, closes the listeners, publishes what the
+    /// transparency log has queued and stops it, and closes the store.
+    /// Requests already acknowledged are durable before this returns.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        if let Some(log) = self.log.take() {
+            log.stop().await;
+        }
         self.store.close().await;
     }
 }

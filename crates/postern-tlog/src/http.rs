@@ -290,6 +290,11 @@ impl WitnessClient {
         })
     }
 
+    /// Where submissions go (`…/add-checkpoint`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The witness's cosigning key.
     pub fn key(&self) -> &Verifier {
         &self.key

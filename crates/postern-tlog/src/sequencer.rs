@@ -7,10 +7,16 @@
 //! checkpoint containing it is on disk, so a caller can tell its user the
 //! request is logged. The [`LogWriter`] it owns stays the only writer of
 //! its directory.
+//!
+//! Cosignatures are added after the checkpoint is on disk, never before:
+//! a witness must not cosign a tree the log could lose in a crash and then
+//! grow differently. So a freshly published checkpoint is served without
+//! them for the moment the witnesses take to answer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::http::{WitnessClient, WitnessClientError};
@@ -25,6 +31,9 @@ pub struct SequencerConfig {
     pub max_batch: usize,
     /// Witnesses to submit each checkpoint to.
     pub witnesses: Vec<WitnessClient>,
+    /// How many of them verifiers require; a checkpoint that gets fewer
+    /// cosignatures is still published, with a warning.
+    pub quorum: usize,
 }
 
 impl Default for SequencerConfig {
@@ -33,6 +42,7 @@ impl Default for SequencerConfig {
             interval: Duration::from_secs(1),
             max_batch: 65_536,
             witnesses: Vec::new(),
+            quorum: 0,
         }
     }
 }
@@ -58,16 +68,26 @@ type Reply = oneshot::Sender<Result<u64, SequencerError>>;
 #[derive(Clone, Debug)]
 pub struct Sequencer {
     tx: mpsc::Sender<(Vec<u8>, Reply)>,
+    close: Arc<Notify>,
 }
 
 impl Sequencer {
     /// Starts the sequencer task on the current tokio runtime. It runs
-    /// until every handle is dropped (publishing what is queued) or a
-    /// publish fails.
+    /// until [`close`](Self::close) is called or every handle is dropped
+    /// (publishing what is queued either way), or a publish fails.
     pub fn spawn(writer: LogWriter, config: SequencerConfig) -> (Sequencer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.max_batch.max(1));
-        let task = tokio::spawn(run(writer, config, rx));
-        (Sequencer { tx }, task)
+        let close = Arc::new(Notify::new());
+        let task = tokio::spawn(run(writer, config, rx, close.clone()));
+        (Sequencer { tx, close }, task)
+    }
+
+    /// Stops the sequencer, even while other handles exist: appends already
+    /// sent are published and answered, later ones fail with
+    /// [`SequencerError::Stopped`]. Await the task's handle to know it is
+    /// done.
+    pub fn close(&self) {
+        self.close.notify_one();
     }
 
     /// Appends an entry; returns its index once it is in a published
@@ -86,6 +106,7 @@ async fn run(
     mut writer: LogWriter,
     config: SequencerConfig,
     mut rx: mpsc::Receiver<(Vec<u8>, Reply)>,
+    close: Arc<Notify>,
 ) {
     let mut witness_sizes = vec![0u64; config.witnesses.len()];
     let mut waiting: Vec<(u64, Reply)> = Vec::new();
@@ -109,6 +130,8 @@ async fn run(
                 },
                 None => open = false,
             },
+            // What is already queued is still received, then `recv` ends.
+            () = close.notified(), if open => rx.close(),
             _ = tick.tick() => {}
         }
         if waiting.is_empty() {
@@ -127,7 +150,7 @@ async fn run(
                 for (index, reply) in waiting.drain(..) {
                     let _ = reply.send(Ok(index));
                 }
-                cosign(&mut writer, &config.witnesses, &mut witness_sizes).await;
+                cosign(&mut writer, &config, &mut witness_sizes).await;
             }
             Err(e) => {
                 tracing::error!("the transparency log stopped: {e}");
@@ -143,11 +166,12 @@ async fn run(
 
 /// Submits the latest checkpoint to every witness, retrying once from the
 /// size a witness says it holds, and adds the cosignatures it gets.
-async fn cosign(writer: &mut LogWriter, witnesses: &[WitnessClient], sizes: &mut [u64]) {
+async fn cosign(writer: &mut LogWriter, config: &SequencerConfig, sizes: &mut [u64]) {
     let size = writer.size();
     let checkpoint = writer.checkpoint().to_string();
     let mut sigs = Vec::new();
-    for (w, known) in witnesses.iter().zip(sizes.iter_mut()) {
+    let mut cosigners = 0;
+    for (w, known) in config.witnesses.iter().zip(sizes.iter_mut()) {
         for _ in 0..2 {
             let proof = if *known == 0 {
                 Vec::new()
@@ -161,11 +185,17 @@ async fn cosign(writer: &mut LogWriter, witnesses: &[WitnessClient], sizes: &mut
                 Ok(s) => {
                     *known = size;
                     sigs.extend(s);
+                    cosigners += 1;
                     break;
                 }
                 Err(WitnessClientError::Conflict(theirs)) if theirs <= size => *known = theirs,
                 Err(e) => {
-                    tracing::warn!(witness = w.key().name(), "no cosignature: {e}");
+                    tracing::warn!(
+                        witness = w.key().name(),
+                        url = w.url(),
+                        size,
+                        "the witness did not cosign the log's checkpoint: {e}"
+                    );
                     break;
                 }
             }
@@ -177,5 +207,15 @@ async fn cosign(writer: &mut LogWriter, witnesses: &[WitnessClient], sizes: &mut
         if let Err(e) = writer.add_cosignatures(sigs) {
             tracing::warn!("cannot add cosignatures to the checkpoint: {e}");
         }
+    }
+    if cosigners < config.quorum {
+        tracing::warn!(
+            size,
+            cosigners,
+            quorum = config.quorum,
+            "the log's checkpoint has fewer witness cosignatures than the quorum; \
+             verifiers that require it will reject the checkpoint until the \
+             witnesses cosign a later one"
+        );
     }
 }

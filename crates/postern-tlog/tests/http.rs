@@ -9,7 +9,7 @@ use postern_tlog::checkpoint::Policy;
 use postern_tlog::client;
 use postern_tlog::http::{HttpFetch, WitnessClient, log_router, witness_router};
 use postern_tlog::note::{Algorithm, Signer};
-use postern_tlog::sequencer::{Sequencer, SequencerConfig};
+use postern_tlog::sequencer::{Sequencer, SequencerConfig, SequencerError};
 use postern_tlog::witness::{FileStore, Witness};
 use postern_tlog::{Fetch, LogWriter};
 
@@ -41,6 +41,7 @@ async fn sequenced_cosigned_served_and_verified() {
         interval: Duration::from_millis(50),
         max_batch: 1000,
         witnesses: vec![WitnessClient::new(&witness_url, witness_key.verifier()).unwrap()],
+        quorum: 1,
     };
     let (seq, task) = Sequencer::spawn(writer, config);
 
@@ -103,8 +104,23 @@ async fn sequenced_cosigned_served_and_verified() {
     ));
 
     // An entry too large for a bundle is refused without stopping the log.
-    let writer = LogWriter::open(&log_dir, log_key).unwrap();
-    let (seq, _task) = Sequencer::spawn(writer, SequencerConfig::default());
+    let writer = LogWriter::open(&log_dir, log_key.clone()).unwrap();
+    let (seq, task) = Sequencer::spawn(writer, SequencerConfig::default());
     assert!(seq.append(vec![0; 70_000]).await.is_err());
     assert_eq!(seq.append(b"fine".to_vec()).await.unwrap(), 900);
+
+    // Closing stops it while handles remain: an append already sent is
+    // published and answered, a later one is refused.
+    let other = seq.clone();
+    let sent = tokio::spawn(async move { other.append(b"last".to_vec()).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    seq.close();
+    task.await.unwrap();
+    assert_eq!(sent.await.unwrap().unwrap(), 901);
+    assert!(matches!(
+        seq.append(b"late".to_vec()).await,
+        Err(SequencerError::Stopped)
+    ));
+    let reopened = LogWriter::open(&log_dir, log_key).unwrap();
+    assert_eq!(reopened.size(), 902);
 }

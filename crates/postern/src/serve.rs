@@ -1,5 +1,5 @@
 //! `postern serve`: configuration layering (defaults < TOML file <
-//! environment < flags) and the start-up banner.
+//! environment < flags) and the start-up banner (server link, log key).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -104,6 +104,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("  clients:    {} (TCP, Noise IK)", server.client_addr);
     println!("  HTTP API:   http://{}/health", server.http_addr);
     println!("  SMS codes:  {sms}");
+    let log_url = format!("http://{}/log", server.http_addr);
+    if let Some(log) = server.transparency() {
+        let policy = log.policy();
+        println!(
+            "  log:        {log_url}/checkpoint (witnesses: {}, quorum {})",
+            policy.witnesses.len(),
+            policy.quorum
+        );
+    }
     println!();
     println!(
         "Server link (also in {}):",
@@ -111,6 +120,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     println!("  {link}");
     println!();
+    if let Some(key) = &server.log_key {
+        println!(
+            "Transparency log key (also in {}):",
+            data_dir.join("log-vkey.txt").display()
+        );
+        println!("  {}", key.vkey());
+        println!("Check the log:");
+        println!(
+            "  postern transparency verify --log {log_url} --log-key '{}'",
+            key.vkey()
+        );
+        println!();
+    }
     println!("Connect a member:");
     println!("  postern --home alice setup '{link}'");
     println!("  postern --home alice register +14155552671");
