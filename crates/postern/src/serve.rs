@@ -137,7 +137,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("  postern --home alice setup '{link}'");
     println!("  postern --home alice register +14155552671");
     println!();
-    println!("Note: message payloads are not yet end-to-end encrypted (MLS is next).");
+    println!(
+        "Conversations are end-to-end encrypted (MLS): this server stores and forwards ciphertext only."
+    );
     println!("Stop with Ctrl-C.");
     shutdown_signal().await;
     println!("Shutting down…");

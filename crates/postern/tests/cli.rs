@@ -380,7 +380,7 @@ fn serve_with_no_flags_uses_defaults_under_the_data_home() {
         text.contains("postern://server?v=1&tcp=127.0.0.1:7447"),
         "{text}"
     );
-    assert!(text.contains("not yet end-to-end encrypted"));
+    assert!(text.contains("end-to-end encrypted (MLS)"), "{text}");
     // The transparency log's key, printed and written beside the link.
     let vkey = std::fs::read_to_string(dir.path().join("postern/log-vkey.txt")).unwrap();
     assert!(vkey.starts_with("127.0.0.1/log+"), "{vkey}");
