@@ -289,6 +289,14 @@ pub struct Distributor {
     invites: BTreeMap<InviteCode, Invite>,
     network_day: u64,
     network_counts: BTreeMap<NetworkId, NetworkCount>,
+    /// Bumped whenever room may appear on a relay or bucket.
+    #[serde(skip)]
+    epoch: u64,
+    /// Per country and kind (bucket or open relay), the epoch at which a
+    /// search for room found none: until the epoch moves, the answer stands.
+    /// A cache only: it changes no decision.
+    #[serde(skip)]
+    no_room: BTreeMap<(Country, bool), u64>,
 }
 
 /// A stable, keyed mix of two numbers (SplitMix64's finaliser). It breaks
@@ -318,6 +326,8 @@ impl Distributor {
             invites: BTreeMap::new(),
             network_day: 0,
             network_counts: BTreeMap::new(),
+            epoch: 0,
+            no_room: BTreeMap::new(),
         })
     }
 
@@ -362,6 +372,7 @@ impl Distributor {
                 retired: false,
             },
         );
+        self.epoch += 1;
         if pool == Pool::Spare {
             self.spares.push(relay);
             if self.spares.len() >= self.config.bucket_size {
@@ -545,6 +556,7 @@ impl Distributor {
         if state.blocked_since.is_some() {
             if clients >= cfg.signal_min_baseline {
                 state.blocked_since = None;
+                self.epoch += 1;
                 state.baseline = Some(clients);
                 decisions.push(Decision::RelayUnblocked { relay, country });
             }
@@ -746,6 +758,7 @@ impl Distributor {
     }
 
     fn form_bucket(&mut self) {
+        self.epoch += 1;
         let relays: Vec<RelayId> = self.spares.drain(..self.config.bucket_size).collect();
         let id = BucketId(self.next_bucket);
         self.next_bucket += 1;
@@ -889,6 +902,7 @@ impl Distributor {
                     relay.members.remove(&id);
                 }
             }
+            self.epoch += 1;
         } else if self.relays_of(&self.members[&id]).is_empty()
             && let Some(relay) = self.pick_open(id)
         {
@@ -921,13 +935,38 @@ impl Distributor {
             })
     }
 
-    fn pick_bucket(&self, id: MemberId) -> Option<BucketId> {
+    /// Whether the member holds no relay, so that whether there is room
+    /// for it does not depend on who it is.
+    fn holds_nothing(&self, id: MemberId) -> bool {
+        let m = &self.members[&id];
+        m.bucket.is_none() && m.open.is_empty() && m.kept.is_empty()
+    }
+
+    fn known_full(&self, country: Country, bucket: bool) -> bool {
+        self.no_room.get(&(country, bucket)) == Some(&self.epoch)
+    }
+
+    fn remember_full(&mut self, id: MemberId, country: Country, bucket: bool) {
+        if self.holds_nothing(id) {
+            self.no_room.insert((country, bucket), self.epoch);
+        }
+    }
+
+    fn pick_bucket(&mut self, id: MemberId) -> Option<BucketId> {
         let country = self.members[&id].country;
-        self.buckets
+        if self.holds_nothing(id) && self.known_full(country, true) {
+            return None;
+        }
+        let best = self
+            .buckets
             .iter()
             .filter(|(b, _)| self.bucket_fits(**b, country, id))
             .min_by_key(|(b, bucket)| (bucket.members.len(), mix(self.salt, id.0, b.0)))
-            .map(|(b, _)| *b)
+            .map(|(b, _)| *b);
+        if best.is_none() {
+            self.remember_full(id, country, true);
+        }
+        best
     }
 
     fn join_bucket(&mut self, id: MemberId, bucket: BucketId) {
@@ -944,6 +983,7 @@ impl Distributor {
     /// Leaves a bucket; with `keep`, the bucket's relays that still work for
     /// the member stay with it (up to [`Config::max_kept_relays`]).
     fn leave_bucket(&mut self, id: MemberId, bucket: BucketId, keep: bool) {
+        self.epoch += 1;
         let country = self.members[&id].country;
         let relays = self.buckets[&bucket].relays.clone();
         let mut kept = Vec::new();
@@ -968,10 +1008,17 @@ impl Distributor {
     }
 
     fn pick_open(&mut self, id: MemberId) -> Option<RelayId> {
-        let best = self.least_loaded_open(id);
+        let country = self.members[&id].country;
+        if self.holds_nothing(id) && self.known_full(country, false) {
+            return None;
+        }
+        let mut best = self.least_loaded_open(id);
         let crowded = best.is_none_or(|(load, _)| load >= self.config.open_members_target);
         if crowded && self.open_an_unused_bucket() {
-            return self.least_loaded_open(id).map(|(_, r)| r);
+            best = self.least_loaded_open(id);
+        }
+        if best.is_none() {
+            self.remember_full(id, country, false);
         }
         best.map(|(_, r)| r)
     }
@@ -1003,6 +1050,7 @@ impl Distributor {
         let Some((&id, _)) = unused else {
             return false;
         };
+        self.epoch += 1;
         let bucket = self.buckets.remove(&id).expect("found");
         for r in bucket.relays {
             self.relays.get_mut(&r).expect("exists").pool = Pool::Open;
@@ -1054,6 +1102,7 @@ impl Distributor {
         for m in &affected {
             r.members.remove(m);
         }
+        self.epoch += 1;
         decisions.push(Decision::RelayBlocked { relay, country });
         let share = 1.0 / affected.len().max(1) as f64;
         for id in affected {
@@ -1127,6 +1176,7 @@ impl Distributor {
     }
 
     fn drop_all_relays(&mut self, id: MemberId) {
+        self.epoch += 1;
         if let Some(b) = self.members[&id].bucket {
             self.leave_bucket(id, b, false);
         }

@@ -1,12 +1,14 @@
-//! `postern`: one binary for the server, the member's command line, the demo
-//! and the benchmarks. It only parses arguments and wires library crates
-//! together; the logic lives in postern-server and postern-client.
+//! `postern`: one binary for the server, the member's command line, the demo,
+//! the benchmarks and the censorship simulator. It only parses arguments and
+//! wires library crates together; the logic lives in postern-server,
+//! postern-client and postern-sim.
 #![forbid(unsafe_code)]
 
 mod bench;
 mod client_cmd;
 mod demo;
 mod serve;
+mod sim;
 
 use std::path::PathBuf;
 
@@ -112,6 +114,8 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Simulate censors against relay distributors: postern sim SCENARIO.toml
+    Sim(sim::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -178,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Demo => demo::run().await,
         Command::Bench { what } => bench::run(what).await,
+        Command::Sim(args) => sim::run(args),
     }
 }
 
