@@ -43,7 +43,8 @@ pub struct Config {
     /// crowding them: fewer members per relay means fewer honest members
     /// share a relay with any one censor account, and sharper blame.
     pub open_members_target: usize,
-    /// Share of relays, among those that arrive, kept for new members.
+    /// Most relays ever handed to the open-entry pool (new members), as a
+    /// share of all relays; the rest go to buckets.
     pub open_pool_fraction: f64,
     /// Length of the window in which replacements are counted.
     pub replacement_window_days: u32,
@@ -65,9 +66,14 @@ pub struct Config {
     pub signal_drop_ratio: f64,
     /// Weight of a new day in the moving average of clients per country.
     pub signal_smoothing: f64,
-    /// Suspicion at which an account is banned. Each blocked relay adds
-    /// 1/k to each of the k members of the country who saw it.
+    /// Suspicion at which an account is banned. Each blocked relay adds a
+    /// total of 1 among the members of the country who saw it, weighted
+    /// towards those who got it most recently (see `blame_recency_days`).
     pub ban_suspicion: f64,
+    /// A member who got a blocked relay this many days before the block
+    /// carries half the blame weight of one who got it that day (weight
+    /// h / (h + age)).
+    pub blame_recency_days: f64,
     /// Suspicion above which a member is not promoted.
     pub promotion_max_suspicion: f64,
     /// Suspicion halves after this many days.
@@ -98,10 +104,11 @@ impl Default for Config {
             network_registrations_per_day: 200,
             network_handouts_per_day: 2_000,
             reports_to_confirm: 2,
-            signal_min_baseline: 3.0,
+            signal_min_baseline: 8.0,
             signal_drop_ratio: 0.2,
             signal_smoothing: 0.3,
             ban_suspicion: 1.0,
+            blame_recency_days: 2.0,
             promotion_max_suspicion: 0.5,
             suspicion_half_life_days: 90,
             false_report_suspicion: 0.25,
@@ -165,6 +172,7 @@ impl Config {
             ));
         }
         for (v, name) in [
+            (self.blame_recency_days, "blame_recency_days"),
             (self.ban_suspicion, "ban_suspicion"),
             (self.promotion_max_suspicion, "promotion_max_suspicion"),
         ] {

@@ -253,7 +253,8 @@ struct CountryState {
 struct Relay {
     network: NetworkId,
     pool: Pool,
-    members: BTreeSet<MemberId>,
+    /// Who may use it, and since when.
+    members: BTreeMap<MemberId, Time>,
     countries: BTreeMap<Country, CountryState>,
     retired: bool,
 }
@@ -348,8 +349,7 @@ impl Distributor {
         if self.relays.contains_key(&relay) {
             return Err(DistributorError::RelayExists(relay));
         }
-        let live = self.relays.values().filter(|r| !r.retired).count();
-        let open = self
+        let open_live = self
             .relays
             .values()
             .filter(|r| !r.retired && r.pool == Pool::Open)
@@ -359,15 +359,15 @@ impl Distributor {
             .values()
             .filter(|m| m.level == 0 && !m.banned)
             .count();
-        let to_open = (open as f64) < self.config.open_pool_fraction * (live + 1) as f64
-            || open * self.config.open_members_target < new_members + 1;
+        let to_open = self.open_budget_allows(1)
+            && open_live * self.config.open_members_target < new_members + 1;
         let pool = if to_open { Pool::Open } else { Pool::Spare };
         self.relays.insert(
             relay,
             Relay {
                 network,
                 pool,
-                members: BTreeSet::new(),
+                members: BTreeMap::new(),
                 countries: BTreeMap::new(),
                 retired: false,
             },
@@ -397,7 +397,7 @@ impl Distributor {
             return Ok(Vec::new());
         }
         r.retired = true;
-        let members: Vec<MemberId> = std::mem::take(&mut r.members).into_iter().collect();
+        let members: Vec<MemberId> = std::mem::take(&mut r.members).into_keys().collect();
         self.spares.retain(|s| *s != relay);
         let mut decisions = Vec::new();
         for id in members {
@@ -465,7 +465,7 @@ impl Distributor {
         if let Some(b) = bucket
             && self.bucket_fits(b, country, member)
         {
-            self.join_bucket(member, b);
+            self.join_bucket(member, b, now);
         }
         Ok(())
     }
@@ -514,7 +514,7 @@ impl Distributor {
         {
             return Ok(Vec::new());
         }
-        if !r.members.contains(&member) {
+        if !r.members.contains_key(&member) {
             return Err(DistributorError::NotAssigned { member, relay });
         }
         let users = self.users_in(relay, country);
@@ -746,7 +746,7 @@ impl Distributor {
     fn users_in(&self, relay: RelayId, country: Country) -> usize {
         self.relays[&relay]
             .members
-            .iter()
+            .keys()
             .filter(|m| self.members.get(m).is_some_and(|m| m.country == country))
             .count()
     }
@@ -871,7 +871,7 @@ impl Distributor {
                     .get_mut(&relay)
                     .expect("picked")
                     .members
-                    .insert(id);
+                    .insert(id, now);
                 self.members.get_mut(&id).expect("exists").open.push(relay);
             }
             return;
@@ -893,7 +893,7 @@ impl Distributor {
         }
         if let Some(b) = self.pick_bucket(id) {
             self.record_hand_out(id, count, now);
-            self.join_bucket(id, b);
+            self.join_bucket(id, b, now);
             // A bucket replaces the open-entry relay, which goes back to new
             // members.
             let open = std::mem::take(&mut self.members.get_mut(&id).expect("exists").open);
@@ -912,7 +912,7 @@ impl Distributor {
                 .get_mut(&relay)
                 .expect("picked")
                 .members
-                .insert(id);
+                .insert(id, now);
             self.members.get_mut(&id).expect("exists").open.push(relay);
         }
     }
@@ -931,7 +931,7 @@ impl Distributor {
             && b.relays.iter().all(|r| {
                 self.is_live(*r, country)
                     && self.relays[r].members.len() < self.config.max_members_per_relay
-                    && !self.relays[r].members.contains(&member)
+                    && !self.relays[r].members.contains_key(&member)
             })
     }
 
@@ -969,11 +969,15 @@ impl Distributor {
         best
     }
 
-    fn join_bucket(&mut self, id: MemberId, bucket: BucketId) {
+    fn join_bucket(&mut self, id: MemberId, bucket: BucketId, now: Time) {
         let b = self.buckets.get_mut(&bucket).expect("bucket exists");
         b.members.insert(id);
         for r in b.relays.clone() {
-            self.relays.get_mut(&r).expect("exists").members.insert(id);
+            self.relays
+                .get_mut(&r)
+                .expect("exists")
+                .members
+                .insert(id, now);
         }
         let m = self.members.get_mut(&id).expect("exists");
         m.kept.retain(|r| !self.buckets[&bucket].relays.contains(r));
@@ -1030,7 +1034,7 @@ impl Distributor {
             .filter(|(rid, r)| {
                 r.pool == Pool::Open
                     && r.members.len() < self.config.max_members_per_relay
-                    && !r.members.contains(&id)
+                    && !r.members.contains_key(&id)
                     && !m.kept.contains(rid)
                     && self.is_live(**rid, m.country)
             })
@@ -1040,7 +1044,26 @@ impl Distributor {
 
     /// Turns a bucket nobody uses into open-entry relays, when new members
     /// would otherwise crowd the open ones.
+    /// Whether `more` relays fit in the open-entry budget: relays ever given
+    /// to the open pool, blocked ones included, stay within
+    /// [`Config::open_pool_fraction`] of all relays. Censors' new accounts
+    /// burn open-entry relays; the budget keeps them from burning the rest.
+    fn open_budget_allows(&self, more: usize) -> bool {
+        let open = self
+            .relays
+            .values()
+            .filter(|r| r.pool == Pool::Open)
+            .count();
+        // At least one bucket's worth, so that the first members get in.
+        let budget = (self.config.open_pool_fraction * (self.relays.len() + 1) as f64)
+            .max(self.config.bucket_size as f64);
+        ((open + more) as f64) <= budget
+    }
+
     fn open_an_unused_bucket(&mut self) -> bool {
+        if !self.open_budget_allows(self.config.bucket_size) {
+            return false;
+        }
         let unused = self.buckets.iter().find(|(_, b)| {
             b.members.is_empty()
                 && b.relays
@@ -1086,12 +1109,17 @@ impl Distributor {
         now: Time,
         decisions: &mut Vec<Decision>,
     ) {
-        let affected: Vec<MemberId> = self.relays[&relay]
+        // Blame goes to the members who got the relay most recently: a relay
+        // that worked for weeks and is blocked the day after someone got it
+        // points at that someone. Weights h / (h + age in days) sum to one.
+        let h = self.config.blame_recency_days;
+        let affected: Vec<(MemberId, f64)> = self.relays[&relay]
             .members
             .iter()
-            .copied()
-            .filter(|m| self.members.get(m).is_some_and(|m| m.country == country))
+            .filter(|(m, _)| self.members.get(m).is_some_and(|m| m.country == country))
+            .map(|(m, since)| (*m, h / (h + now.days_since_f64(*since))))
             .collect();
+        let total: f64 = affected.iter().map(|(_, w)| w).sum();
         let r = self.relays.get_mut(&relay).expect("exists");
         let state = r.countries.entry(country).or_default();
         if state.blocked_since.is_some() {
@@ -1099,16 +1127,15 @@ impl Distributor {
         }
         state.blocked_since = Some(now);
         state.reporters.clear();
-        for m in &affected {
+        for (m, _) in &affected {
             r.members.remove(m);
         }
         self.epoch += 1;
         decisions.push(Decision::RelayBlocked { relay, country });
-        let share = 1.0 / affected.len().max(1) as f64;
-        for id in affected {
+        for (id, weight) in affected {
             self.lose_relay(id, relay);
             decisions.push(Decision::Revoked { member: id, relay });
-            if self.add_suspicion(id, share, now, decisions) {
+            if self.add_suspicion(id, weight / total, now, decisions) {
                 continue;
             }
             self.count_blockage(id, now, decisions);

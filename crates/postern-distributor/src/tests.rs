@@ -33,6 +33,7 @@ fn no_bans() -> Config {
     Config {
         ban_suspicion: 1e9,
         promotion_max_suspicion: 1e9,
+        open_pool_fraction: 1.0,
         ..Config::default()
     }
 }
@@ -289,7 +290,11 @@ fn no_relay_is_seen_by_more_members_than_the_cap() {
 
 #[test]
 fn new_members_are_spread_over_relays_before_sharing() {
-    let mut d = with_relays(Config::default(), 12);
+    let cfg = Config {
+        open_pool_fraction: 0.5,
+        ..Config::default()
+    };
+    let mut d = with_relays(cfg, 12);
     let mut seen = BTreeSet::new();
     for m in 0..8 {
         seen.insert(join(&mut d, m, day(0))[0]);
@@ -298,6 +303,45 @@ fn new_members_are_spread_over_relays_before_sharing() {
     assert!(seen.len() >= 2, "{seen:?}");
     let crowd = d.relay_health().iter().map(|h| h.members).max().unwrap();
     assert!(crowd <= Config::default().open_members_target);
+}
+
+#[test]
+fn new_members_burn_no_more_than_the_open_entry_budget() {
+    // 20% of 20 relays may serve new members; the rest wait in buckets for
+    // members who earned them.
+    let mut d = with_relays(Config::default(), 20);
+    let mut t = 0;
+    for m in 0..40 {
+        t += 1;
+        let Some(r) = join(&mut d, m, day(t)).first().copied() else {
+            continue;
+        };
+        block(&mut d, r, day(t));
+    }
+    let burned = d
+        .relay_health()
+        .iter()
+        .filter(|h| !h.blocked_in.is_empty())
+        .count();
+    assert!((1..=4).contains(&burned), "{burned} relays burned");
+}
+
+#[test]
+fn blame_falls_on_whoever_got_the_relay_just_before_the_block() {
+    let cfg = Config {
+        open_pool_fraction: 1.0,
+        open_members_target: 10,
+        ..Config::default()
+    };
+    let mut d = with_relays(cfg, 1);
+    let r = join(&mut d, 1, day(0))[0];
+    join(&mut d, 2, day(0));
+    join(&mut d, 3, day(20));
+    block(&mut d, r, day(20));
+    let old = d.member(MemberId(1), day(20)).unwrap().suspicion;
+    let new = d.member(MemberId(3), day(20)).unwrap();
+    assert!(old < 0.1, "{old}");
+    assert!(new.suspicion > 0.8, "{}", new.suspicion);
 }
 
 #[test]
@@ -425,7 +469,11 @@ fn a_report_the_relay_signal_contradicts_costs_the_reporter() {
 
 #[test]
 fn a_retired_relay_is_replaced_without_blame() {
-    let mut d = with_relays(Config::default(), 12);
+    let cfg = Config {
+        open_pool_fraction: 1.0,
+        ..Config::default()
+    };
+    let mut d = with_relays(cfg, 12);
     let r = join(&mut d, 1, day(0))[0];
     let decisions = d.retire_relay(r, day(1)).unwrap();
     assert_eq!(
@@ -550,7 +598,7 @@ proptest! {
                 // never a retired one.
                 prop_assert!(!d.is_blocked(*r, m.country));
                 prop_assert!(!d.relays[r].retired);
-                prop_assert!(d.relays[r].members.contains(id));
+                prop_assert!(d.relays[r].members.contains_key(id));
             }
             prop_assert!(view.relays.len() <= d.config.bucket_size + d.config.max_kept_relays + d.config.untrusted_relays);
             if m.banned || m.suspended_until.is_some() {

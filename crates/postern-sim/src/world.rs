@@ -3,8 +3,9 @@
 //!
 //! The world's randomness comes in separate streams (arrivals, activity,
 //! client choices, the censor, innocent traffic), each seeded from the run's
-//! seed, strategy and agent share but not from the distributor: every
-//! distributor of a run meets the same members, agents and relays.
+//! seed and strategy but not from the distributor or the agent share: every
+//! distributor of a run meets the same members, agents and relays, and a
+//! larger agent share makes agents of more of the same newcomers.
 //! Nothing here iterates a hash map.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -709,7 +710,6 @@ impl<'a> World<'a> {
     }
 
     fn measure(&mut self, t: u32) -> StepRow {
-        let any_working = !self.unblocked.is_empty();
         let mut honest = 0u32;
         let mut connected = 0u32;
         let mut refused = 0u32;
@@ -734,7 +734,12 @@ impl<'a> World<'a> {
                     m.connected
                 } else {
                     match &m.held {
-                        Held::Everything => any_working,
+                        // A public-list client goes back to the relay it
+                        // used; if that is blocked it must find another
+                        // with room, which it may not.
+                        Held::Everything => m
+                            .preferred
+                            .is_some_and(|p| !self.relays[p as usize].blocked),
                         Held::Relays(_) => self.holds_working(m),
                     }
                 };
