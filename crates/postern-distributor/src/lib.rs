@@ -721,10 +721,9 @@ impl Distributor {
     fn is_live(&self, relay: RelayId, country: Country) -> bool {
         self.relays.get(&relay).is_some_and(|r| {
             !r.retired
-                && !r
-                    .countries
+                && r.countries
                     .get(&country)
-                    .is_some_and(|s| s.blocked_since.is_some())
+                    .is_none_or(|s| s.blocked_since.is_none())
         })
     }
 

@@ -334,7 +334,7 @@ impl<'a> World<'a> {
             Strategy::None => Vec::new(),
             Strategy::Aggressive => self.known.iter().copied().collect(),
             Strategy::Conservative { period } => {
-                if t > 0 && t % period == 0 {
+                if t > 0 && t.is_multiple_of(period) {
                     self.known.iter().copied().collect()
                 } else {
                     Vec::new()
