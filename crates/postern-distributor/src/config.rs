@@ -44,13 +44,25 @@ pub struct Config {
     /// share a relay with any one censor account, and sharper blame.
     pub open_members_target: usize,
     /// Most relays ever handed to the open-entry pool (new members), as a
-    /// share of all relays; the rest go to buckets.
+    /// share of all relays; the rest go to buckets. 1.0 sets no limit: the
+    /// simulator found that starving new members cost more than the relays
+    /// it saved, once replacements cost credit (see BENCHMARKS.md).
     pub open_pool_fraction: f64,
     /// Length of the window in which replacements are counted.
     pub replacement_window_days: u32,
     /// Replacements (relays or buckets handed out because earlier ones were
     /// blocked) per window, for levels 0 to 4.
     pub replacements_per_window: [u32; 5],
+    /// Days of credit a replacement costs. A member earns a day of credit
+    /// for each day it holds a working relay (as in rBridge, NDSS 2013):
+    /// an account whose relays are blocked as soon as it gets them earns
+    /// nothing and soon gets nothing more.
+    pub replacement_cost_days: f64,
+    /// Most credit a member can save, in days.
+    pub credit_cap_days: f64,
+    /// Replacements a member gets without credit, once in its life: for a
+    /// newcomer whose first relay is blocked before it could earn any.
+    pub free_replacements: u32,
     /// New members per network per day.
     pub network_registrations_per_day: u32,
     /// Relays handed out per network per day.
@@ -98,9 +110,12 @@ impl Default for Config {
             max_kept_relays: 2,
             max_members_per_relay: 40,
             open_members_target: 4,
-            open_pool_fraction: 0.2,
+            open_pool_fraction: 1.0,
             replacement_window_days: 7,
             replacements_per_window: [1, 2, 3, 3, 3],
+            replacement_cost_days: 7.0,
+            credit_cap_days: 60.0,
+            free_replacements: 1,
             network_registrations_per_day: 200,
             network_handouts_per_day: 2_000,
             reports_to_confirm: 2,

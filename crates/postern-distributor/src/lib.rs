@@ -231,6 +231,11 @@ struct Member {
     kept: Vec<RelayId>,
     needs_replacement: bool,
     replacements: Vec<Time>,
+    /// Days of credit, earned one a day while holding a working relay.
+    credit: f64,
+    credit_at: Time,
+    earning: bool,
+    free_replacements: u32,
     suspended_until: Option<Time>,
     banned: bool,
 }
@@ -401,7 +406,7 @@ impl Distributor {
         self.spares.retain(|s| *s != relay);
         let mut decisions = Vec::new();
         for id in members {
-            self.lose_relay(id, relay);
+            self.lose_relay(id, relay, false);
             decisions.push(Decision::Revoked { member: id, relay });
         }
         Ok(decisions)
@@ -476,8 +481,10 @@ impl Distributor {
         self.roll_day(now);
         self.check_standing(member, now)?;
         let mut decisions = Vec::new();
+        self.accrue(member, now);
         self.promote(member, now, &mut decisions);
         self.top_up(member, now);
+        self.accrue(member, now);
         let m = &self.members[&member];
         Ok(Assignment {
             relays: self.relays_of(m),
@@ -681,6 +688,10 @@ impl Distributor {
                 kept: Vec::new(),
                 needs_replacement: false,
                 replacements: Vec::new(),
+                credit: 0.0,
+                credit_at: now,
+                earning: false,
+                free_replacements: self.config.free_replacements,
                 suspended_until: None,
                 banned: false,
             },
@@ -804,7 +815,14 @@ impl Distributor {
                 return;
             }
         };
-        if !eligible || m.blockages > allowed || suspicion >= cfg.promotion_max_suspicion {
+        // As in Lox, only a member whose relays work is promoted: an account
+        // whose every relay is blocked earns no trust by waiting.
+        let reachable = !self.relays_of(m).is_empty();
+        if !eligible
+            || !reachable
+            || m.blockages > allowed
+            || suspicion >= cfg.promotion_max_suspicion
+        {
             return;
         }
         let level = m.level + 1;
@@ -840,8 +858,27 @@ impl Distributor {
             if recent as u32 >= allowed {
                 return false;
             }
+            if m.credit < self.config.replacement_cost_days && m.free_replacements == 0 {
+                return false;
+            }
         }
         true
+    }
+
+    /// Brings the member's credit up to `now`: a day of credit for each day
+    /// it held a working relay (up to [`Config::credit_cap_days`]).
+    fn accrue(&mut self, id: MemberId, now: Time) {
+        let Some(m) = self.members.get(&id) else {
+            return;
+        };
+        let earning = !self.relays_of(m).is_empty();
+        let cap = self.config.credit_cap_days;
+        let m = self.members.get_mut(&id).expect("exists");
+        if m.earning {
+            m.credit = (m.credit + now.days_since_f64(m.credit_at)).min(cap);
+        }
+        m.credit_at = now;
+        m.earning = earning;
     }
 
     fn record_hand_out(&mut self, id: MemberId, count: u32, now: Time) {
@@ -852,6 +889,11 @@ impl Distributor {
             m.replacements.retain(|t| now.days_since(*t) < window);
             m.replacements.push(now);
             m.needs_replacement = false;
+            if m.credit >= self.config.replacement_cost_days {
+                m.credit -= self.config.replacement_cost_days;
+            } else {
+                m.free_replacements = m.free_replacements.saturating_sub(1);
+            }
         }
     }
 
@@ -1083,7 +1125,7 @@ impl Distributor {
     /// The member no longer has `relay` (blocked in its country, or
     /// retired): drop it, and mark a replacement as due if it left the
     /// member short.
-    fn lose_relay(&mut self, id: MemberId, relay: RelayId) {
+    fn lose_relay(&mut self, id: MemberId, relay: RelayId, blocked: bool) {
         let Some(m) = self.members.get_mut(&id) else {
             return;
         };
@@ -1096,7 +1138,9 @@ impl Distributor {
                 && self.dead_in_bucket(b, country) >= self.config.bucket_broken_after
         });
         let m = self.members.get_mut(&id).expect("exists");
-        if had_open || bucket_broken {
+        // A replacement for a blocked relay is rationed; one for a relay
+        // its volunteer retired is not.
+        if (had_open || bucket_broken) && blocked {
             m.needs_replacement = true;
         }
     }
@@ -1132,7 +1176,8 @@ impl Distributor {
         self.epoch += 1;
         decisions.push(Decision::RelayBlocked { relay, country });
         for (id, weight) in affected {
-            self.lose_relay(id, relay);
+            self.accrue(id, now);
+            self.lose_relay(id, relay, true);
             decisions.push(Decision::Revoked { member: id, relay });
             if self.add_suspicion(id, weight / total, now, decisions) {
                 continue;

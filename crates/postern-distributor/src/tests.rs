@@ -211,7 +211,10 @@ fn allowed_blockages_shrink_with_level() {
 
 #[test]
 fn blockages_stop_promotion() {
-    let cfg = no_bans();
+    let cfg = Config {
+        replacement_cost_days: 0.0,
+        ..no_bans()
+    };
     let mut d = with_relays(cfg, 12);
     let r = join(&mut d, 1, day(0))[0];
     block(&mut d, r, day(1));
@@ -239,6 +242,7 @@ fn blockages_stop_promotion() {
 fn replacements_are_rate_limited_per_account() {
     let cfg = Config {
         untrusted_allowed_blockages: 100,
+        replacement_cost_days: 0.0,
         ..no_bans()
     };
     let mut d = with_relays(cfg, 12);
@@ -250,6 +254,31 @@ fn replacements_are_rate_limited_per_account() {
     assert!(d.assign(MemberId(1), day(2)).unwrap().relays.is_empty());
     assert!(d.assign(MemberId(1), day(7)).unwrap().relays.is_empty());
     assert_eq!(d.assign(MemberId(1), day(8)).unwrap().relays.len(), 1);
+}
+
+#[test]
+fn replacements_cost_credit_earned_with_working_relays() {
+    let cfg = Config {
+        untrusted_allowed_blockages: 100,
+        replacements_per_window: [9; 5],
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 12);
+    // Blocked the day after it was handed out: the free replacement.
+    let r = join(&mut d, 1, day(0))[0];
+    block(&mut d, r, day(1));
+    let r = d.assign(MemberId(1), day(1)).unwrap().relays[0];
+    // Blocked again a day later: one day of credit buys nothing.
+    block(&mut d, r, day(2));
+    assert!(d.assign(MemberId(1), day(30)).unwrap().relays.is_empty());
+    // A member whose relay worked for ten days can replace it.
+    let r = join(&mut d, 2, day(0))[0];
+    d.assign(MemberId(2), day(5)).unwrap();
+    block(&mut d, r, day(10));
+    let r = d.assign(MemberId(2), day(10)).unwrap().relays[0];
+    d.assign(MemberId(2), day(20)).unwrap();
+    block(&mut d, r, day(20));
+    assert_eq!(d.assign(MemberId(2), day(20)).unwrap().relays.len(), 1);
 }
 
 #[test]
@@ -309,7 +338,11 @@ fn new_members_are_spread_over_relays_before_sharing() {
 fn new_members_burn_no_more_than_the_open_entry_budget() {
     // 20% of 20 relays may serve new members; the rest wait in buckets for
     // members who earned them.
-    let mut d = with_relays(Config::default(), 20);
+    let cfg = Config {
+        open_pool_fraction: 0.2,
+        ..Config::default()
+    };
+    let mut d = with_relays(cfg, 20);
     let mut t = 0;
     for m in 0..40 {
         t += 1;
