@@ -15,12 +15,19 @@
 //!   (several members must agree) and from the relay's own count of clients
 //!   per country (a country whose clients suddenly vanish).
 //! - **Replacement** of blocked relays, limited per account and per network,
-//!   and **demotion** of accounts that see too many blockages at their level.
+//!   and paid for with *credit*: a member earns a day of credit for each day
+//!   it holds a working relay and a replacement costs a week (after rBridge,
+//!   NDSS 2013), so an account whose relays are blocked as soon as it gets
+//!   them soon gets nothing more. Only a member whose relays work is
+//!   promoted. Accounts that see too many blockages at their level are
+//!   **demoted** (at level 0: suspended).
 //! - **Blame**: unlike Lox, the server knows which account saw which relay.
-//!   Each blocked relay adds 1/k suspicion to each of the k members of that
-//!   country who saw it; an account reaching [`Config::ban_suspicion`] is
-//!   banned. A censor account alone with its relay is caught at once, which is
-//!   why new members are spread thinly over the open-entry relays.
+//!   Each blocked relay adds a total of 1 suspicion among the members of that
+//!   country who saw it, weighted towards those who got it most recently; an
+//!   account reaching [`Config::ban_suspicion`] is banned. A censor account
+//!   alone with its relay, or the newcomer on a relay that worked for weeks,
+//!   is caught at once, which is why new members are spread thinly over the
+//!   open-entry relays.
 //! - **Caps** on how many members see one relay.
 //!
 //! The crate is sans-IO: no clock, no randomness, no storage. The caller

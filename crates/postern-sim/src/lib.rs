@@ -72,7 +72,8 @@ pub struct Summary {
     /// Relays at the end.
     pub relays: u32,
     /// Share of waiting episodes (new members, members cut off) served in
-    /// the step they began or the next.
+    /// the step they began or the next; episodes never served count as not
+    /// served.
     pub served_within_1_step: f64,
     /// Share served within two steps.
     pub served_within_2_steps: f64,
@@ -165,6 +166,7 @@ pub fn run_one(scenario: &Scenario, spec: &RunSpec, seed: u64, on_step: &dyn Fn(
         rows.push(world.step(t));
         on_step();
     }
+    world.finish(scenario.total_steps().saturating_sub(1));
     let summary = summarise(&rows, &world.waits);
     RunResult {
         spec: spec.clone(),

@@ -43,17 +43,23 @@ pub struct StepRow {
     pub honest_refused: u32,
 }
 
-/// How long honest members waited for a working relay, per episode.
+/// How long honest members waited for a working relay, per episode (a new
+/// member waiting for its first relay, or a member cut off).
 #[derive(Clone, Debug, Default)]
 pub struct Waits {
     /// Ended episodes by length in steps (0 = served the step it began).
     pub lengths: BTreeMap<u32, u64>,
+    /// Episodes still going at the end, by how long they had lasted.
+    pub unfinished: BTreeMap<u32, u64>,
 }
 
 impl Waits {
-    /// Share of ended episodes that lasted at most `steps` steps.
+    /// Share of episodes served within `steps` steps. An episode still
+    /// going at the end counts as not served if it had already lasted
+    /// longer; one too young to tell is left out.
     pub fn within(&self, steps: u32) -> f64 {
-        let total: u64 = self.lengths.values().sum();
+        let late: u64 = self.unfinished.range(steps + 1..).map(|(_, n)| n).sum();
+        let total: u64 = self.lengths.values().sum::<u64>() + late;
         if total == 0 {
             return 1.0;
         }
@@ -226,6 +232,15 @@ impl<'a> World<'a> {
             collateral_addresses: 0,
             waits: Waits::default(),
             strategy,
+        }
+    }
+
+    /// Closes the books after the last step `t`: episodes still waiting.
+    pub fn finish(&mut self, t: u32) {
+        for m in &self.members {
+            if let (false, Some(start)) = (m.agent, m.wait_start) {
+                *self.waits.unfinished.entry(t - start).or_default() += 1;
+            }
         }
     }
 
