@@ -33,7 +33,14 @@ fn no_bans() -> Config {
     Config {
         ban_suspicion: 1e9,
         promotion_max_suspicion: 1e9,
-        open_pool_fraction: 1.0,
+        ..Config::default()
+    }
+}
+
+/// A config where up to ten new members share an open-entry relay.
+fn shared() -> Config {
+    Config {
+        open_members_target: 10,
         ..Config::default()
     }
 }
@@ -361,12 +368,7 @@ fn new_members_burn_no_more_than_the_open_entry_budget() {
 
 #[test]
 fn blame_falls_on_whoever_got_the_relay_just_before_the_block() {
-    let cfg = Config {
-        open_pool_fraction: 1.0,
-        open_members_target: 10,
-        ..Config::default()
-    };
-    let mut d = with_relays(cfg, 1);
+    let mut d = with_relays(shared(), 1);
     let r = join(&mut d, 1, day(0))[0];
     join(&mut d, 2, day(0));
     join(&mut d, 3, day(20));
@@ -419,12 +421,7 @@ fn a_lone_member_is_believed_and_blamed() {
 
 #[test]
 fn blame_is_shared_among_the_members_who_saw_the_relay() {
-    let cfg = Config {
-        open_pool_fraction: 1.0,
-        open_members_target: 10,
-        ..Config::default()
-    };
-    let mut d = with_relays(cfg, 1);
+    let mut d = with_relays(shared(), 1);
     let r = join(&mut d, 1, day(0))[0];
     for m in 2..=4 {
         assert_eq!(join(&mut d, m, day(0))[0], r);
@@ -482,12 +479,7 @@ fn the_relay_signal_detects_a_country_going_silent_and_coming_back() {
 
 #[test]
 fn a_report_the_relay_signal_contradicts_costs_the_reporter() {
-    let cfg = Config {
-        open_pool_fraction: 1.0,
-        open_members_target: 10,
-        ..Config::default()
-    };
-    let mut d = with_relays(cfg, 1);
+    let mut d = with_relays(shared(), 1);
     let r = join(&mut d, 1, day(0))[0];
     join(&mut d, 2, day(0));
     d.report_blocked(MemberId(1), r, day(1)).unwrap();
@@ -502,11 +494,7 @@ fn a_report_the_relay_signal_contradicts_costs_the_reporter() {
 
 #[test]
 fn a_retired_relay_is_replaced_without_blame() {
-    let cfg = Config {
-        open_pool_fraction: 1.0,
-        ..Config::default()
-    };
-    let mut d = with_relays(cfg, 12);
+    let mut d = with_relays(Config::default(), 12);
     let r = join(&mut d, 1, day(0))[0];
     let decisions = d.retire_relay(r, day(1)).unwrap();
     assert_eq!(

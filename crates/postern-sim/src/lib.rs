@@ -144,9 +144,16 @@ fn world_seed(seed: u64, spec: &RunSpec, scenario: &Scenario) -> u64 {
         .iter()
         .position(|x| *x == spec.strategy)
         .unwrap_or(0) as u64;
-    let mut z = seed ^ s.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    mix(seed, s)
+}
+
+/// A stable mix of two numbers (SplitMix64's finaliser), for seeds and
+/// hash-ring positions.
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z ^ (z >> 27)
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Runs one spec.

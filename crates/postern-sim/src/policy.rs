@@ -311,10 +311,7 @@ impl Hashring {
     }
 
     fn point(&self, a: u64, b: u64) -> u64 {
-        let mut z = self.salt ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.rotate_left(32);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        crate::mix(crate::mix(self.salt, a), b)
     }
 }
 
