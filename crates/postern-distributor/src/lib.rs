@@ -35,6 +35,23 @@
 //! out; the whole [`Distributor`] is serde-serialisable so a server can
 //! persist it, and the simulator (`postern-sim`) runs exactly this code.
 //! Given the same calls, it makes the same decisions.
+//!
+//! ```
+//! use postern_distributor::{Config, Country, Distributor, MemberId, NetworkId, RelayId, Time};
+//!
+//! let mut d = Distributor::new(Config::default(), 0x5eed)?;
+//! let now = Time::from_days(20_000);
+//! for r in 0..6 {
+//!     d.add_relay(RelayId(r), NetworkId(r), now)?;
+//! }
+//! let ru = Country::new("RU")?;
+//! d.register_member(MemberId(1), ru, NetworkId(77), now)?;
+//! assert_eq!(d.assign(MemberId(1), now)?.relays.len(), 1);
+//! // A month later, its relay still working, it holds a bucket of three.
+//! let later = d.assign(MemberId(1), now.plus_days(30))?;
+//! assert_eq!((later.level, later.relays.len()), (1, 3));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
