@@ -1,7 +1,7 @@
-//! `postern`: one binary for the server, the member's command line, the demo
-//! and the benchmarks. It only parses arguments and wires library crates
-//! together; the logic lives in postern-server, postern-client and
-//! postern-tlog.
+//! `postern`: one binary for the server, the member's command line, the demo,
+//! the benchmarks and the censorship simulator. It only parses arguments and
+//! wires library crates together; the logic lives in postern-server,
+//! postern-client, postern-tlog and postern-sim.
 #![forbid(unsafe_code)]
 
 mod bench;
@@ -9,6 +9,7 @@ mod chat_cmd;
 mod client_cmd;
 mod demo;
 mod serve;
+mod sim;
 mod transparency;
 mod witness;
 
@@ -203,6 +204,8 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Simulate censors against relay distributors: postern sim SCENARIO.toml
+    Sim(sim::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -385,6 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Witness(args) => witness::run(args).await,
         Command::Transparency { what } => transparency::run(what).await,
         Command::Bench { what } => bench::run(what).await,
+        Command::Sim(args) => sim::run(args),
     }
 }
 

@@ -1,0 +1,648 @@
+//! One test per rule, then property tests over random sequences of calls.
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn ru() -> Country {
+    Country::new("RU").unwrap()
+}
+
+fn day(d: u64) -> Time {
+    Time::from_days(d)
+}
+
+/// A distributor with `relays` relays (ids 0..relays) on distinct networks.
+fn with_relays(config: Config, relays: u64) -> Distributor {
+    let mut d = Distributor::new(config, 42).unwrap();
+    for r in 0..relays {
+        d.add_relay(RelayId(r), NetworkId(1000 + r), day(0))
+            .unwrap();
+    }
+    d
+}
+
+fn join(d: &mut Distributor, m: u64, now: Time) -> Vec<RelayId> {
+    d.register_member(MemberId(m), ru(), NetworkId(m), now)
+        .unwrap();
+    d.assign(MemberId(m), now).unwrap().relays
+}
+
+/// A config where blame never bans, to test the other rules on their own.
+fn no_bans() -> Config {
+    Config {
+        ban_suspicion: 1e9,
+        promotion_max_suspicion: 1e9,
+        ..Config::default()
+    }
+}
+
+/// A config where up to ten new members share an open-entry relay.
+fn shared() -> Config {
+    Config {
+        open_members_target: 10,
+        ..Config::default()
+    }
+}
+
+/// Blocks `relay` in Russia through the relay's signal (a healthy day, then
+/// none).
+fn block(d: &mut Distributor, relay: RelayId, now: Time) -> Vec<Decision> {
+    d.relay_signal(relay, ru(), 10, now).unwrap();
+    d.relay_signal(relay, ru(), 0, now).unwrap()
+}
+
+#[test]
+fn a_new_member_gets_one_relay_and_three_after_thirty_days() {
+    let mut d = with_relays(Config::default(), 12);
+    assert_eq!(join(&mut d, 1, day(0)).len(), 1);
+    let a = d.assign(MemberId(1), day(29)).unwrap();
+    assert_eq!((a.level, a.relays.len()), (0, 1));
+    let a = d.assign(MemberId(1), day(30)).unwrap();
+    assert_eq!((a.level, a.relays.len()), (1, 3));
+    assert!(a.decisions.contains(&Decision::Promoted {
+        member: MemberId(1),
+        level: 1
+    }));
+}
+
+#[test]
+fn levels_follow_the_intervals_14_28_56() {
+    let mut d = with_relays(Config::default(), 12);
+    join(&mut d, 1, day(0));
+    let mut t = 30;
+    assert_eq!(d.assign(MemberId(1), day(t)).unwrap().level, 1);
+    for (interval, level) in [(14, 2), (28, 3), (56, 4)] {
+        assert_eq!(
+            d.assign(MemberId(1), day(t + interval - 1)).unwrap().level,
+            level - 1
+        );
+        t += interval;
+        assert_eq!(d.assign(MemberId(1), day(t)).unwrap().level, level);
+    }
+    assert_eq!(
+        d.assign(MemberId(1), day(t + 1000)).unwrap().level,
+        MAX_LEVEL
+    );
+}
+
+#[test]
+fn invitations_are_granted_per_level_and_refilled_at_level_4() {
+    let mut d = with_relays(Config::default(), 12);
+    join(&mut d, 1, day(0));
+    let now = day(0);
+    assert_eq!(
+        d.create_invite(MemberId(1), InviteCode([1; 16]), now),
+        Err(DistributorError::NotTrusted(MemberId(1)))
+    );
+    let mut t = 30;
+    d.assign(MemberId(1), day(t)).unwrap();
+    assert_eq!(d.member(MemberId(1), day(t)).unwrap().invitations, 2);
+    for (interval, total) in [(14, 6), (28, 12), (56, 20)] {
+        t += interval;
+        d.assign(MemberId(1), day(t)).unwrap();
+        assert_eq!(d.member(MemberId(1), day(t)).unwrap().invitations, total);
+    }
+    for i in 0..20u8 {
+        d.create_invite(MemberId(1), InviteCode([i; 16]), day(t))
+            .unwrap();
+    }
+    assert_eq!(
+        d.create_invite(MemberId(1), InviteCode([99; 16]), day(t)),
+        Err(DistributorError::NoInvitations(MemberId(1)))
+    );
+    d.assign(MemberId(1), day(t + 83)).unwrap();
+    assert_eq!(d.member(MemberId(1), day(t + 83)).unwrap().invitations, 0);
+    d.assign(MemberId(1), day(t + 84)).unwrap();
+    assert_eq!(d.member(MemberId(1), day(t + 84)).unwrap().invitations, 8);
+}
+
+#[test]
+fn an_invited_member_starts_at_level_1_in_its_inviters_bucket() {
+    let mut d = with_relays(Config::default(), 12);
+    join(&mut d, 1, day(0));
+    let inviter = d.assign(MemberId(1), day(30)).unwrap().relays;
+    let code = InviteCode([5; 16]);
+    d.create_invite(MemberId(1), code, day(30)).unwrap();
+    d.redeem_invite(code, MemberId(2), ru(), NetworkId(2), day(31))
+        .unwrap();
+    let a = d.assign(MemberId(2), day(31)).unwrap();
+    assert_eq!(a.level, 1);
+    assert_eq!(a.relays, inviter);
+    assert_eq!(
+        d.member(MemberId(2), day(31)).unwrap().invited_by,
+        Some(MemberId(1))
+    );
+    // Invitees do not invite before earning a level of their own.
+    assert_eq!(d.member(MemberId(2), day(31)).unwrap().invitations, 0);
+    assert_eq!(
+        d.redeem_invite(code, MemberId(3), ru(), NetworkId(3), day(31)),
+        Err(DistributorError::UnknownInvite)
+    );
+}
+
+#[test]
+fn a_relay_blocked_for_a_member_is_replaced() {
+    let mut d = with_relays(no_bans(), 12);
+    let first = join(&mut d, 1, day(0))[0];
+    let decisions = block(&mut d, first, day(1));
+    assert!(decisions.contains(&Decision::RelayBlocked {
+        relay: first,
+        country: ru()
+    }));
+    assert!(decisions.contains(&Decision::Revoked {
+        member: MemberId(1),
+        relay: first
+    }));
+    let now = d.assign(MemberId(1), day(1)).unwrap().relays;
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], first);
+    assert!(d.is_blocked(first, ru()));
+    // Elsewhere the relay still works.
+    assert!(!d.is_blocked(first, Country::new("IR").unwrap()));
+}
+
+#[test]
+fn level_1_tolerates_four_blockages_and_the_fifth_demotes() {
+    let cfg = Config {
+        replacements_per_window: [9; 5],
+        max_kept_relays: 0,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 60);
+    join(&mut d, 1, day(0));
+    let mut t = 30;
+    d.assign(MemberId(1), day(t)).unwrap();
+    for n in 1..=5 {
+        t += 1;
+        let relays = d.assign(MemberId(1), day(t)).unwrap().relays;
+        assert_eq!(relays.len(), 3, "blockage {n}");
+        // Two of three blocked: the bucket is broken.
+        let mut decisions = block(&mut d, relays[0], day(t));
+        decisions.extend(block(&mut d, relays[1], day(t)));
+        let demoted = decisions
+            .iter()
+            .any(|x| matches!(x, Decision::Demoted { .. }));
+        assert_eq!(demoted, n == 5, "blockage {n}");
+        assert_eq!(d.member(MemberId(1), day(t)).unwrap().blockages, n % 5);
+    }
+    assert_eq!(d.assign(MemberId(1), day(t)).unwrap().level, 0);
+}
+
+#[test]
+fn allowed_blockages_shrink_with_level() {
+    // At level 3 two blockages are allowed and the third demotes.
+    let cfg = Config {
+        replacements_per_window: [9; 5],
+        max_kept_relays: 0,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 60);
+    join(&mut d, 1, day(0));
+    let mut t = 30 + 14 + 28;
+    assert_eq!(d.assign(MemberId(1), day(30)).unwrap().level, 1);
+    assert_eq!(d.assign(MemberId(1), day(44)).unwrap().level, 2);
+    assert_eq!(d.assign(MemberId(1), day(t)).unwrap().level, 3);
+    for n in 1..=3 {
+        t += 1;
+        let relays = d.assign(MemberId(1), day(t)).unwrap().relays;
+        let mut decisions = block(&mut d, relays[0], day(t));
+        decisions.extend(block(&mut d, relays[1], day(t)));
+        let demoted = decisions.contains(&Decision::Demoted {
+            member: MemberId(1),
+            level: 2,
+        });
+        assert_eq!(demoted, n == 3, "blockage {n}");
+    }
+}
+
+#[test]
+fn blockages_stop_promotion() {
+    let cfg = Config {
+        replacement_cost_days: 0.0,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 12);
+    let r = join(&mut d, 1, day(0))[0];
+    block(&mut d, r, day(1));
+    let r = d.assign(MemberId(1), day(10)).unwrap().relays[0];
+    // The second blockage at level 0 suspends (one is allowed).
+    let decisions = block(&mut d, r, day(11));
+    assert!(
+        decisions
+            .iter()
+            .any(|x| matches!(x, Decision::Suspended { .. }))
+    );
+    assert!(matches!(
+        d.assign(MemberId(1), day(12)),
+        Err(DistributorError::Suspended { .. })
+    ));
+    // After the suspension the member is back at level 0 and must earn
+    // level 1 again.
+    let a = d.assign(MemberId(1), day(41)).unwrap();
+    assert_eq!((a.level, a.relays.len()), (0, 1));
+    assert_eq!(d.assign(MemberId(1), day(70)).unwrap().level, 0);
+    assert_eq!(d.assign(MemberId(1), day(71)).unwrap().level, 1);
+}
+
+#[test]
+fn replacements_are_rate_limited_per_account() {
+    let cfg = Config {
+        untrusted_allowed_blockages: 100,
+        replacement_cost_days: 0.0,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 12);
+    let r = join(&mut d, 1, day(0))[0];
+    block(&mut d, r, day(1));
+    let r = d.assign(MemberId(1), day(1)).unwrap().relays[0];
+    block(&mut d, r, day(2));
+    // One replacement a week at level 0: the second waits.
+    assert!(d.assign(MemberId(1), day(2)).unwrap().relays.is_empty());
+    assert!(d.assign(MemberId(1), day(7)).unwrap().relays.is_empty());
+    assert_eq!(d.assign(MemberId(1), day(8)).unwrap().relays.len(), 1);
+}
+
+#[test]
+fn replacements_cost_credit_earned_with_working_relays() {
+    let cfg = Config {
+        untrusted_allowed_blockages: 100,
+        replacements_per_window: [9; 5],
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 12);
+    // Blocked the day after it was handed out: the free replacement.
+    let r = join(&mut d, 1, day(0))[0];
+    block(&mut d, r, day(1));
+    let r = d.assign(MemberId(1), day(1)).unwrap().relays[0];
+    // Blocked again a day later: one day of credit buys nothing.
+    block(&mut d, r, day(2));
+    assert!(d.assign(MemberId(1), day(30)).unwrap().relays.is_empty());
+    // A member whose relay worked for ten days can replace it.
+    let r = join(&mut d, 2, day(0))[0];
+    d.assign(MemberId(2), day(5)).unwrap();
+    block(&mut d, r, day(10));
+    let r = d.assign(MemberId(2), day(10)).unwrap().relays[0];
+    d.assign(MemberId(2), day(20)).unwrap();
+    block(&mut d, r, day(20));
+    assert_eq!(d.assign(MemberId(2), day(20)).unwrap().relays.len(), 1);
+}
+
+#[test]
+fn registrations_and_hand_outs_are_rate_limited_per_network() {
+    let cfg = Config {
+        network_registrations_per_day: 2,
+        network_handouts_per_day: 1,
+        ..Config::default()
+    };
+    let mut d = with_relays(cfg, 12);
+    let net = NetworkId(7);
+    d.register_member(MemberId(1), ru(), net, day(0)).unwrap();
+    d.register_member(MemberId(2), ru(), net, day(0)).unwrap();
+    assert_eq!(
+        d.register_member(MemberId(3), ru(), net, day(0)),
+        Err(DistributorError::NetworkLimit(net))
+    );
+    assert_eq!(d.assign(MemberId(1), day(0)).unwrap().relays.len(), 1);
+    assert!(d.assign(MemberId(2), day(0)).unwrap().relays.is_empty());
+    // A new day, new allowances.
+    assert_eq!(d.assign(MemberId(2), day(1)).unwrap().relays.len(), 1);
+    d.register_member(MemberId(3), ru(), net, day(1)).unwrap();
+}
+
+#[test]
+fn no_relay_is_seen_by_more_members_than_the_cap() {
+    let cfg = Config {
+        max_members_per_relay: 2,
+        open_pool_fraction: 1.0,
+        ..Config::default()
+    };
+    let mut d = with_relays(cfg, 1);
+    assert_eq!(join(&mut d, 1, day(0)).len(), 1);
+    assert_eq!(join(&mut d, 2, day(0)).len(), 1);
+    assert!(join(&mut d, 3, day(0)).is_empty());
+    assert_eq!(d.relay_health()[0].members, 2);
+}
+
+#[test]
+fn new_members_are_spread_over_relays_before_sharing() {
+    let cfg = Config {
+        open_pool_fraction: 0.5,
+        ..Config::default()
+    };
+    let mut d = with_relays(cfg, 12);
+    let mut seen = BTreeSet::new();
+    for m in 0..8 {
+        seen.insert(join(&mut d, m, day(0))[0]);
+    }
+    // Relays from unused buckets open up rather than crowding one relay.
+    assert!(seen.len() >= 2, "{seen:?}");
+    let crowd = d.relay_health().iter().map(|h| h.members).max().unwrap();
+    assert!(crowd <= Config::default().open_members_target);
+}
+
+#[test]
+fn new_members_burn_no_more_than_the_open_entry_budget() {
+    // 20% of 20 relays may serve new members; the rest wait in buckets for
+    // members who earned them.
+    let cfg = Config {
+        open_pool_fraction: 0.2,
+        ..Config::default()
+    };
+    let mut d = with_relays(cfg, 20);
+    let mut t = 0;
+    for m in 0..40 {
+        t += 1;
+        let Some(r) = join(&mut d, m, day(t)).first().copied() else {
+            continue;
+        };
+        block(&mut d, r, day(t));
+    }
+    let burned = d
+        .relay_health()
+        .iter()
+        .filter(|h| !h.blocked_in.is_empty())
+        .count();
+    assert!((1..=4).contains(&burned), "{burned} relays burned");
+}
+
+#[test]
+fn blame_falls_on_whoever_got_the_relay_just_before_the_block() {
+    let mut d = with_relays(shared(), 1);
+    let r = join(&mut d, 1, day(0))[0];
+    join(&mut d, 2, day(0));
+    join(&mut d, 3, day(20));
+    block(&mut d, r, day(20));
+    let old = d.member(MemberId(1), day(20)).unwrap().suspicion;
+    let new = d.member(MemberId(3), day(20)).unwrap();
+    assert!(old < 0.1, "{old}");
+    assert!(new.suspicion > 0.8, "{}", new.suspicion);
+}
+
+#[test]
+fn a_report_counts_once_enough_members_agree() {
+    let cfg = Config {
+        open_pool_fraction: 1.0,
+        open_members_target: 10,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 1);
+    let r = join(&mut d, 1, day(0))[0];
+    join(&mut d, 2, day(0));
+    join(&mut d, 3, day(0));
+    assert!(d.report_blocked(MemberId(1), r, day(1)).unwrap().is_empty());
+    assert!(!d.is_blocked(r, ru()));
+    // The same member again does not count twice.
+    assert!(d.report_blocked(MemberId(1), r, day(1)).unwrap().is_empty());
+    let decisions = d.report_blocked(MemberId(2), r, day(1)).unwrap();
+    assert!(decisions.contains(&Decision::RelayBlocked {
+        relay: r,
+        country: ru()
+    }));
+    assert!(d.is_blocked(r, ru()));
+}
+
+#[test]
+fn a_lone_member_is_believed_and_blamed() {
+    let mut d = with_relays(Config::default(), 12);
+    let r = join(&mut d, 1, day(0))[0];
+    let decisions = d.report_blocked(MemberId(1), r, day(1)).unwrap();
+    assert!(d.is_blocked(r, ru()));
+    // Alone with the relay, it is the only one who could have told the
+    // censor: suspicion 1/1 bans it.
+    assert!(decisions.contains(&Decision::Banned {
+        member: MemberId(1)
+    }));
+    assert_eq!(
+        d.assign(MemberId(1), day(1)),
+        Err(DistributorError::Banned(MemberId(1)))
+    );
+}
+
+#[test]
+fn blame_is_shared_among_the_members_who_saw_the_relay() {
+    let mut d = with_relays(shared(), 1);
+    let r = join(&mut d, 1, day(0))[0];
+    for m in 2..=4 {
+        assert_eq!(join(&mut d, m, day(0))[0], r);
+    }
+    block(&mut d, r, day(1));
+    for m in 1..=4 {
+        let s = d.member(MemberId(m), day(1)).unwrap().suspicion;
+        assert!((s - 0.25).abs() < 1e-9, "{s}");
+    }
+    // Suspicion fades: half after the half-life.
+    let s = d.member(MemberId(1), day(91)).unwrap().suspicion;
+    assert!((s - 0.125).abs() < 1e-9, "{s}");
+}
+
+#[test]
+fn reports_of_a_relay_never_given_are_refused() {
+    let mut d = with_relays(Config::default(), 12);
+    join(&mut d, 1, day(0));
+    let other = RelayId(11);
+    assert_eq!(
+        d.report_blocked(MemberId(1), other, day(1)),
+        Err(DistributorError::NotAssigned {
+            member: MemberId(1),
+            relay: other
+        })
+    );
+}
+
+#[test]
+fn the_relay_signal_detects_a_country_going_silent_and_coming_back() {
+    let mut d = with_relays(Config::default(), 3);
+    let r = RelayId(0);
+    for t in 0..5 {
+        assert!(d.relay_signal(r, ru(), 20, day(t)).unwrap().is_empty());
+    }
+    // A bad day is not a block; a collapse is.
+    assert!(d.relay_signal(r, ru(), 12, day(5)).unwrap().is_empty());
+    let decisions = d.relay_signal(r, ru(), 1, day(6)).unwrap();
+    assert_eq!(
+        decisions,
+        vec![Decision::RelayBlocked {
+            relay: r,
+            country: ru()
+        }]
+    );
+    let decisions = d.relay_signal(r, ru(), 15, day(7)).unwrap();
+    assert_eq!(
+        decisions,
+        vec![Decision::RelayUnblocked {
+            relay: r,
+            country: ru()
+        }]
+    );
+}
+
+#[test]
+fn a_report_the_relay_signal_contradicts_costs_the_reporter() {
+    let mut d = with_relays(shared(), 1);
+    let r = join(&mut d, 1, day(0))[0];
+    join(&mut d, 2, day(0));
+    d.report_blocked(MemberId(1), r, day(1)).unwrap();
+    let decisions = d.relay_signal(r, ru(), 10, day(1)).unwrap();
+    assert!(decisions.contains(&Decision::FalseReport {
+        member: MemberId(1),
+        relay: r
+    }));
+    assert!(d.member(MemberId(1), day(1)).unwrap().suspicion > 0.2);
+    assert!(!d.is_blocked(r, ru()));
+}
+
+#[test]
+fn a_retired_relay_is_replaced_without_blame() {
+    let mut d = with_relays(Config::default(), 12);
+    let r = join(&mut d, 1, day(0))[0];
+    let decisions = d.retire_relay(r, day(1)).unwrap();
+    assert_eq!(
+        decisions,
+        vec![Decision::Revoked {
+            member: MemberId(1),
+            relay: r
+        }]
+    );
+    let now = d.assign(MemberId(1), day(1)).unwrap().relays;
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], r);
+    let view = d.member(MemberId(1), day(1)).unwrap();
+    assert_eq!((view.suspicion, view.blockages), (0.0, 0));
+}
+
+#[test]
+fn the_state_survives_a_round_trip_through_json() {
+    let mut d = with_relays(Config::default(), 12);
+    join(&mut d, 1, day(0));
+    d.assign(MemberId(1), day(30)).unwrap();
+    d.create_invite(MemberId(1), InviteCode([3; 16]), day(30))
+        .unwrap();
+    let json = serde_json::to_string(&d).unwrap();
+    let mut back: Distributor = serde_json::from_str(&json).unwrap();
+    assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    back.redeem_invite(
+        InviteCode([3; 16]),
+        MemberId(2),
+        ru(),
+        NetworkId(2),
+        day(31),
+    )
+    .unwrap();
+    assert_eq!(back.assign(MemberId(2), day(31)).unwrap().relays.len(), 3);
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    AddRelay(u8),
+    Register(u8),
+    Assign(u8),
+    Report(u8, u8),
+    Signal(u8, u8),
+    Invite(u8, u8),
+    Retire(u8),
+    Wait(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        any::<u8>().prop_map(Op::AddRelay),
+        any::<u8>().prop_map(Op::Register),
+        any::<u8>().prop_map(Op::Assign),
+        (any::<u8>(), any::<u8>()).prop_map(|(m, r)| Op::Report(m, r)),
+        (any::<u8>(), 0u8..30).prop_map(|(r, c)| Op::Signal(r, c)),
+        (any::<u8>(), any::<u8>()).prop_map(|(m, n)| Op::Invite(m, n)),
+        any::<u8>().prop_map(Op::Retire),
+        (0u8..40).prop_map(Op::Wait),
+    ]
+}
+
+/// Runs the operations; errors are part of the game and ignored.
+fn run(ops: &[Op], cap: usize) -> Distributor {
+    let countries = [ru(), Country::new("IR").unwrap()];
+    let cfg = Config {
+        max_members_per_relay: cap,
+        ..Config::default()
+    };
+    let mut d = Distributor::new(cfg, 9).unwrap();
+    let mut t = 0u64;
+    let mut next_code = 0u8;
+    for op in ops {
+        let now = day(t);
+        match *op {
+            Op::AddRelay(r) => {
+                let _ = d.add_relay(RelayId(r.into()), NetworkId((r % 4).into()), now);
+            }
+            Op::Register(m) => {
+                let c = countries[usize::from(m % 2)];
+                let _ = d.register_member(MemberId(m.into()), c, NetworkId((m % 3).into()), now);
+            }
+            Op::Assign(m) => {
+                let _ = d.assign(MemberId(m.into()), now);
+            }
+            Op::Report(m, r) => {
+                let _ = d.report_blocked(MemberId(m.into()), RelayId(r.into()), now);
+            }
+            Op::Signal(r, c) => {
+                let _ = d.relay_signal(RelayId(r.into()), ru(), c.into(), now);
+            }
+            Op::Invite(m, n) => {
+                next_code = next_code.wrapping_add(1);
+                let code = InviteCode([next_code; 16]);
+                if d.create_invite(MemberId(m.into()), code, now).is_ok() {
+                    let c = countries[usize::from(n % 2)];
+                    let _ =
+                        d.redeem_invite(code, MemberId(1000 + u64::from(n)), c, NetworkId(9), now);
+                }
+            }
+            Op::Retire(r) => {
+                let _ = d.retire_relay(RelayId(r.into()), now);
+            }
+            Op::Wait(days) => t += u64::from(days),
+        }
+    }
+    d
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn invariants_hold_whatever_happens(ops in proptest::collection::vec(op(), 1..300), cap in 1usize..6) {
+        let d = run(&ops, cap);
+        let now = Time(u64::MAX / 2);
+        for (id, m) in &d.members {
+            let view = d.member(*id, now).unwrap();
+            prop_assert!(view.level <= MAX_LEVEL);
+            for r in &view.relays {
+                // Never a relay known to be blocked in the member's country,
+                // never a retired one.
+                prop_assert!(!d.is_blocked(*r, m.country));
+                prop_assert!(!d.relays[r].retired);
+                prop_assert!(d.relays[r].members.contains_key(id));
+            }
+            prop_assert!(view.relays.len() <= d.config.bucket_size + d.config.max_kept_relays + d.config.untrusted_relays);
+            if m.banned || m.suspended_until.is_some() {
+                prop_assert!(view.relays.is_empty());
+            }
+            if m.level == 0 {
+                prop_assert!(m.bucket.is_none());
+                prop_assert!(view.relays.len() <= d.config.untrusted_relays + d.config.max_kept_relays);
+            }
+        }
+        for r in d.relays.values() {
+            prop_assert!(r.members.len() <= cap);
+        }
+        for b in d.buckets.values() {
+            prop_assert!(b.members.len() <= cap);
+            prop_assert_eq!(b.relays.len(), d.config.bucket_size);
+        }
+    }
+
+    #[test]
+    fn the_same_calls_give_the_same_state(ops in proptest::collection::vec(op(), 1..200)) {
+        let a = serde_json::to_string(&run(&ops, 4)).unwrap();
+        let b = serde_json::to_string(&run(&ops, 4)).unwrap();
+        prop_assert_eq!(a, b);
+    }
+}
