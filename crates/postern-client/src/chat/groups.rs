@@ -125,15 +125,24 @@ impl Connection {
             ));
         }
         self.sync().await?;
-        let mut accounts = Vec::new();
+        let accounts = self.others(members).await?;
+        self.create_conversation(ConversationKind::Group, name, accounts)
+            .await
+    }
+
+    /// The accounts `members` name, each once, without this device's own.
+    pub(super) async fn others(
+        &self,
+        members: &[Recipient],
+    ) -> Result<Vec<AccountId>, ClientError> {
+        let mut accounts = Vec::with_capacity(members.len());
         for m in members {
             accounts.push(self.resolve(m).await?);
         }
         accounts.sort_unstable();
         accounts.dedup();
         accounts.retain(|a| Some(*a) != self.device.map(|d| d.account));
-        self.create_conversation(ConversationKind::Group, name, accounts)
-            .await
+        Ok(accounts)
     }
 
     /// Adds members (all their devices) to a group.
@@ -144,10 +153,7 @@ impl Connection {
     ) -> Result<(), ClientError> {
         self.sync().await?;
         let c = self.conversation_for(group).await?;
-        let mut accounts = Vec::new();
-        for m in members {
-            accounts.push(self.resolve(m).await?);
-        }
+        let accounts = self.others(members).await?;
         let (dir, changed) = self.directory(accounts.iter().copied()).await?;
         let adds = self.claim_packages(&accounts, &dir).await?;
         self.commit_change(&c.group_id, adds, Vec::new(), None)
@@ -170,10 +176,7 @@ impl Connection {
     ) -> Result<(), ClientError> {
         self.sync().await?;
         let c = self.conversation_for(group).await?;
-        let mut accounts = HashSet::new();
-        for m in members {
-            accounts.insert(self.resolve(m).await?);
-        }
+        let accounts = self.others(members).await?;
         let devices: Vec<DeviceAddr> = self
             .group_members(&c.group_id)?
             .into_iter()

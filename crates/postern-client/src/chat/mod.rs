@@ -17,7 +17,7 @@
 //! conversation is marked `broken` and the member is told, since applying
 //! it would let that device read everything that follows.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use openmls::prelude::{
