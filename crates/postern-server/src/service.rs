@@ -442,7 +442,8 @@ impl Service {
                     tracing::error!(error = %e, "saving the distributor's state failed");
                 }
             }
-            Err(e) => tracing::info!(error = %e, "new account not yet given relays"),
+            // The error names the member and network: not for logs.
+            Err(_) => tracing::info!("a new account gets relays later (distributor limit)"),
         }
         drop(distributor);
         tracing::info!(device = %device.addr, invited = invite.is_some(), "account registered");
@@ -744,8 +745,14 @@ impl From<RelayError> for Refusal {
                 "you have no invitations left; more come as your trust level rises",
             ),
             RelayError::Policy(D::UnknownInvite) => invite_invalid(),
-            e => {
+            RelayError::Store(e) => {
                 tracing::error!(error = %e, "relay request failed");
+                refuse(ErrorCode::Internal, "the server failed; try again")
+            }
+            // Unknown member or relay after the checks above: a bug, and
+            // the error text names ids, which stay out of the logs.
+            RelayError::Policy(_) => {
+                tracing::error!("the distributor refused a request it should have accepted");
                 refuse(ErrorCode::Internal, "the server failed; try again")
             }
         }
