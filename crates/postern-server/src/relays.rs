@@ -422,3 +422,30 @@ pub enum RelayError {
     #[error(transparent)]
     Store(#[from] anyhow::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_coarse() {
+        let account = AccountId([7; 16]);
+        assert_eq!(member_id(account), MemberId(0x0707_0707_0707_0707));
+        assert_eq!(relay_id("ams-1"), relay_id("ams-1"));
+        assert_ne!(relay_id("ams-1"), relay_id("ams-2"));
+        // One /16 is one network, whatever the rest of the address.
+        let net = |s: &str| client_network(s.parse().unwrap());
+        assert_eq!(net("10.1.2.3"), net("10.1.200.7"));
+        assert_eq!(net("10.1.2.3"), net("::ffff:10.1.9.9"));
+        assert_ne!(net("10.1.2.3"), net("10.2.2.3"));
+        assert_eq!(net("2001:db8::1"), net("2001:db8:ffff::2"));
+    }
+
+    #[test]
+    fn a_member_country_is_its_phone_country() {
+        assert_eq!(phone_country("+14155552671").as_str(), "US");
+        assert_eq!(phone_country("+79123456789").as_str(), "RU");
+        assert_eq!(phone_country("+442079460958").as_str(), "GB");
+        assert_eq!(phone_country("not a number").as_str(), "ZZ");
+    }
+}

@@ -368,3 +368,27 @@ async fn new_members_from_one_network_are_limited_per_day() {
         ErrorCode::RateLimited
     );
 }
+
+#[tokio::test]
+async fn one_invitation_admits_one_of_two_racing_registrations() {
+    let t = TestServer::start_with(trusted_at_once).await;
+    let (_a, alice) = t.member("alice", "+14155552671").await;
+    alice.fetch_relays().await.unwrap();
+    alice.fetch_relays().await.unwrap();
+    let code = alice.create_invite().await.unwrap();
+    let mut racers = Vec::new();
+    for (name, phone) in [("bob", "+14155552672"), ("eve", "+14155552673")] {
+        let client = t.client(name);
+        let conn = client.connect().await.unwrap();
+        conn.request_code(phone).await.unwrap();
+        racers.push((conn, phone, t.code(phone)));
+    }
+    let results = futures::future::join_all(racers.iter_mut().map(|(conn, phone, sms)| {
+        conn.register_with_invite(phone, sms, None, "test", Some(&code))
+    }))
+    .await;
+    let admitted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(admitted, 1, "{results:?}");
+    let refused = results.into_iter().find_map(Result::err).unwrap();
+    assert_eq!(code_of(refused), ErrorCode::InviteInvalid);
+}
