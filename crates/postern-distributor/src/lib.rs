@@ -1124,8 +1124,6 @@ impl Distributor {
             .map(|(rid, r)| (r.members.len(), *rid))
     }
 
-    /// Turns a bucket nobody uses into open-entry relays, when new members
-    /// would otherwise crowd the open ones.
     /// Whether `more` relays fit in the open-entry budget: relays ever given
     /// to the open pool, blocked ones included, stay within
     /// [`Config::open_pool_fraction`] of all relays. Censors' new accounts
@@ -1142,6 +1140,8 @@ impl Distributor {
         ((open + more) as f64) <= budget
     }
 
+    /// Turns a bucket nobody uses into open-entry relays, when new members
+    /// would otherwise crowd the open ones.
     fn open_an_unused_bucket(&mut self) -> bool {
         if !self.open_budget_allows(self.config.bucket_size) {
             return false;
