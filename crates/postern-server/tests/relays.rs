@@ -392,3 +392,23 @@ async fn one_invitation_admits_one_of_two_racing_registrations() {
     let refused = results.into_iter().find_map(Result::err).unwrap();
     assert_eq!(code_of(refused), ErrorCode::InviteInvalid);
 }
+
+#[tokio::test]
+async fn an_account_alone_on_a_relay_it_gets_blocked_gets_no_more() {
+    let t = TestServer::start_with(with_relays).await;
+    let (_a, alice) = t.member("alice", "+14155552671").await;
+    // A member in another country shares nothing of the blame.
+    let (_b, boris) = t.member("boris", "+79123456789").await;
+    let mine = alice.fetch_relays().await.unwrap().links[0].clone();
+    boris.fetch_relays().await.unwrap();
+    // Alice is the only member in her country with this relay: her report
+    // alone confirms the block, all the blame is hers, and she is taken
+    // for a censor's account (the distributor's rule; THREAT_MODEL.md says
+    // what it costs honest members).
+    let refused = alice.report_blocked(&mine).await.unwrap_err();
+    assert_eq!(code_of(refused), ErrorCode::RelaysRefused);
+    let refused = alice.fetch_relays().await.unwrap_err();
+    assert_eq!(code_of(refused), ErrorCode::RelaysRefused);
+    assert_eq!(relays_json(&t).await["blocked_per_country"]["US"], 1);
+    assert_eq!(boris.fetch_relays().await.unwrap().links.len(), 1);
+}
