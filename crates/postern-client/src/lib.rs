@@ -124,6 +124,27 @@ impl ClientError {
     }
 }
 
+/// The relays a member holds, from [`Connection::fetch_relays`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayAssignment {
+    /// Relay links (`postern://relay?…`) it may use now.
+    pub links: Vec<String>,
+    /// Its trust level, 0 (new) to 4.
+    pub level: u32,
+    /// Invitations it may still create.
+    pub invitations: u32,
+}
+
+impl From<pb::Relays> for RelayAssignment {
+    fn from(r: pb::Relays) -> Self {
+        RelayAssignment {
+            links: r.links,
+            level: r.level,
+            invitations: r.invitations,
+        }
+    }
+}
+
 /// Who to send to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recipient {
@@ -511,11 +532,28 @@ impl Connection {
         username: Option<&str>,
         device_name: &str,
     ) -> Result<DeviceAddr, ClientError> {
+        self.register_with_invite(phone, code, username, device_name, None)
+            .await
+    }
+
+    /// Like [`Connection::register`], redeeming a member's invitation: the
+    /// new account starts trusted and shares its inviter's relays where
+    /// possible. An unknown or used invitation refuses the registration
+    /// (`ErrorCode::InviteInvalid`) and leaves the code usable.
+    pub async fn register_with_invite(
+        &mut self,
+        phone: &str,
+        code: &str,
+        username: Option<&str>,
+        device_name: &str,
+        invite: Option<&str>,
+    ) -> Result<DeviceAddr, ClientError> {
         let req = Req::Register(pb::Register {
             phone: phone.into(),
             code: code.into(),
             device: Some(self.client.device_keys(device_name)),
             username: username.unwrap_or_default().into(),
+            invite: invite.unwrap_or_default().trim().into(),
         });
         match self.call(req).await? {
             Resp::Registered(r) => {
@@ -589,6 +627,43 @@ impl Connection {
         self.client
             .with_home(|h| h.set("username", username.as_bytes()))?;
         Ok(name)
+    }
+
+    /// The relays the server assigns this member, topped up to what its
+    /// trust level allows.
+    pub async fn fetch_relays(&self) -> Result<RelayAssignment, ClientError> {
+        match self.call(Req::FetchRelays(pb::FetchRelays {})).await? {
+            Resp::Relays(r) => Ok(r.into()),
+            _ => Err(ClientError::Protocol(
+                "unexpected answer to a relay request",
+            )),
+        }
+    }
+
+    /// Tells the server this member cannot reach the relay at `link`;
+    /// returns its relays afterwards, with a replacement when the block is
+    /// confirmed and the rules allow one.
+    pub async fn report_blocked(&self, link: &str) -> Result<RelayAssignment, ClientError> {
+        match self
+            .call(Req::ReportBlocked(pb::ReportBlocked {
+                link: link.trim().into(),
+            }))
+            .await?
+        {
+            Resp::Relays(r) => Ok(r.into()),
+            _ => Err(ClientError::Protocol("unexpected answer to a relay report")),
+        }
+    }
+
+    /// A one-time invitation code for someone to register with
+    /// (`postern register PHONE --invite CODE`).
+    pub async fn create_invite(&self) -> Result<String, ClientError> {
+        match self.call(Req::CreateInvite(pb::CreateInvite {})).await? {
+            Resp::Invite(i) => Ok(i.code),
+            _ => Err(ClientError::Protocol(
+                "unexpected answer to an invitation request",
+            )),
+        }
     }
 
     /// Who this device is.

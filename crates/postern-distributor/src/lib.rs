@@ -227,8 +227,10 @@ pub struct RelayHealth {
     pub relay: RelayId,
     /// Its network.
     pub network: NetworkId,
-    /// Its bucket, or `None` for an open-entry relay.
+    /// Its bucket, or `None` for an open-entry or spare relay.
     pub bucket: Option<BucketId>,
+    /// A spare: waiting for enough others to form a bucket, handed to no one.
+    pub spare: bool,
     /// Members who may use it now.
     pub members: usize,
     /// Countries where it is blocked, and since when.
@@ -364,6 +366,15 @@ impl Distributor {
     /// The policy in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Replaces the policy (an operator changed it between restarts); later
+    /// calls follow the new numbers, nothing already decided is undone.
+    pub fn set_config(&mut self, config: Config) -> Result<(), DistributorError> {
+        config.validate()?;
+        self.config = config;
+        self.epoch += 1;
+        Ok(())
     }
 
     /// Adds a relay. It joins the open-entry pool while new members need
@@ -647,6 +658,7 @@ impl Distributor {
                     Pool::Bucket(b) => Some(b),
                     _ => None,
                 },
+                spare: r.pool == Pool::Spare,
                 members: r.members.len(),
                 blocked_in: r
                     .countries
@@ -656,6 +668,11 @@ impl Distributor {
                 retired: r.retired,
             })
             .collect()
+    }
+
+    /// Whether `code` is a live invitation (created and not yet redeemed).
+    pub fn has_invite(&self, code: &InviteCode) -> bool {
+        self.invites.contains_key(code)
     }
 
     /// Whether `relay` counts as blocked in `country`.
@@ -1107,8 +1124,6 @@ impl Distributor {
             .map(|(rid, r)| (r.members.len(), *rid))
     }
 
-    /// Turns a bucket nobody uses into open-entry relays, when new members
-    /// would otherwise crowd the open ones.
     /// Whether `more` relays fit in the open-entry budget: relays ever given
     /// to the open pool, blocked ones included, stay within
     /// [`Config::open_pool_fraction`] of all relays. Censors' new accounts
@@ -1125,6 +1140,8 @@ impl Distributor {
         ((open + more) as f64) <= budget
     }
 
+    /// Turns a bucket nobody uses into open-entry relays, when new members
+    /// would otherwise crowd the open ones.
     fn open_an_unused_bucket(&mut self) -> bool {
         if !self.open_budget_allows(self.config.bucket_size) {
             return false;

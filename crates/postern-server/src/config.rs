@@ -37,6 +37,28 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The public transparency log the server hosts.
     pub transparency: TransparencyConfig,
+    /// Relays the server hands out to members (`[[relays]]`).
+    pub relays: Vec<RelayConfig>,
+    /// The distributor's policy (`[distributor]`): trust levels,
+    /// invitations, blockage limits, caps; see `postern_distributor::Config`.
+    pub distributor: postern_distributor::Config,
+}
+
+/// One relay an operator lists; the server adds it to the distributor at
+/// start and retires relays that are no longer listed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// A stable name for the relay (its identity in the distributor's
+    /// state: renaming it makes it a new relay).
+    pub name: String,
+    /// The link members are given (`postern://relay?…`), passed on as is.
+    pub link: String,
+    /// The hosting network (provider or address block) for the per-network
+    /// limits and the operators' view; default: the relay's own network.
+    pub network: Option<String>,
+    /// Where the relay is hosted, for the operators' view only.
+    pub country: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +74,8 @@ impl Default for ServerConfig {
             mls_ciphersuite: postern_proto::mls::CIPHERSUITES[0].1.into(),
             limits: Limits::default(),
             transparency: TransparencyConfig::default(),
+            relays: Vec::new(),
+            distributor: postern_distributor::Config::default(),
         }
     }
 }
@@ -131,6 +155,10 @@ pub struct Limits {
     /// package of every device of one account, so this bounds how fast a
     /// member can drain another's packages).
     pub key_package_claims_per_device_per_hour: u32,
+    /// Relay requests (fetch, report, invite) one account may make per hour;
+    /// the distributor's own limits (per account and per network) apply
+    /// on top.
+    pub relay_requests_per_account_per_hour: u32,
 }
 
 impl Default for Limits {
@@ -151,6 +179,7 @@ impl Default for Limits {
             key_packages_per_device: 100,
             key_packages_low_water: 10,
             key_package_claims_per_device_per_hour: 600,
+            relay_requests_per_account_per_hour: 60,
         }
     }
 }
@@ -257,6 +286,24 @@ mod tests {
         assert_eq!(t.origin.as_deref(), Some("chat.example.org/log"));
         assert_eq!((t.witnesses.len(), t.quorum), (1, Some(1)));
         assert_eq!(t.witnesses[0].url, "https://w.example");
+    }
+
+    #[test]
+    fn relays_are_a_list_and_the_policy_a_table() {
+        let cfg = toml_from_str(
+            "[[relays]]\nname = \"r1\"\nlink = \"postern://relay?x\"\ncountry = \"NL\"\n\
+             [[relays]]\nname = \"r2\"\nlink = \"postern://relay?y\"\nnetwork = \"hetzner\"\n\
+             [distributor]\nuntrusted_days = 7\n",
+        );
+        assert_eq!(cfg.relays.len(), 2);
+        assert_eq!(cfg.relays[0].country.as_deref(), Some("NL"));
+        assert_eq!(cfg.relays[1].network.as_deref(), Some("hetzner"));
+        assert_eq!(cfg.distributor.untrusted_days, 7);
+        assert_eq!(cfg.distributor.bucket_size, 3);
+        assert!(
+            toml::from_str::<ServerConfig>("[[relays]]\nname = \"r\"\nlink = \"l\"\nport = 1")
+                .is_err()
+        );
     }
 
     fn toml_from_str(s: &str) -> ServerConfig {

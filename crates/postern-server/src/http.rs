@@ -1,4 +1,5 @@
-//! The HTTP API: health, the server link, counters for operators, and the
+//! The HTTP API: health, the server link, counters for operators, relay
+//! health and blocking per country and network (`/relays`), and the
 //! transparency log under `/log/` (served by `postern_tlog::http`, with
 //! its cache headers: tiles immutable, the checkpoint briefly).
 //!
@@ -18,6 +19,7 @@ pub(crate) fn router(shared: Arc<Shared>, log_dir: Option<&Path>) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/link", get(link))
         .route("/stats", get(stats))
+        .route("/relays", get(relays))
         .with_state(shared);
     match log_dir {
         Some(dir) => router.nest("/log", postern_tlog::http::log_router(dir.to_owned())),
@@ -34,4 +36,8 @@ async fn stats(State(s): State<Arc<Shared>>) -> axum::Json<serde_json::Value> {
         "connections": s.connections(),
         "subscribed": s.service.hub().subscribed(),
     }))
+}
+
+async fn relays(State(s): State<Arc<Shared>>) -> axum::Json<crate::relays::RelaysStatus> {
+    axum::Json(s.service.relays().status().await)
 }

@@ -6,6 +6,8 @@
 //! connection runs a Noise handshake and then the request loop in `conn`,
 //! requests are handled by [`service::Service`], messages go to per-device
 //! queues in the store and wake subscribed connections through the hub.
+//! Relays listed in the config are handed out by the distributor
+//! ([`relays`]), whose state is saved in the store.
 //! Beside them, the [`transparency`] log takes typed entries, signs a
 //! checkpoint per batch and is served under `/log/` on the HTTP API.
 //!
@@ -20,6 +22,7 @@ mod http;
 pub mod hub;
 pub mod phone;
 pub mod ratelimit;
+pub mod relays;
 pub mod service;
 pub mod sms;
 pub mod transparency;
@@ -158,11 +161,17 @@ impl Server {
                 )
             })?;
         let store_dyn: Arc<dyn Store> = Arc::new(store.clone());
+        let relays = Arc::new(
+            relays::Relays::open(store_dyn.clone(), &cfg.relays, cfg.distributor.clone())
+                .await
+                .context("cannot start relay distribution")?,
+        );
         let service = Arc::new(
             Service::new(
                 store_dyn.clone(),
                 sms,
                 Arc::new(hub::Hub::default()),
+                relays,
                 cfg.limits.clone(),
                 cfg.message_ttl,
             )

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use postern_distributor::InviteCode;
 use postern_proto::ids::{AccountId, DeviceAddr};
 use postern_proto::keys::verify_device_binding;
 use postern_proto::pb::{self, ErrorCode, request::Kind as Req, response::Kind as Resp};
@@ -23,6 +24,7 @@ use crate::config::Limits;
 use crate::hub::Hub;
 use crate::phone;
 use crate::ratelimit::{LogThrottle, RateLimiter};
+use crate::relays::{self, Holding, RelayError, Relays};
 use crate::sms::SmsGateway;
 use postern_proto::username;
 
@@ -61,6 +63,8 @@ pub struct Service {
     code_requests_by_ip: RateLimiter<IpAddr>,
     verify_attempts_by_ip: RateLimiter<IpAddr>,
     key_package_claims: RateLimiter<DeviceAddr>,
+    relay_requests: RateLimiter<AccountId>,
+    relays: Arc<Relays>,
     group_locks: mls::GroupLocks,
     mls_ciphersuite: u16,
     rate_limit_log: LogThrottle,
@@ -144,12 +148,13 @@ fn token_hash(token: &[u8]) -> [u8; 32] {
 }
 
 impl Service {
-    /// A service over `store`, sending codes through `sms` and waking
-    /// connections through `hub`.
+    /// A service over `store`, sending codes through `sms`, waking
+    /// connections through `hub` and handing out `relays`.
     pub fn new(
         store: Arc<dyn Store>,
         sms: Arc<dyn SmsGateway>,
         hub: Arc<Hub>,
+        relays: Arc<Relays>,
         limits: Limits,
         message_ttl: Duration,
     ) -> Self {
@@ -161,6 +166,8 @@ impl Service {
                 limits.key_package_claims_per_device_per_hour,
                 hour,
             ),
+            relay_requests: RateLimiter::new(limits.relay_requests_per_account_per_hour, hour),
+            relays,
             group_locks: mls::GroupLocks::default(),
             mls_ciphersuite: postern_proto::mls::CIPHERSUITES[0].0,
             rate_limit_log: LogThrottle::new(Duration::from_secs(10)),
@@ -191,6 +198,11 @@ impl Service {
     /// The wake-up hub.
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// The relays and their distributor.
+    pub fn relays(&self) -> &Arc<Relays> {
+        &self.relays
     }
 
     /// The limits in force.
@@ -235,6 +247,9 @@ impl Service {
             Some(Req::ListGroups(_)) => self.list_groups(session).await,
             Some(Req::RemoveDevice(r)) => self.remove_device(session, r).await,
             Some(Req::Sync(_)) => self.sync(session).await,
+            Some(Req::FetchRelays(_)) => self.fetch_relays(session).await,
+            Some(Req::ReportBlocked(r)) => self.report_blocked(session, r).await,
+            Some(Req::CreateInvite(_)) => self.create_invite(session).await,
         };
         if let Err(Refusal(e)) = &result
             && e.code == ErrorCode::RateLimited as i32
@@ -378,10 +393,23 @@ impl Service {
                     .map_err(|e| refuse(ErrorCode::InvalidUsername, e.to_string()))?,
             )
         };
+        let invite = if r.invite.trim().is_empty() {
+            None
+        } else {
+            Some(InviteCode::parse(&r.invite).map_err(|_| invite_invalid())?)
+        };
         self.verify_attempts_by_ip
             .check(&s.peer_ip, Instant::now())
             .map_err(|w| rate_limited("attempts from your network", w))?;
         let code_id = self.check_code(&phone, &r.code).await?;
+        // Held until the new member is in the distributor, so that two
+        // registrations cannot both pass the check of one invitation.
+        let mut distributor = self.relays.lock().await;
+        if let Some(code) = &invite
+            && !distributor.has_invite(code)
+        {
+            return Err(invite_invalid());
+        }
         if self.store.account_by_phone(&phone).await?.is_some() {
             return Err(StoreError::PhoneTaken.into());
         }
@@ -395,8 +423,70 @@ impl Service {
             .store
             .create_account(&phone, username.as_deref(), device, now_ms())
             .await?;
-        tracing::info!(device = %device.addr, "account registered");
+        let member = relays::member_id(account.id);
+        let (country, network, t) = (
+            relays::phone_country(&phone),
+            relays::client_network(s.peer_ip),
+            relays::now(),
+        );
+        let joined = match invite {
+            Some(code) => distributor.redeem_invite(code, member, country, network, t),
+            None => distributor.register_member(member, country, network, t),
+        };
+        // The account exists either way; one that could not join the
+        // distributor now (a network's daily limit) joins on its first
+        // relay request.
+        match joined {
+            Ok(()) => {
+                if let Err(e) = self.relays.save(&distributor).await {
+                    tracing::error!(error = %e, "saving the distributor's state failed");
+                }
+            }
+            // The error names the member and network: not for logs.
+            Err(_) => tracing::info!("a new account gets relays later (distributor limit)"),
+        }
+        drop(distributor);
+        tracing::info!(device = %device.addr, invited = invite.is_some(), "account registered");
         Ok(registered(account, &device))
+    }
+
+    /// Authenticates a relay request, applies the per-account limit, and
+    /// makes sure the account is a member of the distributor (accounts
+    /// from before relays, or that hit a network limit, join here).
+    async fn relay_member(&self, s: &SessionInfo) -> Handled<AccountId> {
+        let me = authed(s)?;
+        self.relay_requests
+            .check(&me.account, Instant::now())
+            .map_err(|w| rate_limited("relay requests", w))?;
+        if !self.relays.knows(me.account).await {
+            let account = self
+                .store
+                .account(me.account)
+                .await?
+                .ok_or(StoreError::UnknownAccount)?;
+            self.relays
+                .join(me.account, &account.phone, s.peer_ip)
+                .await?;
+        }
+        Ok(me.account)
+    }
+
+    async fn fetch_relays(&self, s: &SessionInfo) -> Handled<Resp> {
+        let account = self.relay_member(s).await?;
+        Ok(relays_response(self.relays.fetch(account).await?))
+    }
+
+    async fn report_blocked(&self, s: &SessionInfo, r: pb::ReportBlocked) -> Handled<Resp> {
+        let account = self.relay_member(s).await?;
+        Ok(relays_response(self.relays.report(account, &r.link).await?))
+    }
+
+    async fn create_invite(&self, s: &SessionInfo) -> Handled<Resp> {
+        let account = self.relay_member(s).await?;
+        let code = self.relays.create_invite(account).await?;
+        Ok(Resp::Invite(pb::Invite {
+            code: code.to_string(),
+        }))
     }
 
     async fn create_link_token(&self, s: &SessionInfo) -> Handled<Resp> {
@@ -609,6 +699,72 @@ fn code_used() -> Refusal {
         ErrorCode::CodeUsed,
         "this code was already used; request a new one",
     )
+}
+
+fn invite_invalid() -> Refusal {
+    refuse(
+        ErrorCode::InviteInvalid,
+        "this invitation is unknown or already used; ask for a new one, or register without it",
+    )
+}
+
+impl From<RelayError> for Refusal {
+    fn from(e: RelayError) -> Self {
+        use postern_distributor::DistributorError as D;
+        match e {
+            RelayError::UnknownRelay | RelayError::Policy(D::NotAssigned { .. }) => refuse(
+                ErrorCode::UnknownRelay,
+                "this is not a relay the server gave you; run `postern relay fetch`",
+            ),
+            RelayError::Policy(D::NetworkLimit(_)) => rate_limited(
+                "new members from your network today",
+                Duration::from_secs(postern_distributor::DAY),
+            ),
+            RelayError::Policy(D::Suspended { until, .. }) => {
+                let wait = Duration::from_secs(until.0.saturating_sub(relays::now().0));
+                let mut r = refuse(
+                    ErrorCode::RelaysRefused,
+                    format!(
+                        "the relays given to this account were blocked too often; no relays for {} days",
+                        wait.as_secs().div_ceil(postern_distributor::DAY).max(1)
+                    ),
+                );
+                r.0.retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                r
+            }
+            RelayError::Policy(D::Banned(_)) => refuse(
+                ErrorCode::RelaysRefused,
+                "the relays given to this account were blocked too often; it gets no more relays",
+            ),
+            RelayError::Policy(D::NotTrusted(_)) => refuse(
+                ErrorCode::NoInvitations,
+                "new members cannot invite yet; invitations come with trust, after some time with working relays",
+            ),
+            RelayError::Policy(D::NoInvitations(_)) => refuse(
+                ErrorCode::NoInvitations,
+                "you have no invitations left; more come as your trust level rises",
+            ),
+            RelayError::Policy(D::UnknownInvite) => invite_invalid(),
+            RelayError::Store(e) => {
+                tracing::error!(error = %e, "relay request failed");
+                refuse(ErrorCode::Internal, "the server failed; try again")
+            }
+            // Unknown member or relay after the checks above: a bug, and
+            // the error text names ids, which stay out of the logs.
+            RelayError::Policy(_) => {
+                tracing::error!("the distributor refused a request it should have accepted");
+                refuse(ErrorCode::Internal, "the server failed; try again")
+            }
+        }
+    }
+}
+
+fn relays_response(h: Holding) -> Resp {
+    Resp::Relays(pb::Relays {
+        links: h.links,
+        level: u32::from(h.level),
+        invitations: h.invitations,
+    })
 }
 
 fn authed(s: &SessionInfo) -> Handled<DeviceAddr> {

@@ -34,6 +34,7 @@ async fn register_raw(
             code: code.into(),
             device: Some(keys_for(&keys)),
             username: String::new(),
+            invite: String::new(),
         }))
         .await;
     (resp, keys)
@@ -71,6 +72,7 @@ async fn a_code_registers_once_and_a_reused_code_is_refused() {
             code: "000000".into(),
             device: Some(keys_for(&keys)),
             username: String::new(),
+            invite: String::new(),
         }))
         .await;
     assert_eq!(error_code(&resp), ErrorCode::AlreadyAuthenticated);
@@ -202,6 +204,7 @@ async fn a_forged_device_binding_is_refused() {
             // Signed for another Noise key: must not bind to this session.
             device: Some(keys_for(&other)),
             username: String::new(),
+            invite: String::new(),
         }))
         .await;
     assert_eq!(error_code(&resp), ErrorCode::BadSignature);

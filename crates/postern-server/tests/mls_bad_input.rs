@@ -446,6 +446,7 @@ async fn a_member_without_key_packages_cannot_be_added_and_says_why() {
                 name: "bare".into(),
             }),
             username: "dave".into(),
+            invite: String::new(),
         }))
         .await;
     let Resp::Registered(reg) = resp else {

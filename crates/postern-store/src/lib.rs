@@ -8,7 +8,8 @@
 //!   epoch, the member devices to fan out to, the latest GroupInfo and
 //!   ratchet tree — and the commit that advances an epoch;
 //! - [`KeyPackageStore`]: each device's one-time and last-resort MLS key
-//!   packages.
+//!   packages;
+//! - [`DistributorStore`]: the relay distributor's state, an opaque blob.
 //!
 //! [`SqliteStore`] is the embedded default: one file in WAL mode, migrations
 //! compiled into the binary, and group commit on the message path (concurrent
@@ -451,7 +452,25 @@ pub trait KeyPackageStore: Send + Sync {
     async fn key_package_count(&self, device: DeviceAddr) -> Result<KeyPackageCount>;
 }
 
-/// Everything a server needs from its storage.
-pub trait Store: AccountStore + CodeStore + QueueStore + GroupStore + KeyPackageStore {}
+/// The relay distributor's state (who holds which relay, trust levels,
+/// invitations), kept as one blob the store does not interpret.
+#[async_trait]
+pub trait DistributorStore: Send + Sync {
+    /// The state last saved, if any.
+    async fn distributor_state(&self) -> Result<Option<Bytes>>;
 
-impl<T: AccountStore + CodeStore + QueueStore + GroupStore + KeyPackageStore> Store for T {}
+    /// Replaces the saved state with `state`, atomically: a reader (or a
+    /// restart) sees either the old blob or the new one.
+    async fn save_distributor_state(&self, state: Bytes, now: Millis) -> Result<()>;
+}
+
+/// Everything a server needs from its storage.
+pub trait Store:
+    AccountStore + CodeStore + QueueStore + GroupStore + KeyPackageStore + DistributorStore
+{
+}
+
+impl<T> Store for T where
+    T: AccountStore + CodeStore + QueueStore + GroupStore + KeyPackageStore + DistributorStore
+{
+}

@@ -39,8 +39,8 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 
 use crate::{
-    Account, AccountId, AccountStore, CodeStore, Device, DeviceAddr, Enqueued, Millis, NewDevice,
-    NewMessage, QueueStore, Result, StoreError, StoredCode, StoredMessage,
+    Account, AccountId, AccountStore, CodeStore, Device, DeviceAddr, DistributorStore, Enqueued,
+    Millis, NewDevice, NewMessage, QueueStore, Result, StoreError, StoredCode, StoredMessage,
 };
 use writer::{Command, Writer};
 
@@ -520,6 +520,26 @@ impl CodeStore for SqliteStore {
         self.inner
             .writer
             .call(|reply| Command::PurgeCodes { before, reply })
+            .await
+    }
+}
+
+#[async_trait]
+impl DistributorStore for SqliteStore {
+    async fn distributor_state(&self) -> Result<Option<Bytes>> {
+        let row = sqlx::query("SELECT state FROM distributor_state WHERE id = 1")
+            .fetch_optional(&self.inner.reads)
+            .await
+            .map_err(db)?;
+        row.map(|r| r.try_get::<Vec<u8>, _>(0).map(Bytes::from))
+            .transpose()
+            .map_err(db)
+    }
+
+    async fn save_distributor_state(&self, state: Bytes, now: Millis) -> Result<()> {
+        self.inner
+            .writer
+            .call(|reply| Command::SaveDistributorState { state, now, reply })
             .await
     }
 }

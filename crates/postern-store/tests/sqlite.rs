@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use bytes::Bytes;
 use postern_store::{
-    AccountId, AccountStore, CodeStore, CommitOutcome, Device, DeviceAddr, GroupStore,
-    KeyPackageStore, NewCommit, NewDevice, NewMessage, QueueStore, Recipients, SqliteOptions,
-    SqliteStore, StoreError,
+    AccountId, AccountStore, CodeStore, CommitOutcome, Device, DeviceAddr, DistributorStore,
+    GroupStore, KeyPackageStore, NewCommit, NewDevice, NewMessage, QueueStore, Recipients,
+    SqliteOptions, SqliteStore, StoreError,
 };
 use tempfile::TempDir;
 
@@ -1004,4 +1004,25 @@ async fn a_removed_device_loses_its_queue_packages_and_groups() {
         0
     );
     assert_eq!(store.devices(alice[0].addr.account).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_distributor_state_is_replaced_whole_and_survives_reopening() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    assert_eq!(store.distributor_state().await.unwrap(), None);
+    store
+        .save_distributor_state(Bytes::from_static(b"first"), NOW)
+        .await
+        .unwrap();
+    store
+        .save_distributor_state(Bytes::from_static(b"second"), NOW + 1)
+        .await
+        .unwrap();
+    store.close().await;
+    let store = open(&dir).await;
+    assert_eq!(
+        store.distributor_state().await.unwrap().as_deref(),
+        Some(&b"second"[..])
+    );
 }

@@ -57,13 +57,25 @@ pub async fn request_code(home: &Path, phone: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who `register` creates.
+pub struct NewAccount<'a> {
+    pub phone: &'a str,
+    pub username: Option<&'a str>,
+    pub device_name: &'a str,
+    pub invite: Option<&'a str>,
+}
+
 pub async fn register(
     home: &Path,
-    phone: &str,
+    who: NewAccount<'_>,
     code: Option<String>,
-    username: Option<&str>,
-    device_name: &str,
 ) -> anyhow::Result<()> {
+    let NewAccount {
+        phone,
+        username,
+        device_name,
+        invite,
+    } = who;
     let (client, mut conn) = connect(home).await?;
     if client.device().is_some() || conn.device().is_some() {
         bail!("this home is already registered; use another --home for another account");
@@ -82,11 +94,56 @@ pub async fn register(
             line.trim().to_owned()
         }
     };
-    let addr = conn.register(phone, &code, username, device_name).await?;
+    let addr = conn
+        .register_with_invite(phone, &code, username, device_name, invite)
+        .await?;
     println!(
         "Registered: account {} device {}.",
         addr.account, addr.device
     );
+    Ok(())
+}
+
+pub async fn relay_fetch(home: &Path, json: bool) -> anyhow::Result<()> {
+    let (_client, conn) = connect(home).await?;
+    let held = conn.fetch_relays().await?;
+    print_relays(&held, json);
+    Ok(())
+}
+
+pub async fn relay_report(home: &Path, link: &str) -> anyhow::Result<()> {
+    let (_client, conn) = connect(home).await?;
+    let held = conn.report_blocked(link).await?;
+    eprintln!("Reported. Your relays now:");
+    print_relays(&held, false);
+    Ok(())
+}
+
+fn print_relays(held: &postern_client::RelayAssignment, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "links": held.links,
+                "level": held.level,
+                "invitations": held.invitations,
+            })
+        );
+        return;
+    }
+    if held.links.is_empty() {
+        eprintln!("No relay for you right now (none free, or a limit); try again later.");
+    }
+    for link in &held.links {
+        println!("{link}");
+    }
+}
+
+pub async fn invite_create(home: &Path) -> anyhow::Result<()> {
+    let (_client, conn) = connect(home).await?;
+    let code = conn.create_invite().await?;
+    println!("{code}");
+    eprintln!("Give this code to one person: postern register PHONE --invite {code}");
     Ok(())
 }
 

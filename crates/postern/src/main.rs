@@ -79,6 +79,10 @@ enum Command {
         /// A label for this device.
         #[arg(long, default_value = "cli")]
         device_name: String,
+        /// An invitation code from a member (`postern invite create`): the
+        /// new account starts trusted and shares the inviter's relays.
+        #[arg(long)]
+        invite: Option<String>,
     },
     /// Send a text message, end-to-end encrypted; exits 0 once the server
     /// has durably stored it for every device in the conversation.
@@ -174,6 +178,16 @@ enum Command {
         #[command(subcommand)]
         action: DeviceAction,
     },
+    /// Get the relays the server assigns you, or report one as blocked.
+    Relay {
+        #[command(subcommand)]
+        action: RelayAction,
+    },
+    /// Invite someone: they register with `--invite CODE`.
+    Invite {
+        #[command(subcommand)]
+        action: InviteAction,
+    },
     /// Show the safety number you share with a contact.
     ///
     /// Compare it with the contact in person or on a call: if the numbers
@@ -206,6 +220,30 @@ enum Command {
     },
     /// Simulate censors against relay distributors: postern sim SCENARIO.toml
     Sim(sim::SimArgs),
+}
+
+#[derive(Subcommand)]
+enum RelayAction {
+    /// Print the relay links assigned to you, one a line (new members get
+    /// one; more come with trust).
+    Fetch {
+        /// Print JSON (links, level, invitations left).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report that you cannot reach a relay you were given; prints your
+    /// relays afterwards, with a replacement if the block is confirmed.
+    Report {
+        /// The relay link, as `relay fetch` printed it.
+        link: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum InviteAction {
+    /// Create a one-time invitation code (members earn a few as their
+    /// trust level rises).
+    Create,
 }
 
 #[derive(Subcommand)]
@@ -336,7 +374,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             code,
             username,
             device_name,
-        } => client_cmd::register(&home, &phone, code, username.as_deref(), &device_name).await,
+            invite,
+        } => {
+            let who = client_cmd::NewAccount {
+                phone: &phone,
+                username: username.as_deref(),
+                device_name: &device_name,
+                invite: invite.as_deref(),
+            };
+            client_cmd::register(&home, who, code).await
+        }
         Command::Send { to, text, reply_to } => {
             client_cmd::send(&home, &to, client_cmd::Outgoing::Text { text, reply_to }).await
         }
@@ -382,6 +429,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             DeviceAction::List { json } => chat_cmd::device_list(&home, json).await,
             DeviceAction::Remove { id } => chat_cmd::device_remove(&home, id).await,
+        },
+        Command::Relay { action } => match action {
+            RelayAction::Fetch { json } => client_cmd::relay_fetch(&home, json).await,
+            RelayAction::Report { link } => client_cmd::relay_report(&home, &link).await,
+        },
+        Command::Invite { action } => match action {
+            InviteAction::Create => client_cmd::invite_create(&home).await,
         },
         Command::Verify { contact, confirm } => chat_cmd::verify(&home, &contact, confirm).await,
         Command::Demo => demo::run().await,

@@ -25,13 +25,18 @@ fn free_port() -> u16 {
 
 impl ServerProc {
     fn start(dir: &Path) -> ServerProc {
+        Self::start_with(dir, "")
+    }
+
+    /// A server whose config file ends with `extra` (TOML tables).
+    fn start_with(dir: &Path, extra: &str) -> ServerProc {
         let data = dir.join("server");
         let outbox = dir.join("outbox.jsonl");
         let config = dir.join("server.toml");
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\n[limits]\ncode_interval = 0\n",
+                "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\n[limits]\ncode_interval = 0\n{extra}",
                 free_port(),
                 free_port()
             ),
@@ -533,4 +538,100 @@ fn replies_edits_reactions_and_deletions_reach_the_other_side() {
     assert!(history.contains("@bob: (reply to"), "{history}");
     let bad = postern(&alice, &["react", "@bob", "ffffffff", "x"]);
     assert!(!bad.status.success());
+}
+
+#[test]
+fn relays_and_invitations_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut relays = String::new();
+    for i in 0..4 {
+        relays.push_str(&format!(
+            "[[relays]]\nname = \"r{i}\"\nlink = \"postern://relay?host=r{i}.example\"\n"
+        ));
+    }
+    // Trusted on the second request rather than after 30 days.
+    let s = ServerProc::start_with(
+        dir.path(),
+        &format!("{relays}[distributor]\nuntrusted_days = 0\n"),
+    );
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    member(&s, &alice, "+14155552671", "alice");
+
+    let first = ok(&alice, &["relay", "fetch"]);
+    assert_eq!(first.lines().count(), 1, "{first}");
+    assert!(first.starts_with("postern://relay?host=r"), "{first}");
+    let held: serde_json::Value =
+        serde_json::from_str(&ok(&alice, &["relay", "fetch", "--json"])).unwrap();
+    assert_eq!(held["level"], 1);
+    assert_eq!(held["invitations"], 2);
+
+    let code = ok(&alice, &["invite", "create"]).trim().to_owned();
+    ok(&bob, &["setup", s.link_file().to_str().unwrap()]);
+    ok(&bob, &["request-code", "+14155552672"]);
+    let sms = s.code("+14155552672");
+    let bad = postern(
+        &bob,
+        &[
+            "register",
+            "+14155552672",
+            "--code",
+            &sms,
+            "--invite",
+            "0123",
+        ],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("invitation is unknown or already used"),
+        "{err}"
+    );
+    ok(
+        &bob,
+        &[
+            "register",
+            "+14155552672",
+            "--code",
+            &sms,
+            "--invite",
+            &code,
+        ],
+    );
+    let bobs: serde_json::Value =
+        serde_json::from_str(&ok(&bob, &["relay", "fetch", "--json"])).unwrap();
+    assert_eq!(bobs["level"], 1, "an invited member starts trusted");
+    assert_eq!(bobs["links"], held["links"]);
+
+    let wrong = postern(&bob, &["relay", "report", "postern://relay?made-up"]);
+    assert!(!wrong.status.success());
+    let report = ok(
+        &bob,
+        &["relay", "report", held["links"][0].as_str().unwrap()],
+    );
+    assert_eq!(report.lines().count(), 3, "{report}");
+
+    let status: serde_json::Value = serde_json::from_str(&http_get(&s, "/relays")).unwrap();
+    assert_eq!(status["relays"].as_array().unwrap().len(), 4);
+    assert!(!status.to_string().contains("4155552671"));
+}
+
+fn http_get(s: &ServerProc, path: &str) -> String {
+    use std::io::{Read, Write};
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    let addr = config
+        .lines()
+        .find_map(|l| l.strip_prefix("http_listen = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
 }

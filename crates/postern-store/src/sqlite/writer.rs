@@ -101,6 +101,11 @@ pub(crate) enum Command {
         before: Millis,
         reply: Reply<u64>,
     },
+    SaveDistributorState {
+        state: Bytes,
+        now: Millis,
+        reply: Reply<()>,
+    },
     RemoveDevice {
         device: DeviceAddr,
         reply: Reply<bool>,
@@ -523,6 +528,9 @@ async fn execute(conn: &mut SqliteConnection, cmd: Command) -> (Settle, Ended) {
             outcome(reply, record_failed_attempt(conn, id).await)
         }
         Command::PurgeCodes { before, reply } => outcome(reply, purge_codes(conn, before).await),
+        Command::SaveDistributorState { state, now, reply } => {
+            outcome(reply, save_distributor_state(conn, state, now).await)
+        }
         Command::RemoveDevice { device, reply } => {
             outcome(reply, groups::remove_device(conn, device).await)
         }
@@ -580,6 +588,7 @@ impl Command {
             Command::ConsumeCode { reply, .. } => failed(reply),
             Command::RecordFailedAttempt { reply, .. } => failed(reply),
             Command::PurgeCodes { reply, .. } => failed(reply),
+            Command::SaveDistributorState { reply, .. } => failed(reply),
             Command::RemoveDevice { reply, .. } => failed(reply),
             Command::CreateGroup { reply, .. } => failed(reply),
             Command::Commit { reply, .. } => failed(reply),
@@ -804,6 +813,22 @@ async fn purge_codes(conn: &mut SqliteConnection, before: Millis) -> Result<u64,
         .await?
         .rows_affected();
     Ok(deleted)
+}
+
+async fn save_distributor_state(
+    conn: &mut SqliteConnection,
+    state: Bytes,
+    now: Millis,
+) -> Result<(), Failure> {
+    sqlx::query(
+        "INSERT INTO distributor_state (id, state, updated_at) VALUES (1, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+    )
+    .bind(&state[..])
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

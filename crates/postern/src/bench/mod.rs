@@ -487,6 +487,7 @@ async fn register_many(
                     code,
                     device: Some(device),
                     username: String::new(),
+                    invite: String::new(),
                 }),
             )
             .await?;
