@@ -55,8 +55,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 
 use crate::{
     Account, AccountId, AccountStore, CodeStore, Device, DeviceAddr, Enqueued, Millis, NewDevice,
@@ -362,10 +362,11 @@ impl AccountStore for PgStore {
                 Box::pin(async move {
                     // Numbers devices one at a time per account. NO KEY
                     // UPDATE leaves foreign-key checks (link tokens) alone.
-                    let exists = sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
-                        .bind(&account.0[..])
-                        .fetch_optional(&mut *conn)
-                        .await?;
+                    let exists =
+                        sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
+                            .bind(&account.0[..])
+                            .fetch_optional(&mut *conn)
+                            .await?;
                     if exists.is_none() {
                         return Err(StoreError::UnknownAccount.into());
                     }
@@ -408,11 +409,12 @@ impl AccountStore for PgStore {
     }
 
     async fn account_by_phone(&self, phone: &str) -> Result<Option<Account>> {
-        let row = sqlx::query("SELECT id, phone, username, created_at FROM accounts WHERE phone = $1")
-            .bind(phone)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row =
+            sqlx::query("SELECT id, phone, username, created_at FROM accounts WHERE phone = $1")
+                .bind(phone)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
         row.as_ref().map(account_from).transpose().map_err(db)
     }
 
@@ -450,7 +452,10 @@ impl AccountStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter().map(device_from).collect::<Result<_, _>>().map_err(db)
+        rows.iter()
+            .map(device_from)
+            .collect::<Result<_, _>>()
+            .map_err(db)
     }
 
     async fn remove_device(&self, device: DeviceAddr) -> Result<bool> {

@@ -14,10 +14,7 @@ use crate::{
     StoreError, welcome_message_id,
 };
 
-async fn members(
-    conn: &mut PgConnection,
-    group_id: &[u8],
-) -> Result<Vec<DeviceAddr>, sqlx::Error> {
+async fn members(conn: &mut PgConnection, group_id: &[u8]) -> Result<Vec<DeviceAddr>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT account_id, device_id FROM group_members WHERE group_id = $1 \
          ORDER BY account_id, device_id",
@@ -65,10 +62,11 @@ async fn create_group(
 async fn commit(conn: &mut PgConnection, c: NewCommit) -> Result<CommitOutcome, Failure> {
     // The group row's lock orders the commits of this group across nodes;
     // everything below runs with it held.
-    let epoch: Option<i64> = sqlx::query_scalar("SELECT epoch FROM groups WHERE id = $1 FOR UPDATE")
-        .bind(&c.group_id[..])
-        .fetch_optional(&mut *conn)
-        .await?;
+    let epoch: Option<i64> =
+        sqlx::query_scalar("SELECT epoch FROM groups WHERE id = $1 FOR UPDATE")
+            .bind(&c.group_id[..])
+            .fetch_optional(&mut *conn)
+            .await?;
     let Some(epoch) = epoch else {
         return Ok(CommitOutcome::UnknownGroup);
     };
@@ -207,13 +205,12 @@ async fn add_key_packages(
     let (account, number) = (&device.account.0[..], i64::from(device.device));
     // KEY SHARE: the device cannot be removed meanwhile, and enqueues to it
     // are not held up.
-    let exists = sqlx::query(
-        "SELECT 1 FROM devices WHERE account_id = $1 AND device_id = $2 FOR KEY SHARE",
-    )
-    .bind(account)
-    .bind(number)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let exists =
+        sqlx::query("SELECT 1 FROM devices WHERE account_id = $1 AND device_id = $2 FOR KEY SHARE")
+            .bind(account)
+            .bind(number)
+            .fetch_optional(&mut *conn)
+            .await?;
     if exists.is_none() {
         return Err(StoreError::UnknownAccount.into());
     }
@@ -258,7 +255,10 @@ async fn add_key_packages(
     Ok(count(conn, device).await?)
 }
 
-async fn count(conn: &mut PgConnection, device: DeviceAddr) -> Result<KeyPackageCount, sqlx::Error> {
+async fn count(
+    conn: &mut PgConnection,
+    device: DeviceAddr,
+) -> Result<KeyPackageCount, sqlx::Error> {
     let row = sqlx::query(
         "SELECT COUNT(*) FILTER (WHERE NOT last_resort), COALESCE(bool_or(last_resort), false) \
          FROM key_packages WHERE account_id = $1 AND device_id = $2",
@@ -279,11 +279,12 @@ async fn claim_key_packages(
     account: AccountId,
     requester: DeviceAddr,
 ) -> Result<(Vec<ClaimedKeyPackage>, Vec<u32>), Failure> {
-    let devices: Vec<i64> =
-        sqlx::query_scalar("SELECT device_id FROM devices WHERE account_id = $1 ORDER BY device_id")
-            .bind(&account.0[..])
-            .fetch_all(&mut *conn)
-            .await?;
+    let devices: Vec<i64> = sqlx::query_scalar(
+        "SELECT device_id FROM devices WHERE account_id = $1 ORDER BY device_id",
+    )
+    .bind(&account.0[..])
+    .fetch_all(&mut *conn)
+    .await?;
     if devices.is_empty() {
         return Err(StoreError::UnknownAccount.into());
     }

@@ -106,7 +106,10 @@ pub(super) async fn enqueue(
 
     let addrs: Vec<DeviceAddr> = deliveries.iter().map(|(addr, _)| *addr).collect();
     let (accounts, devices) = columns(&addrs);
-    let seqs: Vec<i64> = deliveries.iter().map(|(_, seq)| super::signed(*seq)).collect();
+    let seqs: Vec<i64> = deliveries
+        .iter()
+        .map(|(_, seq)| super::signed(*seq))
+        .collect();
     sqlx::query(
         "UPDATE devices SET next_seq = next_seq + 1 \
          WHERE (account_id, device_id) IN (SELECT * FROM unnest($1::bytea[], $2::bigint[]))",
