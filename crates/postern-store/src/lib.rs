@@ -29,7 +29,7 @@ pub use postern_proto::ids::{AccountId, DeviceAddr};
 
 mod postgres;
 mod sqlite;
-pub use postgres::PgStore;
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, WriterStats};
 
 /// Milliseconds since the Unix epoch; every timestamp in the store uses it.

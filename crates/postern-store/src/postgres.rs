@@ -65,11 +65,31 @@ use crate::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Connections each node keeps to the database.
-const MAX_CONNECTIONS: u32 = 16;
 /// How often a transaction is run again after a deadlock or a
 /// serialization failure before the caller gets the error.
 const MAX_ATTEMPTS: u32 = 8;
+
+/// How to connect a [`PgStore`].
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    /// `postgres://user@host:port/db`, with any libpq-style parameters, e.g.
+    /// `?options[search_path]=postern` to keep the tables in a schema of
+    /// their own. Connections are plain TCP: put TLS in front if the
+    /// database is not on a trusted network.
+    pub url: String,
+    /// Most connections this node keeps open; 16 by default.
+    pub max_connections: u32,
+}
+
+impl PgOptions {
+    /// Options for the database at `url`, with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 16,
+        }
+    }
+}
 
 /// The PostgreSQL store. Cloning is cheap and shares the pool.
 #[derive(Clone, Debug)]
@@ -78,13 +98,17 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// Connects to the database at `url` (`postgres://user@host:port/db`,
-    /// with any libpq-style parameters, e.g. `?options[search_path]=postern`)
-    /// and brings its schema up to date.
+    /// Connects to the database at `url` with the default options and
+    /// brings its schema up to date.
     pub async fn connect(url: &str) -> Result<PgStore> {
-        let options: PgConnectOptions = url.parse().map_err(db)?;
+        Self::connect_with(PgOptions::new(url)).await
+    }
+
+    /// Connects as `opts` say and brings the schema up to date.
+    pub async fn connect_with(opts: PgOptions) -> Result<PgStore> {
+        let options: PgConnectOptions = opts.url.parse().map_err(db)?;
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(opts.max_connections.max(1))
             .connect_with(options)
             .await
             .map_err(db)?;
@@ -283,7 +307,7 @@ fn message_from(row: &PgRow) -> Result<StoredMessage, sqlx::Error> {
 }
 
 impl PgStore {
-    async fn account_where(&self, sql: &'static str, key: &[u8]) -> Result<Option<Account>> {
+    async fn account_where(&self, sql: &'static str, key: &str) -> Result<Option<Account>> {
         let row = sqlx::query(sql)
             .bind(key)
             .fetch_optional(&self.pool)
@@ -401,32 +425,30 @@ impl AccountStore for PgStore {
     }
 
     async fn account(&self, id: AccountId) -> Result<Option<Account>> {
-        self.account_where(
-            "SELECT id, phone, username, created_at FROM accounts WHERE id = $1",
-            &id.0,
-        )
-        .await
+        let row = sqlx::query("SELECT id, phone, username, created_at FROM accounts WHERE id = $1")
+            .bind(&id.0[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(account_from).transpose().map_err(db)
     }
 
     async fn account_by_phone(&self, phone: &str) -> Result<Option<Account>> {
-        let row =
-            sqlx::query("SELECT id, phone, username, created_at FROM accounts WHERE phone = $1")
-                .bind(phone)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?;
-        row.as_ref().map(account_from).transpose().map_err(db)
+        self.account_where(
+            "SELECT id, phone, username, created_at FROM accounts WHERE phone = $1",
+            phone,
+        )
+        .await
     }
 
+    /// Usernames match regardless of case, through the index on lower().
     async fn account_by_username(&self, username: &str) -> Result<Option<Account>> {
-        let row = sqlx::query(
-            "SELECT id, phone, username, created_at FROM accounts WHERE lower(username) = lower($1)",
+        self.account_where(
+            "SELECT id, phone, username, created_at FROM accounts \
+             WHERE lower(username) = lower($1)",
+            username,
         )
-        .bind(username)
-        .fetch_optional(&self.pool)
         .await
-        .map_err(db)?;
-        row.as_ref().map(account_from).transpose().map_err(db)
     }
 
     async fn set_username(&self, id: AccountId, username: Option<&str>) -> Result<()> {

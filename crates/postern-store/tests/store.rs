@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use bytes::Bytes;
 use postern_store::{
     AccountId, AccountStore, CodeStore, CommitOutcome, Device, DeviceAddr, GroupStore,
-    KeyPackageStore, NewCommit, NewDevice, NewMessage, PgStore, QueueStore, Recipients, Store,
-    StoreError,
+    KeyPackageStore, NewCommit, NewDevice, NewMessage, QueueStore, Recipients, Store, StoreError,
 };
 use support::{Backend, Postgres, Sqlite};
 
@@ -1042,7 +1041,7 @@ async fn two_nodes_enqueue_to_one_device(pg: &Postgres) {
     const SENDERS: u128 = 16;
     const EACH: u128 = 25;
     const TOTAL: u64 = (SENDERS * EACH) as u64;
-    let (one, two) = (pg.open().await, PgStore::connect(pg.url()).await.unwrap());
+    let (one, two) = (pg.open_node().await, pg.open_node().await);
     let alice = account(&one, "+15553001", 1).await[0].addr;
     let bob = account(&two, "+15553002", 1).await[0].addr;
 
@@ -1104,7 +1103,7 @@ async fn postgres_nodes_racing_for_an_epoch_accept_one_commit() {
 
 async fn two_nodes_race_for_an_epoch(pg: &Postgres) {
     const DEVICES: usize = 8;
-    let (one, two) = (pg.open().await, PgStore::connect(pg.url()).await.unwrap());
+    let (one, two) = (pg.open_node().await, pg.open_node().await);
     let alice = account(&one, "+15553101", DEVICES).await;
     let group = b"contested";
     one.create_group(group, alice[0].addr, NOW).await.unwrap();

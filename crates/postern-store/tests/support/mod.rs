@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use postern_store::{PgStore, SqliteOptions, SqliteStore, Store};
+use postern_store::{PgOptions, PgStore, SqliteOptions, SqliteStore, Store};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
@@ -90,9 +90,20 @@ impl Postgres {
         Some(Postgres { base, schema, url })
     }
 
-    /// The URL of the test schema, for more stores ("nodes") on it.
+    /// The URL of the test schema.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Another store ("node") on the same schema, with a pool of its own,
+    /// small enough that many tests in parallel stay within the server's
+    /// connection limit.
+    pub async fn open_node(&self) -> PgStore {
+        let mut opts = PgOptions::new(self.url());
+        opts.max_connections = 4;
+        PgStore::connect_with(opts)
+            .await
+            .expect("connect the postgres store")
     }
 
     /// Drops the schema and everything in it.
@@ -114,9 +125,7 @@ impl Backend for Postgres {
     type Store = PgStore;
 
     async fn open(&self) -> PgStore {
-        PgStore::connect(&self.url)
-            .await
-            .expect("connect the postgres store")
+        self.open_node().await
     }
 
     async fn close(&self, store: &PgStore) {
