@@ -12,11 +12,12 @@
 //! READ COMMITTED, made safe by the row locks and constraints it takes.
 //!
 //! - **Sequence numbers**: an enqueue locks the recipient device rows
-//!   (`SELECT … ORDER BY account_id, device_id FOR UPDATE`, always in that
-//!   order so that two enqueues cannot deadlock), takes `next_seq` from them,
-//!   bumps it, writes the copies and commits. The lock is held until the
-//!   commit, so a device's numbers are handed out one transaction at a time
-//!   and become visible in order: a reader that sees seq 5 has already been
+//!   (`SELECT … ORDER BY account_id, device_id FOR NO KEY UPDATE`, always in
+//!   that order so that two enqueues cannot deadlock; NO KEY so that
+//!   foreign-key checks against the device are not held up), takes
+//!   `next_seq` from them, bumps it, writes the copies and commits. The lock
+//!   is held until the commit, so a device's numbers are handed out one
+//!   transaction at a time and become visible in order: a reader that sees seq 5 has already been
 //!   able to see seq 4. A database sequence would not give that (a later
 //!   number can commit first, and a client acking it would skip the earlier).
 //! - **Idempotent sends**: the primary key of `sends` (client message id,

@@ -50,12 +50,14 @@ pub(super) async fn enqueue(
 
     // Lock the recipients' rows in key order (the same order in every
     // transaction, so two enqueues never wait on each other in a cycle) and
-    // read the number each gives next.
+    // read the number each gives next. NO KEY UPDATE is what the counter's
+    // update needs: it excludes other enqueues and the device's deletion but
+    // not foreign-key checks (a commit adding the device to a group).
     let rows = match &msg.to {
         Recipients::Account(account) => {
             sqlx::query(
                 "SELECT account_id, device_id, next_seq FROM devices WHERE account_id = $1 \
-                 ORDER BY account_id, device_id FOR UPDATE",
+                 ORDER BY account_id, device_id FOR NO KEY UPDATE",
             )
             .bind(&account.0[..])
             .fetch_all(&mut *conn)
@@ -67,7 +69,7 @@ pub(super) async fn enqueue(
                 "SELECT account_id, device_id, next_seq FROM devices \
                  WHERE (account_id, device_id) IN \
                        (SELECT * FROM unnest($1::bytea[], $2::bigint[])) \
-                 ORDER BY account_id, device_id FOR UPDATE",
+                 ORDER BY account_id, device_id FOR NO KEY UPDATE",
             )
             .bind(accounts)
             .bind(devices)
