@@ -1148,3 +1148,48 @@ async fn two_nodes_race_for_an_epoch(pg: &Postgres) {
     one.close().await;
     two.close().await;
 }
+
+/// Members on two nodes claim the same account's key packages at once:
+/// every one-time package is handed out once, then the last resort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nodes_claiming_key_packages_never_share_one() {
+    with_postgres!(two_nodes_claim_key_packages);
+}
+
+async fn two_nodes_claim_key_packages(pg: &Postgres) {
+    const PACKAGES: usize = 40;
+    const CLAIMS: usize = 50;
+    let (one, two) = (pg.open_node().await, pg.open_node().await);
+    let alice = account(&one, "+15553201", 1).await[0].addr;
+    let bob = account(&two, "+15553202", 1).await[0].addr;
+    let packages: Vec<Bytes> = (0..PACKAGES)
+        .map(|i| Bytes::from(format!("kp{i}")))
+        .collect();
+    one.add_key_packages(bob, packages, Some(Bytes::from_static(b"last")), 100)
+        .await
+        .unwrap();
+
+    let claims = (0..CLAIMS).map(|i| {
+        let store = if i % 2 == 0 { one.clone() } else { two.clone() };
+        tokio::spawn(async move { store.claim_key_packages(bob.account, alice).await })
+    });
+    let mut one_time = HashSet::new();
+    let mut last_resort = 0;
+    for claim in futures::future::join_all(claims).await {
+        let (got, exhausted) = claim.unwrap().unwrap();
+        assert!(exhausted.is_empty());
+        assert_eq!(got.len(), 1);
+        if got[0].last_resort {
+            last_resort += 1;
+        } else {
+            assert!(
+                one_time.insert(got[0].key_package.clone()),
+                "{:?} handed out twice",
+                got[0].key_package
+            );
+        }
+    }
+    assert_eq!((one_time.len(), last_resort), (PACKAGES, CLAIMS - PACKAGES));
+    one.close().await;
+    two.close().await;
+}
