@@ -27,6 +27,10 @@ pub struct ServerConfig {
     /// How long an undelivered message waits in a device queue.
     #[serde(with = "humantime_secs")]
     pub message_ttl: Duration,
+    /// Where accounts, queues and groups are kept: unset for the embedded
+    /// SQLite file `DATA_DIR/postern.db`, or a `postgres://` URL for a
+    /// PostgreSQL database several server nodes can share.
+    pub store: Option<String>,
     /// SQLite durability: "full" (default; survives power loss) or "normal"
     /// (survives a process crash, may lose the last commits on power loss).
     pub sqlite_synchronous: String,
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             http_listen: "127.0.0.1:7448".parse().expect("valid default"),
             sms: SmsConfig::default(),
             message_ttl: Duration::from_secs(30 * 24 * 3600),
+            store: None,
             sqlite_synchronous: "full".into(),
             mls_ciphersuite: postern_proto::mls::CIPHERSUITES[0].1.into(),
             limits: Limits::default(),

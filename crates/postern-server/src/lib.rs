@@ -36,7 +36,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use postern_proto::keys::NoiseKeypair;
 use postern_proto::link::ServerLink;
-use postern_store::{SqliteOptions, SqliteStore, Store, Synchronous};
+use postern_store::{PgStore, SqliteOptions, SqliteStore, Store, Synchronous};
 use postern_tlog::Verifier;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -77,7 +77,7 @@ pub struct RunningServer {
     pub log_key: Option<Verifier>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    store: SqliteStore,
+    store: OpenStore,
     shared: Arc<Shared>,
     log: Option<transparency::Hosted>,
 }
@@ -96,11 +96,23 @@ impl Server {
             "normal" => Synchronous::Normal,
             other => bail!("sqlite_synchronous must be \"full\" or \"normal\", not {other:?}"),
         };
-        let mut opts = SqliteOptions::new(cfg.data_dir.join("postern.db"));
-        opts.synchronous = synchronous;
-        let store = SqliteStore::open(opts)
-            .await
-            .with_context(|| format!("cannot open the database in {}", cfg.data_dir.display()))?;
+        let store = match &cfg.store {
+            None => {
+                let mut opts = SqliteOptions::new(cfg.data_dir.join("postern.db"));
+                opts.synchronous = synchronous;
+                OpenStore::Sqlite(SqliteStore::open(opts).await.with_context(|| {
+                    format!("cannot open the database in {}", cfg.data_dir.display())
+                })?)
+            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                OpenStore::Postgres(PgStore::connect(url).await.with_context(|| {
+                    "cannot connect to the PostgreSQL store (is the server up, and the URL right?)"
+                })?)
+            }
+            Some(other) => bail!(
+                "store must be a postgres:// URL (or unset for the embedded SQLite file), not {other:?}"
+            ),
+        };
 
         let sms: Arc<dyn sms::SmsGateway> = match cfg.sms.gateway {
             SmsGatewayKind::Outbox => Arc::new(sms::OutboxGateway::new(
@@ -160,7 +172,7 @@ impl Server {
                     names.join(", ")
                 )
             })?;
-        let store_dyn: Arc<dyn Store> = Arc::new(store.clone());
+        let store_dyn = store.shared();
         let relays = Arc::new(
             relays::Relays::open(store_dyn.clone(), &cfg.relays, cfg.distributor.clone())
                 .await
@@ -220,6 +232,28 @@ impl Server {
             shared,
             log,
         })
+    }
+}
+
+/// The store a server opened, kept to close it on shutdown.
+enum OpenStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl OpenStore {
+    fn shared(&self) -> Arc<dyn Store> {
+        match self {
+            OpenStore::Sqlite(s) => Arc::new(s.clone()),
+            OpenStore::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            OpenStore::Sqlite(s) => s.close().await,
+            OpenStore::Postgres(s) => s.close().await,
+        }
     }
 }
 

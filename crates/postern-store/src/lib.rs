@@ -14,9 +14,10 @@
 //! [`SqliteStore`] is the embedded default: one file in WAL mode, migrations
 //! compiled into the binary, and group commit on the message path (concurrent
 //! [`QueueStore::enqueue`] and [`QueueStore::ack`] calls share one
-//! transaction and one fsync). A PostgreSQL implementation can follow without
-//! changing callers: every method is async, takes plain values, and each call
-//! is atomic on its own, so several server nodes can share one database.
+//! transaction and one fsync). [`PgStore`] keeps the same state in
+//! PostgreSQL, which several server nodes can share: every method is async,
+//! takes plain values, and each call is atomic on its own (one transaction
+//! with the row locks it needs; see the `postgres` module).
 //!
 //! The store never interprets message payloads, key packages, GroupInfos or
 //! ratchet trees: they are opaque bytes.
@@ -27,7 +28,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 pub use postern_proto::ids::{AccountId, DeviceAddr};
 
+mod postgres;
 mod sqlite;
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, WriterStats};
 
 /// Milliseconds since the Unix epoch; every timestamp in the store uses it.

@@ -1,18 +1,26 @@
-//! An acknowledged write survives the process being killed.
+//! An acknowledged write survives the process being killed, in either store.
 //!
 //! The test runs itself again as a child that enqueues messages as fast as
 //! it can and prints each id once `enqueue` returned; the parent SIGKILLs it
-//! mid-stream, reopens the file and looks for every id it was told about.
+//! mid-stream, reopens the store and looks for every id it was told about.
+
+// Only the PostgreSQL schema helpers are needed here.
+#[allow(dead_code)]
+#[macro_use]
+mod support;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use postern_store::{AccountStore, NewDevice, NewMessage, QueueStore, SqliteOptions, SqliteStore};
+use postern_store::{NewDevice, NewMessage, PgStore, SqliteOptions, SqliteStore, Store};
 
-const CHILD_DB: &str = "POSTERN_STORE_TEST_CHILD_DB";
-const TEST: &str = "acknowledged_messages_survive_sigkill";
+/// Where the child's store is: a SQLite file, or a `postgres://` URL.
+const CHILD_STORE: &str = "POSTERN_STORE_TEST_CHILD_STORE";
+/// The test the child runs, so that it knows it is the child.
+const CHILD_TEST: &str = "POSTERN_STORE_TEST_CHILD_TEST";
 
 fn device(n: u8) -> NewDevice {
     NewDevice {
@@ -22,16 +30,64 @@ fn device(n: u8) -> NewDevice {
     }
 }
 
+async fn open(location: &str) -> Arc<dyn Store> {
+    if location.starts_with("postgres:") {
+        Arc::new(PgStore::connect(location).await.unwrap())
+    } else {
+        Arc::new(
+            SqliteStore::open(SqliteOptions::new(location))
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+/// True in the child: it has run its part and the test must end.
+fn run_as_child(test: &str) -> bool {
+    if std::env::var(CHILD_TEST).as_deref() != Ok(test) {
+        return false;
+    }
+    let location = std::env::var(CHILD_STORE).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(child(&location));
+    true
+}
+
 #[test]
 fn acknowledged_messages_survive_sigkill() {
-    if let Ok(db) = std::env::var(CHILD_DB) {
-        return child(db.into());
+    const TEST: &str = "acknowledged_messages_survive_sigkill";
+    if run_as_child(TEST) {
+        return;
     }
     let dir = tempfile::TempDir::new().unwrap();
     let db = dir.path().join("postern.db");
+    kill_and_check(TEST, db.to_str().unwrap());
+}
+
+#[test]
+fn acknowledged_messages_survive_sigkill_postgres() {
+    const TEST: &str = "acknowledged_messages_survive_sigkill_postgres";
+    if run_as_child(TEST) {
+        return;
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        with_postgres!(|pg: &support::Postgres| {
+            let url = pg.url().to_owned();
+            async move {
+                tokio::task::spawn_blocking(move || kill_and_check(TEST, &url))
+                    .await
+                    .unwrap()
+            }
+        });
+    });
+}
+
+fn kill_and_check(test: &str, location: &str) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-        .env(CHILD_DB, &db)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_TEST, test)
+        .env(CHILD_STORE, location)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -51,7 +107,7 @@ fn acknowledged_messages_survive_sigkill() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = SqliteStore::open(SqliteOptions::new(&db)).await.unwrap();
+        let store = open(location).await;
         let bob = store.account_by_phone("+15550002").await.unwrap().unwrap();
         let bob = store.devices(bob.id).await.unwrap()[0].addr;
         let stored: HashSet<u128> = store
@@ -66,39 +122,36 @@ fn acknowledged_messages_survive_sigkill() {
     });
 }
 
-fn child(db: std::path::PathBuf) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store = SqliteStore::open(SqliteOptions::new(db)).await.unwrap();
-        let (_, alice) = store
-            .create_account("+15550001", None, device(1), 0)
-            .await
-            .unwrap();
-        let (bob, _) = store
-            .create_account("+15550002", None, device(2), 0)
-            .await
-            .unwrap();
-        let tasks = (0..8u128).map(|t| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                for i in 0.. {
-                    let id = t << 64 | i;
-                    store
-                        .enqueue(NewMessage {
-                            sender: alice.addr,
-                            client_message_id: id.to_be_bytes(),
-                            to: bob.id.into(),
-                            group_id: None,
-                            payload: Bytes::from_static(&[0; 256]),
-                            received_at: 0,
-                            expires_at: i64::MAX,
-                        })
-                        .await
-                        .unwrap();
-                    println!("acked {id}");
-                }
-            })
-        });
-        futures::future::join_all(tasks).await;
+async fn child(location: &str) {
+    let store = open(location).await;
+    let (_, alice) = store
+        .create_account("+15550001", None, device(1), 0)
+        .await
+        .unwrap();
+    let (bob, _) = store
+        .create_account("+15550002", None, device(2), 0)
+        .await
+        .unwrap();
+    let tasks = (0..8u128).map(|t| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let id = t << 64 | i;
+                store
+                    .enqueue(NewMessage {
+                        sender: alice.addr,
+                        client_message_id: id.to_be_bytes(),
+                        to: bob.id.into(),
+                        group_id: None,
+                        payload: Bytes::from_static(&[0; 256]),
+                        received_at: 0,
+                        expires_at: i64::MAX,
+                    })
+                    .await
+                    .unwrap();
+                println!("acked {id}");
+            }
+        })
     });
+    futures::future::join_all(tasks).await;
 }

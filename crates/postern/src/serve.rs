@@ -19,6 +19,11 @@ pub struct ServeArgs {
     /// Default: $XDG_DATA_HOME/postern.
     #[arg(long, env = "POSTERN_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep accounts, queues and groups in this PostgreSQL database
+    /// (postgres://user@host:port/db), which several server nodes can
+    /// share. Default: the embedded SQLite file in DATA_DIR.
+    #[arg(long, env = "POSTERN_STORE", value_name = "URL")]
+    store: Option<String>,
     /// Client listen address (TCP). Default: 127.0.0.1:7447.
     #[arg(long, env = "POSTERN_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -62,6 +67,9 @@ impl ServeArgs {
         if let Some(d) = self.data_dir {
             cfg.data_dir = d;
         }
+        if let Some(url) = self.store {
+            cfg.store = Some(url);
+        }
         if let Some(a) = self.listen {
             cfg.listen = a;
         }
@@ -97,10 +105,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         SmsGatewayKind::Webhook => "posted to the configured webhook".to_owned(),
     };
     let data_dir = cfg.data_dir.clone();
+    // The URL may carry a password: name the kind of store only.
+    let store = match &cfg.store {
+        Some(_) => "PostgreSQL".to_owned(),
+        None => format!("SQLite, {}", data_dir.join("postern.db").display()),
+    };
     let server = Server::start(cfg).await?;
     let link = server.link.to_string();
     println!("Postern server {} is running.", env!("CARGO_PKG_VERSION"));
     println!("  data dir:   {}", data_dir.display());
+    println!("  store:      {store}");
     println!("  clients:    {} (TCP, Noise IK)", server.client_addr);
     println!("  HTTP API:   http://{}/health", server.http_addr);
     println!("  SMS codes:  {sms}");
@@ -166,5 +180,30 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: super::ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> postern_server::ServerConfig {
+        let parsed = Serve::try_parse_from(std::iter::once("serve").chain(args.iter().copied()));
+        parsed.unwrap().args.config().unwrap()
+    }
+
+    #[test]
+    fn store_selects_postgres_and_defaults_to_sqlite() {
+        let url = "postgres://postern@db.internal:5432/postern";
+        assert_eq!(config(&["--store", url]).store.as_deref(), Some(url));
+        if std::env::var_os("POSTERN_STORE").is_none() {
+            assert_eq!(config(&[]).store, None);
+        }
     }
 }
