@@ -349,6 +349,22 @@ pub struct NewCommit {
     pub expires_at: Millis,
 }
 
+impl NewCommit {
+    /// Whether the sender may make this commit, given the group's member
+    /// devices before it: it is one of them, or it is a new device of a
+    /// member account joining by external commit — listing only itself in
+    /// `added` and removing only its own account's devices.
+    pub fn sender_may_commit(&self, members: &[DeviceAddr]) -> bool {
+        members.contains(&self.sender)
+            || (self.added == [self.sender]
+                && members.iter().any(|m| m.account == self.sender.account)
+                && self
+                    .removed
+                    .iter()
+                    .all(|r| r.account == self.sender.account))
+    }
+}
+
 /// What became of a [`GroupStore::commit`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommitOutcome {

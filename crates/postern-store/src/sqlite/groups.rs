@@ -113,11 +113,7 @@ pub(super) async fn commit(
         });
     }
     let before = members(conn, &c.group_id).await?;
-    let is_member = before.contains(&c.sender);
-    let joins_own_account = c.added == [c.sender]
-        && before.iter().any(|m| m.account == c.sender.account)
-        && c.removed.iter().all(|r| r.account == c.sender.account);
-    if !is_member && !joins_own_account {
+    if !c.sender_may_commit(&before) {
         return Ok(CommitOutcome::NotAMember);
     }
     sqlx::query(
