@@ -315,14 +315,21 @@ impl Client {
         f(&mut lock(&self.inner.home))
     }
 
-    /// Connects to the server (each TCP endpoint of the link in turn).
+    /// Connects to the server: each TCP endpoint of the link in turn,
+    /// starting from one chosen by this device's key.
     pub async fn connect(&self) -> Result<Connection, ClientError> {
         let hello = pb::ClientHello {
             version: PROTOCOL_VERSION,
             software: concat!("postern/", env!("CARGO_PKG_VERSION")).into(),
         };
         let mut last = None;
-        for addr in &self.inner.link.tcp {
+        // Several server nodes behind one link: each device starts at its
+        // own endpoint (chosen by its key, so it is the same every time)
+        // and goes round the rest, which spreads devices over the nodes
+        // and moves them to the next one when theirs goes away.
+        let endpoints = &self.inner.link.tcp;
+        let start = usize::from(self.inner.noise.public[0]) % endpoints.len().max(1);
+        for addr in endpoints.iter().cycle().skip(start).take(endpoints.len()) {
             let attempt = async {
                 let stream = postern_transport::tcp::connect(addr, CONNECT_TIMEOUT).await?;
                 postern_transport::client_handshake(

@@ -46,6 +46,46 @@ pub struct ServerConfig {
     /// The distributor's policy (`[distributor]`): trust levels,
     /// invitations, blockage limits, caps; see `postern_distributor::Config`.
     pub distributor: postern_distributor::Config,
+    /// This node's name and how it works with other nodes (`[node]`).
+    pub node: NodeConfig,
+}
+
+/// One server node among several sharing a PostgreSQL store.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name, shown in `/node`, logs and the NATS connection.
+    /// Default: the name kept in `DATA_DIR/node-id`, created on first
+    /// start as `node-` and 8 random hex digits.
+    pub name: Option<String>,
+    /// NATS server (`nats://[user:pass@]host:port`) through which nodes
+    /// wake each other when a message is queued for a device connected
+    /// elsewhere. Unset: one node, no NATS.
+    pub nats: Option<String>,
+    /// Subject prefix for wake-ups, so several deployments can share one
+    /// NATS (subjects are `PREFIX.wake.ACCOUNT.DEVICE`).
+    pub nats_prefix: String,
+    /// With NATS, every subscribed connection also checks the store this
+    /// often, so a lost wake-up delays a message by at most this long.
+    #[serde(with = "humantime_secs")]
+    pub poll_interval: Duration,
+    /// On SIGTERM the node stops accepting, finishes requests in flight,
+    /// tells clients to move (GoAway) and waits this long at most for them
+    /// to leave before it closes what remains.
+    #[serde(with = "humantime_secs")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: None,
+            nats: None,
+            nats_prefix: "postern".into(),
+            poll_interval: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// One relay an operator lists; the server adds it to the distributor at
@@ -81,6 +121,7 @@ impl Default for ServerConfig {
             transparency: TransparencyConfig::default(),
             relays: Vec::new(),
             distributor: postern_distributor::Config::default(),
+            node: NodeConfig::default(),
         }
     }
 }
@@ -309,6 +350,21 @@ mod tests {
             toml::from_str::<ServerConfig>("[[relays]]\nname = \"r\"\nlink = \"l\"\nport = 1")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_node_table_names_nats_and_timings() {
+        let cfg = ServerConfig::default();
+        assert!(cfg.node.nats.is_none());
+        assert_eq!(cfg.node.poll_interval, Duration::from_secs(30));
+        let cfg = toml_from_str(
+            "[node]\nname = \"eu-1\"\nnats = \"nats://10.0.0.2:4222\"\npoll_interval = 5\n",
+        );
+        assert_eq!(cfg.node.name.as_deref(), Some("eu-1"));
+        assert_eq!(cfg.node.nats.as_deref(), Some("nats://10.0.0.2:4222"));
+        assert_eq!(cfg.node.poll_interval, Duration::from_secs(5));
+        assert_eq!(cfg.node.nats_prefix, "postern");
+        assert!(toml::from_str::<ServerConfig>("[node]\nnat = \"x\"").is_err());
     }
 
     fn toml_from_str(s: &str) -> ServerConfig {

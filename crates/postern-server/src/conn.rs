@@ -36,6 +36,7 @@ pub(crate) async fn serve<S>(
     service: Arc<Service>,
     keys: Arc<NoiseKeypair>,
     handshakes: Arc<Semaphore>,
+    drain: tokio::sync::watch::Receiver<bool>,
     stream: S,
     peer: SocketAddr,
 ) where
@@ -47,7 +48,7 @@ pub(crate) async fn serve<S>(
     let Some((conn, session)) = handshake else {
         return;
     };
-    match Connection::new(service, session).run(conn).await {
+    match Connection::new(service, session).run(conn, drain).await {
         Ok(()) => {}
         // An authenticated peer sent bytes that break the protocol: worth
         // an operator's attention, once per connection.
@@ -207,11 +208,15 @@ impl Connection {
     async fn run<S>(
         mut self,
         conn: postern_transport::Connection<S>,
+        mut drain: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), postern_transport::TransportError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let (mut reader, mut writer) = conn.split();
+        // Draining: read no more requests; once those in flight are
+        // answered, say GoAway and close.
+        let mut leaving = *drain.borrow();
         let limits = self.service.limits().clone();
         let mut inflight = FuturesUnordered::new();
         let mut fetching = None;
@@ -228,6 +233,12 @@ impl Connection {
         tokio::pin!(timer);
 
         loop {
+            if leaving && inflight.is_empty() {
+                outbox.push(go_away_envelope());
+                writer.send_batch(outbox.iter()).await?;
+                let _ = writer.shutdown().await;
+                return Ok(());
+            }
             if fetching.is_none()
                 && let Some(d) = self.delivery.as_mut()
                 && d.wake
@@ -255,7 +266,10 @@ impl Connection {
                         self.finish(reply, &mut outbox);
                     }
                 }
-                read = reader.recv(), if inflight.len() < limits.max_inflight_requests => {
+                () = async { let _ = drain.wait_for(|d| *d).await; }, if !leaving => {
+                    leaving = true;
+                }
+                read = reader.recv(), if !leaving && inflight.len() < limits.max_inflight_requests => {
                     let Some(env) = read? else { return Ok(()) };
                     last_read = Instant::now();
                     last_traffic = last_read;
@@ -444,6 +458,17 @@ enum Dispatch<F> {
     Now(pb::Envelope),
     Later(F),
     Close(pb::Envelope),
+}
+
+fn go_away_envelope() -> pb::Envelope {
+    envelope(
+        0,
+        Body::Push(pb::Push {
+            kind: Some(pb::push::Kind::GoAway(pb::GoAway {
+                reason: "this server node is shutting down; connect to another".into(),
+            })),
+        }),
+    )
 }
 
 fn deliver_envelope(messages: Vec<pb::QueuedMessage>) -> pb::Envelope {

@@ -1,5 +1,7 @@
 //! Wake-ups for connected devices: when a message is queued for a device,
-//! every subscribed connection of that device on this node gets it.
+//! every subscribed connection of that device on this node gets it, and,
+//! when several nodes share the store, the other nodes are told through
+//! NATS ([`Fanout`]).
 //!
 //! Each connection has a [`Mailbox`]. A freshly committed message is handed
 //! over in memory, so the connection can push it without reading it back
@@ -62,17 +64,95 @@ impl Mailbox {
 /// Registry of the connections subscribed on this node.
 #[derive(Default)]
 pub struct Hub {
-    devices: Mutex<HashMap<DeviceAddr, Vec<Arc<Mailbox>>>>,
+    devices: Mutex<HashMap<DeviceAddr, Local>>,
+    fanout: Option<Fanout>,
+}
+
+/// The connections of one device on this node, and its NATS subscription.
+#[derive(Default)]
+struct Local {
+    mailboxes: Vec<Arc<Mailbox>>,
+    sid: Option<u64>,
+}
+
+/// Wake-ups between nodes over NATS core pub/sub.
+///
+/// Each node subscribes to `PREFIX.wake.ACCOUNT.DEVICE` for the devices
+/// connected to it, and publishes on that subject for every copy it
+/// queues. A wake-up carries nothing but the subject: the receiving node
+/// fetches from the store, which stays the source of truth. NATS core is
+/// at most once, so a wake-up lost (NATS down, a slow consumer) only
+/// delays delivery: after a reconnect every local connection fetches, and
+/// every connection also polls at the configured interval.
+pub struct Fanout {
+    client: postern_nats::Client,
+    prefix: String,
+}
+
+impl Fanout {
+    /// Wake-ups through `client` on subjects under `prefix`.
+    pub fn new(client: postern_nats::Client, prefix: &str) -> Self {
+        Fanout {
+            client,
+            prefix: format!("{prefix}.wake."),
+        }
+    }
+
+    /// The NATS client.
+    pub fn client(&self) -> &postern_nats::Client {
+        &self.client
+    }
+
+    fn subject(&self, device: &DeviceAddr) -> String {
+        format!(
+            "{}{}.{}",
+            self.prefix,
+            hex::encode(device.account.0),
+            device.device
+        )
+    }
+
+    /// The device a wake-up subject names, if it is one of ours.
+    fn device(&self, subject: &str) -> Option<DeviceAddr> {
+        let rest = subject.strip_prefix(&self.prefix)?;
+        let (account, device) = rest.split_once('.')?;
+        let account = hex::decode(account).ok()?;
+        Some(DeviceAddr {
+            account: postern_proto::ids::AccountId::from_slice(&account)?,
+            device: device.parse().ok()?,
+        })
+    }
 }
 
 impl Hub {
+    /// A hub that also wakes other nodes through `fanout`.
+    pub fn with_fanout(fanout: Fanout) -> Self {
+        Hub {
+            devices: Mutex::default(),
+            fanout: Some(fanout),
+        }
+    }
+
+    /// The NATS fan-out, if this node has one.
+    pub fn fanout(&self) -> Option<&Fanout> {
+        self.fanout.as_ref()
+    }
+
     /// Registers a connection's mailbox for `device` until the guard drops.
     pub fn subscribe(self: &Arc<Self>, device: DeviceAddr) -> Subscription {
         let mailbox = Arc::new(Mailbox::default());
-        lock(&self.devices)
-            .entry(device)
-            .or_default()
-            .push(mailbox.clone());
+        let mut devices = lock(&self.devices);
+        let local = devices.entry(device).or_default();
+        if local.mailboxes.is_empty()
+            && let Some(f) = &self.fanout
+        {
+            match f.client.subscribe(&f.subject(&device)) {
+                Ok(sid) => local.sid = Some(sid),
+                Err(e) => tracing::error!(error = %e, "cannot subscribe to wake-ups"),
+            }
+        }
+        local.mailboxes.push(mailbox.clone());
+        drop(devices);
         Subscription {
             hub: self.clone(),
             device,
@@ -80,27 +160,63 @@ impl Hub {
         }
     }
 
-    /// Hands a committed message to every subscribed connection of `device`.
+    /// Hands a committed message to every subscribed connection of `device`
+    /// on this node, and wakes the other nodes.
     pub fn deliver(&self, device: &DeviceAddr, message: &Arc<pb::QueuedMessage>) {
-        if let Some(list) = lock(&self.devices).get(device) {
-            for m in list {
+        if let Some(local) = lock(&self.devices).get(device) {
+            for m in &local.mailboxes {
                 m.put(Some(message));
             }
         }
+        // Always published, even with the device here: the same device may
+        // also be connected to another node for a moment (a reconnect).
+        if let Some(f) = &self.fanout
+            && let Err(e) = f.client.publish(
+                &f.subject(device),
+                bytes::Bytes::copy_from_slice(&message.seq.to_be_bytes()),
+            )
+        {
+            tracing::warn!(error = %e, "cannot publish a wake-up");
+        }
     }
 
-    /// Tells every subscribed connection of `device` to fetch from the store.
+    /// Tells every subscribed connection of `device` on this node to fetch
+    /// from the store.
     pub fn wake(&self, device: &DeviceAddr) {
-        if let Some(list) = lock(&self.devices).get(device) {
-            for m in list {
+        if let Some(local) = lock(&self.devices).get(device) {
+            for m in &local.mailboxes {
                 m.put(None);
             }
         }
     }
 
+    /// Handles a wake-up another node published on `subject`.
+    pub fn wake_subject(&self, subject: &str) {
+        if let Some(device) = self.fanout.as_ref().and_then(|f| f.device(subject)) {
+            self.wake(&device);
+        }
+    }
+
+    /// Tells every subscribed connection on this node to fetch: after
+    /// wake-ups may have been lost, and as the periodic poll.
+    pub fn wake_all(&self) -> usize {
+        let devices = lock(&self.devices);
+        let mut woken = 0;
+        for local in devices.values() {
+            for m in &local.mailboxes {
+                m.put(None);
+                woken += 1;
+            }
+        }
+        woken
+    }
+
     /// Connections currently subscribed.
     pub fn subscribed(&self) -> usize {
-        lock(&self.devices).values().map(Vec::len).sum()
+        lock(&self.devices)
+            .values()
+            .map(|l| l.mailboxes.len())
+            .sum()
     }
 }
 
@@ -125,9 +241,12 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut map = lock(&self.hub.devices);
-        if let Some(list) = map.get_mut(&self.device) {
-            list.retain(|m| !Arc::ptr_eq(m, &self.mailbox));
-            if list.is_empty() {
+        if let Some(local) = map.get_mut(&self.device) {
+            local.mailboxes.retain(|m| !Arc::ptr_eq(m, &self.mailbox));
+            if local.mailboxes.is_empty() {
+                if let (Some(sid), Some(f)) = (local.sid, &self.hub.fanout) {
+                    f.client.unsubscribe(sid);
+                }
                 map.remove(&self.device);
             }
         }

@@ -53,11 +53,20 @@ pub(crate) struct Shared {
     link: ServerLink,
     connections: AtomicUsize,
     handshakes: Arc<Semaphore>,
+    node: String,
+    store_kind: &'static str,
+    /// Set once on SIGTERM (or [`RunningServer::drain`]): stop accepting,
+    /// finish requests, send GoAway, close.
+    drain: watch::Sender<bool>,
 }
 
 impl Shared {
     fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    fn draining(&self) -> bool {
+        *self.drain.borrow()
     }
 }
 
@@ -75,6 +84,9 @@ pub struct RunningServer {
     /// The transparency log's verifier key (also in `DATA_DIR/log-vkey.txt`),
     /// if the server hosts the log.
     pub log_key: Option<Verifier>,
+    /// This node's name (`[node] name`, or `DATA_DIR/node-id`).
+    pub node: String,
+    drain_timeout: Duration,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     store: OpenStore,
@@ -90,6 +102,10 @@ impl Server {
     pub async fn start(cfg: ServerConfig) -> anyhow::Result<RunningServer> {
         create_private_dir(&cfg.data_dir)?;
         let keys = Arc::new(load_or_create_key(&cfg.data_dir.join("server.key"))?);
+        let node = match &cfg.node.name {
+            Some(name) => check_node_name(name)?,
+            None => load_or_create_node_id(&cfg.data_dir.join("node-id"))?,
+        };
 
         let synchronous = match cfg.sqlite_synchronous.as_str() {
             "full" => Synchronous::Full,
@@ -173,6 +189,33 @@ impl Server {
                 )
             })?;
         let store_dyn = store.shared();
+        let store_kind = match &store {
+            OpenStore::Sqlite(_) => "sqlite",
+            OpenStore::Postgres(_) => "postgres",
+        };
+        let (hub, nats_events) = match &cfg.node.nats {
+            None => (Arc::new(hub::Hub::default()), None),
+            Some(url) => {
+                if store_kind == "sqlite" {
+                    tracing::warn!(
+                        "NATS is configured but the store is SQLite, which one node only can use"
+                    );
+                }
+                let (client, events) = postern_nats::Client::connect(postern_nats::Options::new(
+                    url,
+                    format!("postern {node}"),
+                ))
+                .await
+                .context("cannot connect to NATS (is it running, and the URL right?)")?;
+                (
+                    Arc::new(hub::Hub::with_fanout(hub::Fanout::new(
+                        client,
+                        &cfg.node.nats_prefix,
+                    ))),
+                    Some(events),
+                )
+            }
+        };
         let relays = Arc::new(
             relays::Relays::open(store_dyn.clone(), &cfg.relays, cfg.distributor.clone())
                 .await
@@ -182,7 +225,7 @@ impl Server {
             Service::new(
                 store_dyn.clone(),
                 sms,
-                Arc::new(hub::Hub::default()),
+                hub.clone(),
                 relays,
                 cfg.limits.clone(),
                 cfg.message_ttl,
@@ -195,6 +238,9 @@ impl Server {
             link: link.clone(),
             connections: AtomicUsize::new(0),
             handshakes: Arc::new(Semaphore::new(cfg.limits.max_handshakes)),
+            node: node.clone(),
+            store_kind,
+            drain: watch::channel(false).0,
         });
 
         let (shutdown, stop) = watch::channel(false);
@@ -205,6 +251,9 @@ impl Server {
             cfg.limits.max_connections,
             stop.clone(),
         ));
+        if let Some(events) = nats_events {
+            tasks.spawn(wake_loop(events, hub, cfg.node.poll_interval, stop.clone()));
+        }
         let mut http_stop = stop.clone();
         let router = http::router(shared.clone(), log.as_ref().map(|l| l.log.dir()));
         tasks.spawn(async move {
@@ -226,6 +275,8 @@ impl Server {
             http_addr,
             link,
             log_key: log.as_ref().map(|l| l.log.key().clone()),
+            node,
+            drain_timeout: cfg.node.drain_timeout,
             shutdown,
             tasks,
             store,
@@ -269,6 +320,26 @@ impl RunningServer {
         self.log.as_ref().map(|l| &l.log)
     }
 
+    /// Drains the node, then [shuts down](Self::shutdown): stops
+    /// accepting, lets every connection finish the requests it has in
+    /// flight and tells its client to move (GoAway), and waits up to
+    /// `[node] drain_timeout` for the connections to close. Meanwhile
+    /// `/health` answers 503, so a load balancer takes the node out.
+    pub async fn drain(self) {
+        self.shared.drain.send_replace(true);
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        while self.shared.connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.shared.connections();
+        if left > 0 {
+            tracing::warn!(connections = left, "drain timeout; closing the rest");
+        } else {
+            tracing::info!("drained: no connection left");
+        }
+        self.shutdown().await;
+    }
+
     /// Stops accepting, closes the listeners, publishes what the
     /// transparency log has queued and stops it, and closes the store.
     /// Requests already acknowledged are durable before this returns.
@@ -291,9 +362,22 @@ async fn accept_loop(
     let slots = Arc::new(Semaphore::new(max_connections));
     let refusals = ratelimit::LogThrottle::new(Duration::from_secs(10));
     let mut connections = JoinSet::new();
+    let mut drain = shared.drain.subscribe();
     loop {
         let (stream, peer) = tokio::select! {
             () = stopped(&mut stop) => break,
+            () = stopped(&mut drain) => {
+                // Close the listener so new clients go elsewhere at once;
+                // the connections finish and leave by themselves.
+                drop(listener);
+                tokio::select! {
+                    () = stopped(&mut stop) => {}
+                    () = async { while connections.join_next().await.is_some() {} } => {
+                        let _ = stop.wait_for(|s| *s).await;
+                    }
+                }
+                break;
+            }
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,
@@ -323,6 +407,7 @@ async fn accept_loop(
                 shared.service.clone(),
                 shared.keys.clone(),
                 shared.handshakes.clone(),
+                shared.drain.subscribe(),
                 stream,
                 peer,
             )
@@ -353,6 +438,37 @@ async fn purge_loop(store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Wakes local connections for other nodes' messages (NATS), after a
+/// NATS reconnect (wake-ups may have been lost meanwhile), and every
+/// `poll` as the safety net for wake-ups lost otherwise.
+async fn wake_loop(
+    mut events: postern_nats::Events,
+    hub: Arc<hub::Hub>,
+    poll: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(poll.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            event = events.recv() => match event {
+                None => return,
+                Some(postern_nats::Event::Message { subject, .. }) => hub.wake_subject(&subject),
+                Some(postern_nats::Event::Reconnected | postern_nats::Event::Lagged) => {
+                    let woken = hub.wake_all();
+                    tracing::info!(connections = woken, "NATS wake-ups may have been lost; every connection checks the store");
+                }
+                Some(postern_nats::Event::Disconnected(_)) => {}
+            },
+            _ = tick.tick() => {
+                hub.wake_all();
+            }
+        }
+    }
+}
+
 /// Resolves once shutdown was requested (or the server handle is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -368,6 +484,34 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot restrict {}", dir.display()))?;
     }
     Ok(())
+}
+
+/// Node names appear in logs, NATS and `/node`: keep them plain.
+fn check_node_name(name: &str) -> anyhow::Result<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !ok {
+        bail!("node name {name:?} must be 1-64 letters, digits, '-', '_' or '.'");
+    }
+    Ok(name.to_owned())
+}
+
+/// Reads this node's name from `path`, or creates `node-` + 8 hex digits.
+fn load_or_create_node_id(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => check_node_name(text.trim())
+            .with_context(|| format!("{} does not hold a node name", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let name = format!("node-{:08x}", rand::random::<u32>());
+            std::fs::write(path, format!("{name}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(name)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// Reads the server's Noise static key, or creates it (mode 0600).

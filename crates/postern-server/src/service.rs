@@ -614,6 +614,7 @@ impl Service {
             client_message_id,
             to: to.into(),
             group_id: None,
+            group_epoch: None,
             payload: r.payload,
             received_at: now,
             expires_at: now + ms(self.message_ttl),

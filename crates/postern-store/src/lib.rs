@@ -54,6 +54,16 @@ pub enum StoreError {
     /// A group with this id exists already.
     #[error("a group with this id exists already")]
     GroupExists,
+    /// No group has this id.
+    #[error("no such group")]
+    UnknownGroup,
+    /// A message for one epoch of a group arrived after a commit moved the
+    /// group on (see [`NewMessage::group_epoch`]).
+    #[error("the group is at epoch {current} now")]
+    StaleEpoch {
+        /// The group's epoch now.
+        current: u64,
+    },
     /// The database failed; the operation did not happen.
     #[error("database error: {0}")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -238,6 +248,13 @@ pub struct NewMessage {
     pub to: Recipients,
     /// The MLS group the message belongs to, if any.
     pub group_id: Option<Bytes>,
+    /// With `group_id`: queue the message only if the group is still at
+    /// this epoch, checked in the same transaction as the queueing, so a
+    /// commit accepted meanwhile (on this node or another) cannot slip in
+    /// between the check and the copies. Otherwise the enqueue fails with
+    /// [`StoreError::StaleEpoch`] (or [`StoreError::UnknownGroup`]) and
+    /// nothing is written.
+    pub group_epoch: Option<u64>,
     /// Opaque bytes.
     pub payload: Bytes,
     /// Server clock at acceptance.

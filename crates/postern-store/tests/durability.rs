@@ -143,6 +143,7 @@ async fn child(location: &str) {
                         client_message_id: id.to_be_bytes(),
                         to: bob.id.into(),
                         group_id: None,
+                        group_epoch: None,
                         payload: Bytes::from_static(&[0; 256]),
                         received_at: 0,
                         expires_at: i64::MAX,

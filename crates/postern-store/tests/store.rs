@@ -59,6 +59,7 @@ fn message(from: DeviceAddr, to: AccountId, id: u128, payload: &str) -> NewMessa
         client_message_id: id.to_be_bytes(),
         to: to.into(),
         group_id: None,
+        group_epoch: None,
         payload: Bytes::copy_from_slice(payload.as_bytes()),
         received_at: NOW,
         expires_at: NOW + HOUR,

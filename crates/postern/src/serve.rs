@@ -24,6 +24,14 @@ pub struct ServeArgs {
     /// share. Default: the embedded SQLite file in DATA_DIR.
     #[arg(long, env = "POSTERN_STORE", value_name = "URL")]
     store: Option<String>,
+    /// NATS server (nats://host:port) through which several nodes sharing
+    /// one PostgreSQL store wake each other. Default: none (one node).
+    #[arg(long, env = "POSTERN_NATS", value_name = "URL")]
+    nats: Option<String>,
+    /// This node's name (letters, digits, '-', '_', '.'). Default: the
+    /// name kept in DATA_DIR/node-id, created on first start.
+    #[arg(long, env = "POSTERN_NODE", value_name = "NAME")]
+    node: Option<String>,
     /// Client listen address (TCP). Default: 127.0.0.1:7447.
     #[arg(long, env = "POSTERN_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -70,6 +78,12 @@ impl ServeArgs {
         if let Some(url) = self.store {
             cfg.store = Some(url);
         }
+        if let Some(url) = self.nats {
+            cfg.node.nats = Some(url);
+        }
+        if let Some(name) = self.node {
+            cfg.node.name = Some(name);
+        }
         if let Some(a) = self.listen {
             cfg.listen = a;
         }
@@ -110,11 +124,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(_) => "PostgreSQL".to_owned(),
         None => format!("SQLite, {}", data_dir.join("postern.db").display()),
     };
+    let nats = cfg.node.nats.is_some();
     let server = Server::start(cfg).await?;
     let link = server.link.to_string();
     println!("Postern server {} is running.", env!("CARGO_PKG_VERSION"));
     println!("  data dir:   {}", data_dir.display());
+    println!("  node:       {}", server.node);
     println!("  store:      {store}");
+    if nats {
+        println!("  NATS:       connected (wake-ups between nodes)");
+    }
     println!("  clients:    {} (TCP, Noise IK)", server.client_addr);
     println!("  HTTP API:   http://{}/health", server.http_addr);
     println!("  SMS codes:  {sms}");
@@ -154,10 +173,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!(
         "Conversations are end-to-end encrypted (MLS): this server stores and forwards ciphertext only."
     );
-    println!("Stop with Ctrl-C.");
+    println!("Stop with Ctrl-C or SIGTERM (the node drains: clients are told to move).");
     shutdown_signal().await;
-    println!("Shutting down…");
-    server.shutdown().await;
+    println!("Draining…");
+    server.drain().await;
+    println!("Stopped.");
     Ok(())
 }
 

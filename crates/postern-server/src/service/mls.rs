@@ -33,7 +33,9 @@ use bytes::Bytes;
 use postern_proto::ids::{AccountId, DeviceAddr};
 use postern_proto::mls::{self, ContentType, Sender};
 use postern_proto::pb::{self, ErrorCode, response::Kind as Resp};
-use postern_store::{CommitOutcome, NewCommit, NewMessage, Recipients, welcome_message_id};
+use postern_store::{
+    CommitOutcome, NewCommit, NewMessage, Recipients, StoreError, welcome_message_id,
+};
 use tokio::sync::RwLock;
 
 use super::{Handled, Refusal, Service, SessionInfo, authed, ms, now_ms, refuse, sent};
@@ -263,6 +265,7 @@ impl Service {
                     client_message_id,
                     to: Recipients::Devices(Vec::new()),
                     group_id: Some(id),
+                    group_epoch: None,
                     payload: r.commit,
                     received_at: commit.received_at,
                     expires_at: 0,
@@ -311,11 +314,19 @@ impl Service {
             client_message_id,
             to: Recipients::Devices(group.members.into_iter().filter(|d| *d != me).collect()),
             group_id: Some(id),
+            // Checked again in the store's transaction: a commit accepted
+            // by another node since the check above must not slip in.
+            group_epoch: Some(group.epoch),
             payload: r.message,
             received_at: now,
             expires_at: now + ms(self.message_ttl),
         };
-        let enqueued = self.store.enqueue(msg.clone()).await?;
+        let enqueued = match self.store.enqueue(msg.clone()).await {
+            Ok(e) => e,
+            Err(StoreError::StaleEpoch { current }) => return Err(stale(current)),
+            Err(StoreError::UnknownGroup) => return Err(unknown_group()),
+            Err(e) => return Err(e.into()),
+        };
         self.push(&msg, &enqueued);
         Ok(sent(&enqueued))
     }

@@ -20,6 +20,26 @@ pub(super) async fn enqueue(
     conn: &mut PgConnection,
     msg: &NewMessage,
 ) -> Result<Result<Enqueued, StoreError>, Failure> {
+    if let (Some(want), Some(group)) = (msg.group_epoch, msg.group_id.as_deref()) {
+        // FOR SHARE: a commit (which takes the row FOR UPDATE) waits for
+        // this transaction, or this one waits for the commit and then
+        // sees the new epoch. Taken before the device rows, as a commit
+        // does, so the two never wait on each other in a cycle.
+        let epoch: Option<i64> =
+            sqlx::query_scalar("SELECT epoch FROM groups WHERE id = $1 FOR SHARE")
+                .bind(group)
+                .fetch_optional(&mut *conn)
+                .await?;
+        match epoch {
+            None => return Ok(Err(StoreError::UnknownGroup)),
+            Some(e) if e != super::signed(want) => {
+                return Ok(Err(StoreError::StaleEpoch {
+                    current: unsigned_epoch(e),
+                }));
+            }
+            Some(_) => {}
+        }
+    }
     let claimed = sqlx::query(
         "INSERT INTO sends (sender_account, client_message_id, received_at, expires_at) \
          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -143,6 +163,10 @@ pub(super) async fn enqueue(
         received_at: msg.received_at,
         deliveries,
     }))
+}
+
+fn unsigned_epoch(e: i64) -> u64 {
+    u64::try_from(e).unwrap_or(0)
 }
 
 /// Device addresses as the two arrays `unnest` takes.

@@ -24,6 +24,39 @@ use sqlx::{Arguments, AssertSqlSafe, Row};
 
 use crate::{AccountId, DeviceAddr, Enqueued, Millis, NewMessage, Recipients, Result, StoreError};
 
+/// The messages whose group is no longer at the epoch they were written
+/// for (`Some(current epoch)`) or is gone (`None`), by index. Read inside
+/// the batch's transaction, after the batch's commits: so a message and a
+/// commit are ordered the same way here as in the queues.
+async fn epoch_guards(
+    conn: &mut SqliteConnection,
+    msgs: &[NewMessage],
+) -> Result<HashMap<usize, Option<u64>>, sqlx::Error> {
+    let mut epochs: HashMap<&[u8], Option<u64>> = HashMap::new();
+    let mut refused = HashMap::new();
+    for (i, msg) in msgs.iter().enumerate() {
+        let (Some(want), Some(group)) = (msg.group_epoch, msg.group_id.as_deref()) else {
+            continue;
+        };
+        let current = match epochs.get(group) {
+            Some(e) => *e,
+            None => {
+                let e: Option<i64> = sqlx::query_scalar("SELECT epoch FROM groups WHERE id = ?")
+                    .bind(group)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                let e = e.map(|e| u64::try_from(e).unwrap_or(0));
+                epochs.insert(group, e);
+                e
+            }
+        };
+        if current != Some(want) {
+            refused.insert(i, current);
+        }
+    }
+    Ok(refused)
+}
+
 /// Bound parameters per statement, well under SQLite's limit.
 const MAX_PARAMS: usize = 30_000;
 
@@ -54,12 +87,18 @@ pub(super) async fn enqueue_all(
     msgs: &[NewMessage],
 ) -> Result<Vec<Result<Enqueued>>, sqlx::Error> {
     let mut next_seq = recipient_devices(conn, msgs).await?;
+    let refused = epoch_guards(conn, msgs).await?;
     let known: Vec<&NewMessage> = msgs
         .iter()
-        .filter(|m| match &m.to {
-            Recipients::Account(account) => next_seq.contains_key(account),
-            Recipients::Devices(_) => true,
+        .enumerate()
+        .filter(|(i, m)| {
+            !refused.contains_key(i)
+                && match &m.to {
+                    Recipients::Account(account) => next_seq.contains_key(account),
+                    Recipients::Devices(_) => true,
+                }
         })
+        .map(|(_, m)| m)
         .collect();
     let mut claimed = claim(conn, &known).await?;
 
@@ -68,6 +107,13 @@ pub(super) async fn enqueue_all(
     let mut results = Vec::with_capacity(msgs.len());
     let mut earlier = Vec::new();
     for (i, msg) in msgs.iter().enumerate() {
+        if let Some(current) = refused.get(&i) {
+            results.push(Err(match current {
+                Some(current) => StoreError::StaleEpoch { current: *current },
+                None => StoreError::UnknownGroup,
+            }));
+            continue;
+        }
         if let Recipients::Account(account) = &msg.to
             && !next_seq.contains_key(account)
         {
