@@ -305,6 +305,12 @@ impl Client {
         &self.inner.link
     }
 
+    /// This device's Noise static public key: how the server knows the
+    /// device (it also picks which of several endpoints to try first).
+    pub fn transport_key(&self) -> [u8; 32] {
+        self.inner.noise.public
+    }
+
     /// This device's address, once registered.
     pub fn device(&self) -> Option<DeviceAddr> {
         *lock(&self.inner.device)

@@ -353,7 +353,7 @@ struct Conn {
 impl Conn {
     async fn read_op(&mut self) -> Result<ServerOp, String> {
         loop {
-            if let Some(op) = self.parser.next().map_err(|e| e.to_string())? {
+            if let Some(op) = self.parser.next_op().map_err(|e| e.to_string())? {
                 return Ok(op);
             }
             let n = self
@@ -456,7 +456,7 @@ async fn serve(
         }
         tokio::select! {
             cmd = commands.recv() => {
-                let Some(cmd) = cmd else { return None };
+                let cmd = cmd?;
                 apply(cmd, shared, &mut sent, &mut pongs, &mut out);
                 // Coalesce whatever else is queued into one write.
                 while out.len() < 64 * 1024 {
@@ -473,7 +473,7 @@ async fn serve(
                     Err(e) => return Some(e.to_string()),
                 }
                 loop {
-                    match conn.parser.next() {
+                    match conn.parser.next_op() {
                         Ok(None) => break,
                         Ok(Some(ServerOp::Ping)) => proto::encode_pong(&mut out),
                         Ok(Some(ServerOp::Pong)) => {
@@ -486,11 +486,12 @@ async fn serve(
                                 continue;
                             }
                             let event = Event::Message { subject, sid, payload };
-                            if events.try_send(event).is_err() {
-                                shared.lagged.store(true, Ordering::Relaxed);
-                            } else if shared.lagged.swap(false, Ordering::Relaxed)
-                                && events.try_send(Event::Lagged).is_err()
-                            {
+                            // A full queue loses the event; the receiver is
+                            // told (Lagged) as soon as there is room again.
+                            let lost = events.try_send(event).is_err()
+                                || (shared.lagged.swap(false, Ordering::Relaxed)
+                                    && events.try_send(Event::Lagged).is_err());
+                            if lost {
                                 shared.lagged.store(true, Ordering::Relaxed);
                             }
                         }

@@ -85,7 +85,7 @@ struct PendingMsg {
 }
 
 /// Turns the server's bytes into [`ServerOp`]s. Feed it what the socket
-/// gives ([`Parser::buffer`]), then call [`Parser::next`] until it returns
+/// gives ([`Parser::buffer`]), then call [`Parser::next_op`] until it returns
 /// `Ok(None)`. After an error the connection must be dropped.
 #[derive(Debug, Default)]
 pub struct Parser {
@@ -122,7 +122,7 @@ impl Parser {
     }
 
     /// The next complete operation, `Ok(None)` if more bytes are needed.
-    pub fn next(&mut self) -> Result<Option<ServerOp>, ProtoError> {
+    pub fn next_op(&mut self) -> Result<Option<ServerOp>, ProtoError> {
         if let Some(p) = &self.pending {
             if self.buf.len() < p.len + 2 {
                 return Ok(None);
@@ -169,7 +169,7 @@ impl Parser {
             }
             b"MSG" => {
                 self.pending = Some(parse_msg(rest)?);
-                self.next()
+                self.next_op()
             }
             _ => Err(ProtoError::UnknownOp(
                 String::from_utf8_lossy(&op[..op.len().min(16)]).into_owned(),
@@ -308,7 +308,7 @@ mod tests {
         let mut p = Parser::new();
         p.feed(input);
         let mut ops = Vec::new();
-        while let Some(op) = p.next()? {
+        while let Some(op) = p.next_op()? {
             ops.push(op);
         }
         Ok(ops)
@@ -349,14 +349,14 @@ mod tests {
     fn waits_for_whole_operations() {
         let mut p = Parser::new();
         p.feed(b"MSG s 1 3\r\nab");
-        assert_eq!(p.next(), Ok(None));
+        assert_eq!(p.next_op(), Ok(None));
         p.feed(b"c\r");
-        assert_eq!(p.next(), Ok(None));
+        assert_eq!(p.next_op(), Ok(None));
         p.feed(b"\nPI");
-        assert!(matches!(p.next(), Ok(Some(ServerOp::Msg { .. }))));
-        assert_eq!(p.next(), Ok(None));
+        assert!(matches!(p.next_op(), Ok(Some(ServerOp::Msg { .. }))));
+        assert_eq!(p.next_op(), Ok(None));
         p.feed(b"NG\r\n");
-        assert_eq!(p.next(), Ok(Some(ServerOp::Ping)));
+        assert_eq!(p.next_op(), Ok(Some(ServerOp::Ping)));
     }
 
     #[test]
@@ -421,7 +421,7 @@ mod tests {
             let mut ops = Vec::new();
             let mut result = Ok(());
             loop {
-                match p.next() {
+                match p.next_op() {
                     Ok(Some(op)) => ops.push(op),
                     Ok(None) => break,
                     Err(e) => { result = Err(e); break; }
@@ -430,7 +430,7 @@ mod tests {
             if result.is_ok() {
                 p.feed(&data[cut..]);
                 loop {
-                    match p.next() {
+                    match p.next_op() {
                         Ok(Some(op)) => ops.push(op),
                         Ok(None) => break,
                         Err(e) => { result = Err(e); break; }

@@ -93,6 +93,22 @@ impl PgOptions {
     }
 }
 
+fn check_schema_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Database(
+            format!("{name:?} is not a schema name (a-z, 0-9, _)").into(),
+        ))
+    }
+}
+
 /// The PostgreSQL store. Cloning is cheap and shares the pool.
 #[derive(Clone, Debug)]
 pub struct PgStore {
@@ -120,6 +136,34 @@ impl PgStore {
             .map_err(|e| StoreError::Database(Box::new(e)))?;
         tracing::info!("connected to the postgres store");
         Ok(PgStore { pool })
+    }
+
+    /// Creates the schema `name` in the database at `url` (for a test or
+    /// benchmark run that must not touch other data) and returns the URL
+    /// whose connections use it. `name` is lower-case letters, digits and
+    /// `_`.
+    pub async fn create_schema(url: &str, name: &str) -> Result<String> {
+        check_schema_name(name)?;
+        let mut conn = sqlx::PgConnection::connect(url).await.map_err(db)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&mut conn)
+            .await
+            .map_err(db)?;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        Ok(format!("{url}{sep}options[search_path]={name}"))
+    }
+
+    /// Drops the schema `name` and everything in it.
+    pub async fn drop_schema(url: &str, name: &str) -> Result<()> {
+        check_schema_name(name)?;
+        let mut conn = sqlx::PgConnection::connect(url).await.map_err(db)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {name} CASCADE"
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(db)?;
+        Ok(())
     }
 
     /// Closes every connection; later calls on any clone fail with

@@ -862,6 +862,42 @@ async fn group_messages_reach_listed_devices_that_exist<B: Backend>(b: &B) {
     );
 }
 
+async fn a_group_message_is_queued_only_in_the_groups_current_epoch<B: Backend>(b: &B) {
+    let store = b.open().await;
+    let alice = account(&store, "+15551301", 1).await;
+    let bob = account(&store, "+15551302", 1).await;
+    let group = b"epoch-guard";
+    store.create_group(group, alice[0].addr, NOW).await.unwrap();
+    let mut add = commit(group, 0, alice[0].addr, 1);
+    add.added = vec![bob[0].addr];
+    assert!(matches!(
+        store.commit(add).await.unwrap(),
+        CommitOutcome::Accepted { .. }
+    ));
+    let guarded = |epoch: u64, id: u128, group: &[u8]| {
+        let mut msg = message(alice[0].addr, bob[0].addr.account, id, "hello");
+        msg.to = Recipients::Devices(vec![bob[0].addr]);
+        msg.group_id = Some(Bytes::copy_from_slice(group));
+        msg.group_epoch = Some(epoch);
+        msg
+    };
+    // Written for epoch 0, after the commit that began epoch 1: refused,
+    // and nothing of it stays (not even its send record).
+    assert!(matches!(
+        store.enqueue(guarded(0, 7, group)).await,
+        Err(StoreError::StaleEpoch { current: 1 })
+    ));
+    assert!(matches!(
+        store.enqueue(guarded(0, 8, b"no-such-group")).await,
+        Err(StoreError::UnknownGroup)
+    ));
+    assert!(queued(&store, bob[0].addr).await.is_empty());
+    let sent = store.enqueue(guarded(1, 7, group)).await.unwrap();
+    assert!(!sent.duplicate, "the refused attempt left no send record");
+    assert_eq!(sent.deliveries.len(), 1);
+    assert_eq!(queued(&store, bob[0].addr).await.len(), 1);
+}
+
 async fn key_packages_are_handed_out_once_then_the_last_resort<B: Backend>(b: &B) {
     let store = b.open().await;
     let alice = account(&store, "+15551301", 1).await;
@@ -1031,6 +1067,7 @@ store_tests!(
     the_first_commit_of_an_epoch_wins_and_is_delivered_with_its_welcome,
     strangers_cannot_commit_but_a_members_new_device_can_join,
     group_messages_reach_listed_devices_that_exist,
+    a_group_message_is_queued_only_in_the_groups_current_epoch,
     key_packages_are_handed_out_once_then_the_last_resort,
     a_removed_device_loses_its_queue_packages_and_groups,
     the_distributor_state_is_replaced_whole_and_survives_reopening,
@@ -1169,6 +1206,88 @@ async fn two_nodes_race_for_an_epoch(pg: &Postgres) {
         received += two.fetch(d.addr, 0, 1000, usize::MAX).await.unwrap().len();
     }
     assert_eq!(received, 5 * (DEVICES - 1));
+    one.close().await;
+    two.close().await;
+}
+
+/// One node queues group messages for an epoch while another commits the
+/// next one: no member ever finds a message of the old epoch after the
+/// commit that ended it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nodes_never_queue_a_message_behind_its_epochs_end() {
+    with_postgres!(messages_race_a_commit);
+}
+
+async fn messages_race_a_commit(pg: &Postgres) {
+    let (one, two) = (pg.open_node().await, pg.open_node().await);
+    let alice = account(&one, "+15553201", 1).await;
+    let bob = account(&one, "+15553202", 1).await;
+    let group = b"raced";
+    one.create_group(group, alice[0].addr, NOW).await.unwrap();
+    let mut add = commit(group, 0, alice[0].addr, 1);
+    add.added = vec![bob[0].addr];
+    assert!(matches!(
+        one.commit(add).await.unwrap(),
+        CommitOutcome::Accepted { .. }
+    ));
+    let mut refused = 0;
+    for epoch in 1..=5u64 {
+        // Eight race the commit; two more start after it and must lose.
+        let senders = (0..10u128).map(|i| {
+            let store = one.clone();
+            let mut msg = message(
+                alice[0].addr,
+                bob[0].addr.account,
+                1000 * u128::from(epoch) + i,
+                &format!("message of epoch {epoch}"),
+            );
+            msg.to = Recipients::Devices(vec![bob[0].addr]);
+            msg.group_id = Some(Bytes::from_static(group));
+            msg.group_epoch = Some(epoch);
+            (i, store, msg)
+        });
+        let mut c = commit(group, epoch, alice[0].addr, 10 + u128::from(epoch));
+        c.commit = Bytes::from(format!("commit ending epoch {epoch}"));
+        let committer = two.clone();
+        let mut committed = Some(tokio::spawn(
+            async move { committer.commit(c).await.unwrap() },
+        ));
+        let mut running = Vec::new();
+        for (i, store, msg) in senders {
+            if i == 8 {
+                let committed = committed.take().expect("once");
+                assert!(matches!(
+                    committed.await.unwrap(),
+                    CommitOutcome::Accepted { .. }
+                ));
+            }
+            running.push(tokio::spawn(async move { store.enqueue(msg).await }));
+        }
+        for s in running {
+            match s.await.unwrap() {
+                Ok(_) => {}
+                Err(StoreError::StaleEpoch { current }) => {
+                    assert_eq!(current, epoch + 1);
+                    refused += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    // Bob's queue, in order: once an epoch's commit is there, no message
+    // of that epoch follows.
+    let mut ended = 0u64;
+    for (_, payload) in queued(&two, bob[0].addr).await {
+        let text = String::from_utf8(payload.to_vec()).unwrap();
+        if let Some(e) = text.strip_prefix("commit ending epoch ") {
+            ended = e.parse().unwrap();
+        } else if let Some(e) = text.strip_prefix("message of epoch ") {
+            let e: u64 = e.parse().unwrap();
+            assert!(e > ended, "{text} after the commit ending epoch {ended}");
+        }
+    }
+    assert!(refused >= 10, "the two late senders of each epoch lose");
+    eprintln!("{refused} of 50 messages lost their race to a commit and were refused");
     one.close().await;
     two.close().await;
 }

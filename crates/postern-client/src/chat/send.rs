@@ -68,7 +68,14 @@ impl Connection {
         body: content::content::Body,
         reply_to: Option<[u8; 16]>,
     ) -> Result<PendingSend, ClientError> {
-        self.sync().await?;
+        // Offline (the connection just broke): still queue for a known
+        // conversation, so the message waits in the outbox for the next
+        // connection instead of being lost.
+        if let Err(e) = self.sync().await
+            && !(e.is_transient() && self.client.find_conversation(to)?.is_some())
+        {
+            return Err(e);
+        }
         let c = self.conversation_for(to).await?;
         let mut content = Content::new(new_message_id(), now_ms(), body);
         if let Some(target) = reply_to {

@@ -109,6 +109,9 @@ struct Report<'a> {
     bench: &'static str,
     traffic: &'a Traffic,
     synchronous: &'a str,
+    /// "sqlite", "postgres" or "broker", and how many server nodes.
+    store: &'a str,
+    nodes: usize,
     messages: u64,
     server_rss_kib: u64,
     run: Run,
@@ -184,6 +187,8 @@ impl Report<'_> {
             "size": self.traffic.size,
             "offered_rate": self.traffic.rate,
             "synchronous": self.synchronous,
+            "store": self.store,
+            "nodes": self.nodes,
             "seconds": self.run.elapsed.as_secs_f64(),
             "accepted_seconds": self.run.accepted.as_secs_f64(),
             "messages_per_second": rate,
@@ -219,14 +224,24 @@ fn cpu_time(pid: u32) -> Option<Duration> {
 
 /// CPU used by `pid` and by this process between two readings.
 struct CpuMeter {
-    server: Option<u32>,
+    servers: Vec<u32>,
     at_start: (Option<Duration>, Option<Duration>),
+}
+
+/// CPU time of every process in `pids` together.
+fn cpu_time_all(pids: &[u32]) -> Option<Duration> {
+    pids.iter().map(|p| cpu_time(*p)).sum()
 }
 
 impl CpuMeter {
     fn start(server: Option<u32>) -> Self {
-        let at_start = (server.and_then(cpu_time), cpu_time(std::process::id()));
-        CpuMeter { server, at_start }
+        Self::start_all(server.into_iter().collect())
+    }
+
+    /// Server CPU is the sum over `servers` (several nodes).
+    fn start_all(servers: Vec<u32>) -> Self {
+        let at_start = (cpu_time_all(&servers), cpu_time(std::process::id()));
+        CpuMeter { servers, at_start }
     }
 
     /// (server, this process) CPU since `start`.
@@ -234,7 +249,7 @@ impl CpuMeter {
         let since =
             |now: Option<Duration>, then: Option<Duration>| Some(now?.saturating_sub(then?));
         (
-            since(self.server.and_then(cpu_time), self.at_start.0),
+            since(cpu_time_all(&self.servers), self.at_start.0),
             since(cpu_time(std::process::id()), self.at_start.1),
         )
     }
@@ -257,6 +272,19 @@ pub struct DeliveryArgs {
     /// SQLite synchronous mode of the server: full or normal.
     #[arg(long, default_value = "full")]
     synchronous: String,
+    /// Run the server(s) on this PostgreSQL database instead of SQLite
+    /// (postgres://user@host:port/db); the run uses a fresh schema in it
+    /// and drops it afterwards.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Server nodes sharing the PostgreSQL store; with 2, every sender is
+    /// on one node and its receiver on the other, so every message needs
+    /// a NATS wake-up and a fetch from the database.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// NATS server for several nodes.
+    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
 }
 
 /// Options of `postern bench idle`.
@@ -289,22 +317,55 @@ struct ServerProcess {
     child: tokio::process::Child,
     link: ServerLink,
     outbox: PathBuf,
+    key: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// How a bench server node differs from the single SQLite default.
+#[derive(Default)]
+struct NodeSetup {
+    store: Option<String>,
+    nats: Option<String>,
+    /// Share this outbox file (nodes of one deployment).
+    outbox: Option<PathBuf>,
+    /// Use this node's Noise key (nodes of one deployment share it).
+    key_from: Option<PathBuf>,
 }
 
 impl ServerProcess {
     async fn start(synchronous: &str) -> anyhow::Result<Self> {
+        Self::start_node(synchronous, &NodeSetup::default()).await
+    }
+
+    async fn start_node(synchronous: &str, node: &NodeSetup) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
-        let outbox = dir.path().join("outbox.jsonl");
+        let outbox = node
+            .outbox
+            .clone()
+            .unwrap_or_else(|| dir.path().join("outbox.jsonl"));
         let port = free_port()?;
         let http = free_port()?;
-        let config = format!(
+        let mut config = format!(
             "data_dir = {data:?}\nlisten = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-             sqlite_synchronous = {synchronous:?}\n[sms]\noutbox = {outbox:?}\n[limits]\n\
+             sqlite_synchronous = {synchronous:?}\n"
+        );
+        if let Some(store) = &node.store {
+            config.push_str(&format!("store = {store:?}\n"));
+        }
+        config.push_str(&format!(
+            "[sms]\noutbox = {outbox:?}\n[limits]\n\
              max_connections = 1000000\ncode_interval = 0\ncodes_per_phone_per_hour = 1000000\n\
              code_requests_per_ip_per_hour = 1000000\nverify_attempts_per_ip_per_hour = 1000000\n"
-        );
+        ));
+        if let Some(nats) = &node.nats {
+            config.push_str(&format!("[node]\nnats = {nats:?}\n"));
+        }
+        if let Some(key) = &node.key_from {
+            std::fs::create_dir_all(&data)?;
+            std::fs::copy(key, data.join("server.key"))
+                .context("cannot copy the first node's key")?;
+        }
         let config_path = dir.path().join("bench.toml");
         std::fs::write(&config_path, config)?;
         let child = tokio::process::Command::new(std::env::current_exe()?)
@@ -316,6 +377,7 @@ impl ServerProcess {
             .spawn()
             .context("cannot start the server process")?;
         let link_path = data.join("server-link.txt");
+        let key = data.join("server.key");
         let deadline = Instant::now() + Duration::from_secs(30);
         let link = loop {
             if let Ok(text) = std::fs::read_to_string(&link_path)
@@ -333,6 +395,7 @@ impl ServerProcess {
             child,
             link,
             outbox,
+            key,
             _dir: dir,
         })
     }
@@ -511,12 +574,57 @@ async fn register_many(
 }
 
 async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
+    let schema = format!("postern_bench_{}", std::process::id());
+    let store = match &a.store {
+        None => None,
+        Some(url) => Some(
+            postern_store::PgStore::create_schema(url, &schema)
+                .await
+                .context("cannot create the bench schema in the PostgreSQL database")?,
+        ),
+    };
+    let result = delivery_on(&a, store).await;
+    if let Some(url) = &a.store
+        && let Err(e) = postern_store::PgStore::drop_schema(url, &schema).await
+    {
+        eprintln!("warning: could not drop the bench schema {schema}: {e}");
+    }
+    result
+}
+
+async fn delivery_on(a: &DeliveryArgs, store: Option<String>) -> anyhow::Result<()> {
     let t = &a.traffic;
     let per_sender = t.per_sender()?;
-    eprintln!("Starting a server (SQLite, synchronous={})…", a.synchronous);
-    let server = ServerProcess::start(&a.synchronous).await?;
+    if a.nodes == 0 || a.nodes > 2 {
+        bail!("--nodes must be 1 or 2");
+    }
+    if a.nodes > 1 && store.is_none() {
+        bail!("several nodes need a shared store: give --store postgres://…");
+    }
+    let what = match &store {
+        None => format!("SQLite, synchronous={}", a.synchronous),
+        Some(_) => "PostgreSQL".to_owned(),
+    };
+    eprintln!(
+        "Starting {} server node{} ({what})…",
+        a.nodes,
+        if a.nodes > 1 { "s" } else { "" }
+    );
+    let mut setup = NodeSetup {
+        store: store.clone(),
+        nats: (a.nodes > 1).then(|| a.nats.clone()),
+        ..NodeSetup::default()
+    };
+    let server = ServerProcess::start_node(&a.synchronous, &setup).await?;
+    setup.outbox = Some(server.outbox.clone());
+    setup.key_from = Some(server.key.clone());
+    let mut nodes = vec![server];
+    if a.nodes > 1 {
+        nodes.push(ServerProcess::start_node(&a.synchronous, &setup).await?);
+    }
+    let server = &nodes[0];
     eprintln!("Registering {} devices…", t.pairs * 2);
-    let devices = register_many(&server, t.pairs * 2, 64).await?;
+    let devices = register_many(server, t.pairs * 2, 64).await?;
     let total = per_sender * t.pairs as u64;
     let base = Instant::now();
     let mut receivers = tokio::task::JoinSet::new();
@@ -524,7 +632,7 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
     // Connect and subscribe every receiver before any sender starts.
     for pair in devices.chunks(2) {
         let [sender, receiver] = pair else { continue };
-        let (mut r, mut w, _) = open(&server.link, &receiver.keys).await?;
+        let (mut r, mut w, _) = open(&nodes[nodes.len() - 1].link, &receiver.keys).await?;
         call(
             &mut r,
             &mut w,
@@ -536,7 +644,7 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
     }
     eprintln!("Sending {}…", t.describe(total, "senders"));
     let start = Instant::now();
-    let cpu = CpuMeter::start(server.child.id());
+    let cpu = CpuMeter::start_all(nodes.iter().filter_map(|n| n.child.id()).collect());
     let mut send_tasks = tokio::task::JoinSet::new();
     for (sender, to) in senders {
         let (r, w, _) = open(&server.link, &sender.keys).await?;
@@ -556,8 +664,10 @@ async fn delivery(a: DeliveryArgs) -> anyhow::Result<()> {
         bench: "delivery",
         traffic: t,
         synchronous: &a.synchronous,
+        store: if store.is_some() { "postgres" } else { "sqlite" },
+        nodes: nodes.len(),
         messages: total,
-        server_rss_kib: server.rss_kib().unwrap_or(0),
+        server_rss_kib: nodes.iter().map(|n| n.rss_kib().unwrap_or(0)).sum(),
         run,
     }
     .print();

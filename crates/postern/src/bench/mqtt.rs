@@ -116,6 +116,8 @@ pub async fn run(a: MqttArgs) -> anyhow::Result<()> {
         traffic: t,
         // Mosquitto's durability is its own (periodic snapshot), not SQLite's.
         synchronous: "broker",
+        store: "broker",
+        nodes: 1,
         messages: total,
         server_rss_kib: a.server_pid.and_then(super::rss_kib).unwrap_or(0),
         run,
