@@ -17,10 +17,15 @@
 //! never loses one; sends wait in the home's outbox until the server
 //! accepts them and are retried with the same id, so a retry is delivered
 //! once.
+//!
+//! The signed [`directory`] is accepted only under the key the server link
+//! pins, cached in the home, fetched through several channels with
+//! fallbacks, and its TCP endpoints come first when connecting.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod chat;
+pub mod directory;
 mod home;
 mod listener;
 pub mod mls;
@@ -101,6 +106,14 @@ pub enum ClientError {
     /// message, a credential the directory does not confirm).
     #[error("{0}")]
     Mls(String),
+    /// The server link pins no directory key, so no directory can be trusted.
+    #[error(
+        "the server link carries no directory key (dkey=); ask the operator for a current link"
+    )]
+    NoDirectoryKey,
+    /// A signed directory was refused.
+    #[error("directory refused: {0}")]
+    Directory(#[from] postern_proto::directory::DirectoryError),
 }
 
 impl ClientError {
@@ -315,14 +328,31 @@ impl Client {
         f(&mut lock(&self.inner.home))
     }
 
-    /// Connects to the server (each TCP endpoint of the link in turn).
+    /// The TCP endpoints to try, in order: those of the current verified
+    /// directory by priority, then the link's (which always work as a last
+    /// resort, even if the directory lists none).
+    pub fn tcp_candidates(&self) -> Vec<String> {
+        let mut addrs = match self.directory() {
+            Ok(Some(d)) => d.directory().tcp_addrs(),
+            _ => Vec::new(),
+        };
+        for a in &self.inner.link.tcp {
+            if !addrs.contains(a) {
+                addrs.push(a.clone());
+            }
+        }
+        addrs
+    }
+
+    /// Connects to the server (each TCP candidate in turn, see
+    /// [`Client::tcp_candidates`]).
     pub async fn connect(&self) -> Result<Connection, ClientError> {
         let hello = pb::ClientHello {
             version: PROTOCOL_VERSION,
             software: concat!("postern/", env!("CARGO_PKG_VERSION")).into(),
         };
         let mut last = None;
-        for addr in &self.inner.link.tcp {
+        for addr in &self.tcp_candidates() {
             let attempt = async {
                 let stream = postern_transport::tcp::connect(addr, CONNECT_TIMEOUT).await?;
                 postern_transport::client_handshake(
