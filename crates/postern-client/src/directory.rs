@@ -27,6 +27,8 @@ use crate::{Client, ClientError};
 
 /// The home setting that holds the cached signed directory.
 const HOME_KEY: &str = "directory";
+/// The home setting that says where the cached directory came from.
+const SOURCE_KEY: &str = "directory_source";
 
 /// How long one channel may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -181,7 +183,17 @@ impl Client {
 
     /// A directory the member pasted or was handed as a file.
     pub fn import_directory(&self, bytes: &[u8]) -> Result<Accepted, ClientError> {
-        self.accept_directory(bytes)
+        let accepted = self.accept_directory(bytes)?;
+        if matches!(accepted, Accepted::Newer(_)) {
+            self.with_home(|h| h.set(SOURCE_KEY, b"imported"))?;
+        }
+        Ok(accepted)
+    }
+
+    /// Where the cached directory came from: `CHANNEL SOURCE` as a fetch
+    /// reported it, or `imported`.
+    pub fn directory_source(&self) -> Result<Option<String>, ClientError> {
+        self.with_home(|h| h.get_text(SOURCE_KEY))
     }
 
     /// Fetches the directory through each channel in turn (or only `only`)
@@ -240,6 +252,10 @@ impl Client {
                 match outcome {
                     Ok(accepted) => {
                         report.updated = matches!(accepted, Accepted::Newer(_));
+                        if report.updated {
+                            let from = format!("{channel} {source}");
+                            let _ = self.with_home(|h| h.set(SOURCE_KEY, from.as_bytes()));
+                        }
                         report.directory = self.cached_directory().ok().flatten();
                         report.attempts.push(Attempt {
                             channel,

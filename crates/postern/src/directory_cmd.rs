@@ -302,12 +302,16 @@ fn show(home: &Path, file: Option<&Path>, json: bool) -> anyhow::Result<()> {
             let held = client
                 .cached_directory()?
                 .context("this home holds no directory yet; run `postern directory fetch`")?;
-            let verdict = if held.directory().expires <= now {
+            let mut verdict = if held.directory().expires <= now {
                 "held, signed by the pinned key, but EXPIRED: run `postern directory fetch`"
             } else {
                 "held, signed by the pinned key"
-            };
-            (held.directory().clone(), Vec::new(), verdict.to_owned())
+            }
+            .to_owned();
+            if let Some(from) = client.directory_source()? {
+                verdict.push_str(&format!("; from {from}"));
+            }
+            (held.directory().clone(), Vec::new(), verdict)
         }
     };
     if json {

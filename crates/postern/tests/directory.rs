@@ -186,7 +186,10 @@ fn an_operator_signs_offline_and_a_member_fetches_and_imports() {
     assert_eq!(report["channel"], "http");
     assert_eq!(report["version"], 3);
     let shown = ok(&home, &["directory", "show"]);
-    assert!(shown.contains("held, signed by the pinned key"), "{shown}");
+    assert!(
+        shown.contains("held, signed by the pinned key; from http http://"),
+        "{shown}"
+    );
     // The same file shown from this home is checked against its key.
     let shown = ok(&home, &["directory", "show", signed_path.to_str().unwrap()]);
     assert!(
