@@ -1,5 +1,6 @@
 //! Arbitrary text parsed as a server link: never a panic, and whatever
-//! parses prints back to a link that parses to the same value.
+//! parses prints back to a link that parses to the same value (directory
+//! key and fetch locations included).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,6 +11,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(link) = text.parse::<ServerLink>() {
+        // A pinned directory key is always a usable verifier.
+        assert_eq!(
+            link.directory_key.is_some(),
+            link.directory_verifier().is_some()
+        );
         let printed = link.to_string();
         assert_eq!(
             printed.parse::<ServerLink>().as_ref(),

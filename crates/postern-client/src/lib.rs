@@ -17,10 +17,15 @@
 //! never loses one; sends wait in the home's outbox until the server
 //! accepts them and are retried with the same id, so a retry is delivered
 //! once.
+//!
+//! The signed [`directory`] is accepted only under the key the server link
+//! pins, cached in the home, fetched through several channels with
+//! fallbacks, and its TCP endpoints come first when connecting.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod chat;
+pub mod directory;
 mod home;
 mod listener;
 pub mod mls;
@@ -101,6 +106,14 @@ pub enum ClientError {
     /// message, a credential the directory does not confirm).
     #[error("{0}")]
     Mls(String),
+    /// The server link pins no directory key, so no directory can be trusted.
+    #[error(
+        "the server link carries no directory key (dkey=); ask the operator for a current link"
+    )]
+    NoDirectoryKey,
+    /// A signed directory was refused.
+    #[error("directory refused: {0}")]
+    Directory(#[from] postern_proto::directory::DirectoryError),
 }
 
 impl ClientError {
@@ -321,21 +334,53 @@ impl Client {
         f(&mut lock(&self.inner.home))
     }
 
-    /// Connects to the server: each TCP endpoint of the link in turn,
-    /// starting from one chosen by this device's key.
+    /// The TCP endpoints to try, in order: those of the current verified
+    /// directory by priority, then the link's (which always work as a last
+    /// resort, even if the directory lists none). Endpoints of equal
+    /// priority — several server nodes — are rotated by this device's key,
+    /// so devices spread over the nodes, each always starting at the same
+    /// one and moving round to the next when it goes away.
+    pub fn tcp_candidates(&self) -> Vec<String> {
+        let spread = usize::from(self.inner.noise.public[0]);
+        let mut addrs: Vec<String> = Vec::new();
+        if let Ok(Some(d)) = self.directory() {
+            let tcp: Vec<_> = d
+                .directory()
+                .endpoints_by_priority()
+                .into_iter()
+                .filter(|e| e.carrier == postern_proto::directory::Carrier::Tcp)
+                .collect();
+            for group in tcp.chunk_by(|a, b| a.priority == b.priority) {
+                let start = spread % group.len();
+                addrs.extend(
+                    group
+                        .iter()
+                        .cycle()
+                        .skip(start)
+                        .take(group.len())
+                        .map(|e| e.addr()),
+                );
+            }
+        }
+        let link = &self.inner.link.tcp;
+        let start = spread % link.len().max(1);
+        for a in link.iter().cycle().skip(start).take(link.len()) {
+            if !addrs.contains(a) {
+                addrs.push(a.clone());
+            }
+        }
+        addrs
+    }
+
+    /// Connects to the server (each TCP candidate in turn, see
+    /// [`Client::tcp_candidates`]).
     pub async fn connect(&self) -> Result<Connection, ClientError> {
         let hello = pb::ClientHello {
             version: PROTOCOL_VERSION,
             software: concat!("postern/", env!("CARGO_PKG_VERSION")).into(),
         };
         let mut last = None;
-        // Several server nodes behind one link: each device starts at its
-        // own endpoint (chosen by its key, so it is the same every time)
-        // and goes round the rest, which spreads devices over the nodes
-        // and moves them to the next one when theirs goes away.
-        let endpoints = &self.inner.link.tcp;
-        let start = usize::from(self.inner.noise.public[0]) % endpoints.len().max(1);
-        for addr in endpoints.iter().cycle().skip(start).take(endpoints.len()) {
+        for addr in &self.tcp_candidates() {
             let attempt = async {
                 let stream = postern_transport::tcp::connect(addr, CONNECT_TIMEOUT).await?;
                 postern_transport::client_handshake(

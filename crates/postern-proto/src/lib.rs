@@ -9,6 +9,9 @@
 //! - [`session`]: the Noise IK session as a sans-IO state machine — feed it
 //!   received bytes, take envelopes and bytes to send out;
 //! - [`link`]: `postern://` links that bootstrap a client;
+//! - [`directory`]: the signed directory (C2SP signed note) listing the
+//!   server's key, carrier endpoints, relays and log keys, and the rule
+//!   clients accept one by;
 //! - [`keys`]: Noise static keys and the device-key binding signature;
 //! - [`ids`]: account and device identifiers;
 //! - [`content`]: what clients put inside payloads (never read by servers);
@@ -22,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod content;
+pub mod directory;
 pub mod frame;
 pub mod ids;
 pub mod keys;

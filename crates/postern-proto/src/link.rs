@@ -5,10 +5,20 @@
 //!
 //! ```text
 //! postern://server?v=1&tcp=HOST:PORT[&tcp=HOST:PORT...]&key=BASE64URL
+//!     [&dkey=BASE64URL(VKEY)][&http=URL][&dir=URL...][&doh=URL&dns=NAME]
 //! ```
 //!
-//! Later versions add other carriers and a directory key, so parameters this
-//! version does not know are ignored; everything it does know is checked.
+//! The optional parameters say where and how to fetch the signed directory
+//! ([`crate::directory`]): `dkey` is the directory key (its C2SP vkey, in
+//! base64url so that no `+` or `/` meets a URL parser), `http` the server's
+//! HTTP API (the directory is at `/directory`), `dir` static mirror URLs of
+//! the signed file (up to [`MAX_MIRRORS`]), `doh` a DNS-over-HTTPS resolver
+//! and `dns` the name whose TXT records hold the directory. Links without
+//! them (the first links) stay valid. URLs in links may not contain `&`,
+//! `#`, `%` or spaces.
+//!
+//! Later versions add other carriers, so parameters this version does not
+//! know are ignored; everything it does know is checked.
 //! Links are pasted by people and shown as QR codes, so errors say exactly
 //! which part is wrong.
 
@@ -27,6 +37,12 @@ pub const LINK_VERSION: u32 = 1;
 
 /// Longest link accepted, in bytes.
 pub const MAX_LINK_LEN: usize = 4096;
+
+/// Most directory mirror URLs (`dir=`) in a link.
+pub const MAX_MIRRORS: usize = 8;
+
+/// Longest URL in a link, in bytes.
+pub const MAX_URL_LEN: usize = 512;
 
 /// What was wrong with a link.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,16 +92,53 @@ pub enum LinkError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The directory key is not a valid verifier key.
+    #[error("directory key (dkey) is invalid: {0}")]
+    DirectoryKey(String),
+    /// A URL parameter is not an http(s) URL a link can carry.
+    #[error(
+        "\"{name}\" is not an http:// or https:// URL of at most {MAX_URL_LEN} bytes \
+         without '&', '#', '%' or spaces"
+    )]
+    BadUrl {
+        /// The parameter.
+        name: &'static str,
+    },
+    /// Too many `dir` mirrors.
+    #[error("link has more than {MAX_MIRRORS} directory mirrors (dir=)")]
+    TooManyMirrors,
+    /// `doh` without `dns`, `dns` without `doh`, or a bad name.
+    #[error("a DNS directory needs both doh=URL and dns=NAME (a host name)")]
+    BadDns,
 }
 
 /// A parsed server link.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ServerLink {
     /// TCP endpoints in canonical `HOST:PORT` form (lowercase host names,
     /// IPv6 addresses in brackets), in the order to try them.
     pub tcp: Vec<String>,
     /// The server's Noise static public key.
     pub noise_key: [u8; 32],
+    /// The directory key (a C2SP vkey) the client pins, if the server
+    /// publishes a signed directory.
+    pub directory_key: Option<String>,
+    /// The server's HTTP API base URL (the directory is at `/directory`).
+    pub http: Option<String>,
+    /// Static mirror URLs of the signed directory file.
+    pub mirrors: Vec<String>,
+    /// A DNS-over-HTTPS resolver URL and the name whose TXT records hold
+    /// the directory.
+    pub dns: Option<(String, String)>,
+}
+
+impl ServerLink {
+    /// The pinned directory key, if the link has one.
+    pub fn directory_verifier(&self) -> Option<postern_tlog::note::Verifier> {
+        self.directory_key
+            .as_deref()
+            .and_then(|k| postern_tlog::note::Verifier::from_vkey(k).ok())
+    }
 }
 
 impl fmt::Display for ServerLink {
@@ -94,7 +147,20 @@ impl fmt::Display for ServerLink {
         for endpoint in &self.tcp {
             write!(f, "&tcp={endpoint}")?;
         }
-        write!(f, "&key={}", URL_SAFE_NO_PAD.encode(self.noise_key))
+        write!(f, "&key={}", URL_SAFE_NO_PAD.encode(self.noise_key))?;
+        if let Some(k) = &self.directory_key {
+            write!(f, "&dkey={}", URL_SAFE_NO_PAD.encode(k))?;
+        }
+        if let Some(u) = &self.http {
+            write!(f, "&http={u}")?;
+        }
+        for u in &self.mirrors {
+            write!(f, "&dir={u}")?;
+        }
+        if let Some((doh, name)) = &self.dns {
+            write!(f, "&doh={doh}&dns={name}")?;
+        }
+        Ok(())
     }
 }
 
@@ -182,6 +248,11 @@ fn parse<'a>(
         let mut version = None;
         let mut key = None;
         let mut token = None;
+        let mut dkey = None;
+        let mut http = None;
+        let mut doh = None;
+        let mut dns = None;
+        let mut mirrors = Vec::new();
         let mut tcp = Vec::new();
         for param in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = param.split_once('=').unwrap_or((param, ""));
@@ -190,9 +261,41 @@ fn parse<'a>(
                 "key" => set_once(&mut key, value, "key")?,
                 "tcp" => tcp.push(parse_endpoint(value)?),
                 "token" => set_once(&mut token, value, "token")?,
+                "dkey" => set_once(&mut dkey, value, "dkey")?,
+                "http" => set_once(&mut http, check_url(value, "http")?, "http")?,
+                "doh" => set_once(&mut doh, check_url(value, "doh")?, "doh")?,
+                "dns" => set_once(&mut dns, value, "dns")?,
+                "dir" => {
+                    if mirrors.len() == MAX_MIRRORS {
+                        return Err(LinkError::TooManyMirrors);
+                    }
+                    mirrors.push(check_url(value, "dir")?.to_owned());
+                }
                 _ => {}
             }
         }
+        let directory_key = dkey
+            .map(|k| {
+                let text = URL_SAFE_NO_PAD
+                    .decode(k)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| LinkError::DirectoryKey("not base64url text".into()))?;
+                let v = postern_tlog::note::Verifier::from_vkey(&text)
+                    .map_err(|e| LinkError::DirectoryKey(e.to_string()))?;
+                if v.vkey() != text {
+                    return Err(LinkError::DirectoryKey("not in canonical form".into()));
+                }
+                Ok(text)
+            })
+            .transpose()?;
+        let dns = match (doh, dns) {
+            (None, None) => None,
+            (Some(doh), Some(name)) => {
+                Some((doh.to_owned(), dns_name(name).ok_or(LinkError::BadDns)?))
+            }
+            _ => return Err(LinkError::BadDns),
+        };
 
         let version = version.ok_or(LinkError::Missing("v"))?;
         if version != LINK_VERSION.to_string() {
@@ -209,7 +312,17 @@ fn parse<'a>(
         if tcp.is_empty() {
             return Err(LinkError::NoEndpoint);
         }
-        Ok((ServerLink { tcp, noise_key }, token))
+        Ok((
+            ServerLink {
+                tcp,
+                noise_key,
+                directory_key,
+                http: http.map(str::to_owned),
+                mirrors,
+                dns,
+            },
+            token,
+        ))
     }
 }
 
@@ -222,6 +335,28 @@ fn set_once<'a>(
         return Err(LinkError::Duplicate(name));
     }
     Ok(())
+}
+
+/// A DNS name for TXT records: like a host name, but labels may also
+/// hold '_' (as in `_directory.example.org`).
+fn dns_name(name: &str) -> Option<String> {
+    let plain = name.replace('_', "x");
+    canonical_host(&plain)
+        .filter(|n| n.parse::<Ipv4Addr>().is_err())
+        .map(|_| name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase())
+}
+
+/// An `http://` or `https://` URL a link can carry unescaped.
+fn check_url<'a>(url: &'a str, name: &'static str) -> Result<&'a str, LinkError> {
+    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+    let chars_ok = url
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b"&#%".contains(&b));
+    if scheme_ok && chars_ok && url.len() <= MAX_URL_LEN && url.len() > "http://".len() {
+        Ok(url)
+    } else {
+        Err(LinkError::BadUrl { name })
+    }
 }
 
 /// Checks `HOST:PORT` and returns its canonical form.
@@ -261,7 +396,7 @@ fn parse_endpoint(endpoint: &str) -> Result<String, LinkError> {
 
 /// A lowercase DNS name (letters, digits, '-' inside labels, '.' between
 /// labels) or a dotted-quad IPv4 address.
-fn canonical_host(host: &str) -> Option<String> {
+pub(crate) fn canonical_host(host: &str) -> Option<String> {
     if let Ok(addr) = host.parse::<Ipv4Addr>() {
         return Some(addr.to_string());
     }
@@ -381,6 +516,71 @@ mod tests {
         }
     }
 
+    #[test]
+    fn directory_locations_are_checked() {
+        let key = key_text();
+        let base = format!("postern://server?v=1&tcp=a:1&key={key}");
+        let dkey = postern_tlog::note::Signer::from_seed(
+            "d.example/directory",
+            postern_tlog::note::Algorithm::Ed25519,
+            [4; 32],
+        )
+        .unwrap()
+        .verifier()
+        .vkey();
+        let d = URL_SAFE_NO_PAD.encode(&dkey);
+        let full = format!(
+            "{base}&dkey={d}&http=http://127.0.0.1:7448&dir=https://m.example/d.txt&doh=https://dns.example/dns-query&dns=_dir.d.example"
+        );
+        let link: ServerLink = full.parse().unwrap();
+        assert_eq!(link.directory_key.as_deref(), Some(dkey.as_str()));
+        assert_eq!(link.directory_verifier().unwrap().vkey(), dkey);
+        assert_eq!(link.http.as_deref(), Some("http://127.0.0.1:7448"));
+        assert_eq!(link.mirrors, ["https://m.example/d.txt"]);
+        assert_eq!(
+            link.dns,
+            Some((
+                "https://dns.example/dns-query".into(),
+                "_dir.d.example".into()
+            ))
+        );
+        assert_eq!(link.to_string(), full);
+        // A version-1 link without them is still valid.
+        assert_eq!(base.parse::<ServerLink>().unwrap().directory_key, None);
+        let cases = [
+            (format!("{base}&dkey=AAAA"), "dkey"),
+            (
+                format!("{base}&dkey={}", URL_SAFE_NO_PAD.encode(format!("{dkey}x"))),
+                "dkey",
+            ),
+            (format!("{base}&http=ftp://x"), "url"),
+            (format!("{base}&dir=https://a/b c"), "url"),
+            (format!("{base}&doh=https://dns.example/q"), "dns"),
+            (format!("{base}&dns=d.example"), "dns"),
+            (
+                format!("{base}&doh=https://dns.example/q&dns=bad..name"),
+                "dns",
+            ),
+            (
+                format!(
+                    "{base}{}",
+                    "&dir=https://m.example/d".repeat(MAX_MIRRORS + 1)
+                ),
+                "mirrors",
+            ),
+        ];
+        for (text, what) in cases {
+            let err = text.parse::<ServerLink>().unwrap_err();
+            let ok = match what {
+                "dkey" => matches!(err, LinkError::DirectoryKey(_)),
+                "url" => matches!(err, LinkError::BadUrl { .. }),
+                "dns" => err == LinkError::BadDns,
+                _ => err == LinkError::TooManyMirrors,
+            };
+            assert!(ok, "{text}: {err}");
+        }
+    }
+
     fn arb_endpoint() -> impl Strategy<Value = String> {
         let port = 1..=u16::MAX;
         prop_oneof![
@@ -401,7 +601,28 @@ mod tests {
     proptest! {
         #[test]
         fn links_round_trip(tcp in proptest::collection::vec(arb_endpoint(), 1..5), noise_key in any::<[u8; 32]>()) {
-            let link = ServerLink { tcp, noise_key };
+            let link = ServerLink { tcp, noise_key, ..ServerLink::default() };
+            prop_assert_eq!(link.to_string().parse::<ServerLink>(), Ok(link));
+        }
+
+        #[test]
+        fn links_with_directory_locations_round_trip(
+            tcp in proptest::collection::vec(arb_endpoint(), 1..3),
+            noise_key in any::<[u8; 32]>(),
+            seed in any::<[u8; 32]>(),
+            http in proptest::option::of("https?://[a-z0-9.:]{1,20}(/[a-z0-9/?=.]{0,20})?"),
+            mirrors in proptest::collection::vec("https://[a-z0-9.]{1,20}/[a-z0-9/._=?-]{0,30}", 0..=MAX_MIRRORS),
+            dns in proptest::option::of(("https://[a-z.]{1,10}/dns-query", "[a-z]{1,10}\\.[a-z]{2,4}")),
+        ) {
+            let dkey = postern_tlog::note::Signer::from_seed(
+                "chat.example.org/directory",
+                postern_tlog::note::Algorithm::Ed25519,
+                seed,
+            )
+            .unwrap()
+            .verifier()
+            .vkey();
+            let link = ServerLink { tcp, noise_key, directory_key: Some(dkey), http, mirrors, dns };
             prop_assert_eq!(link.to_string().parse::<ServerLink>(), Ok(link));
         }
 
@@ -417,6 +638,7 @@ mod tests {
         let server = ServerLink {
             tcp: vec!["example.org:7447".into()],
             noise_key: KEY,
+            ..ServerLink::default()
         };
         let link = DeviceLink {
             server: server.clone(),

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub distributor: postern_distributor::Config,
     /// This node's name and how it works with other nodes (`[node]`).
     pub node: NodeConfig,
+    /// The signed directory the server publishes (`[directory]`).
+    pub directory: DirectoryConfig,
 }
 
 /// One server node among several sharing a PostgreSQL store.
@@ -88,6 +90,58 @@ impl Default for NodeConfig {
     }
 }
 
+/// The signed directory: where it comes from and where clients are told
+/// to look for it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// Publish a directory (default). Off, the link carries no directory key.
+    pub enabled: bool,
+    /// A directory signed offline (`postern directory sign`), published as
+    /// is and re-read when it changes. Unset: the server signs a
+    /// development directory itself with `DATA_DIR/directory.key`.
+    pub file: Option<PathBuf>,
+    /// The verifier key of `file`'s signer; required with `file`.
+    pub vkey: Option<String>,
+    /// How often `file` is checked for changes, in seconds.
+    #[serde(with = "humantime_secs")]
+    pub reload_interval: Duration,
+    /// How long a development directory is valid, in seconds (it is
+    /// re-signed at half that).
+    #[serde(with = "humantime_secs")]
+    pub validity: Duration,
+    /// Relay links the development directory lists publicly (relays meant
+    /// for everyone; the distributor's `[[relays]]` stay private).
+    pub public_relays: Vec<String>,
+    /// The HTTP API's public URL written in the link (`http=`); default:
+    /// `http://` the public host and the HTTP port.
+    pub http_url: Option<String>,
+    /// Static mirror URLs of the signed file written in the link (`dir=`).
+    pub mirrors: Vec<String>,
+    /// A DNS-over-HTTPS resolver written in the link (`doh=`), with
+    /// `dns_name`.
+    pub doh: Option<String>,
+    /// The name whose TXT records hold the directory (`dns=`).
+    pub dns_name: Option<String>,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            enabled: true,
+            file: None,
+            vkey: None,
+            reload_interval: Duration::from_secs(10),
+            validity: Duration::from_secs(7 * 24 * 3600),
+            public_relays: Vec::new(),
+            http_url: None,
+            mirrors: Vec::new(),
+            doh: None,
+            dns_name: None,
+        }
+    }
+}
+
 /// One relay an operator lists; the server adds it to the distributor at
 /// start and retires relays that are no longer listed.
 #[derive(Clone, Debug, Deserialize)]
@@ -122,6 +176,7 @@ impl Default for ServerConfig {
             relays: Vec::new(),
             distributor: postern_distributor::Config::default(),
             node: NodeConfig::default(),
+            directory: DirectoryConfig::default(),
         }
     }
 }
@@ -365,6 +420,18 @@ mod tests {
         assert_eq!(cfg.node.poll_interval, Duration::from_secs(5));
         assert_eq!(cfg.node.nats_prefix, "postern");
         assert!(toml::from_str::<ServerConfig>("[node]\nnat = \"x\"").is_err());
+    }
+
+    #[test]
+    fn the_directory_is_a_table() {
+        let cfg = toml_from_str(
+            "[directory]\nfile = \"/etc/postern/directory.signed\"\nvkey = \"k\"\n\
+             mirrors = [\"https://m.example/d\"]\nreload_interval = 5\n",
+        );
+        assert_eq!(cfg.directory.mirrors.len(), 1);
+        assert_eq!(cfg.directory.reload_interval, Duration::from_secs(5));
+        assert!(ServerConfig::default().directory.enabled);
+        assert!(toml::from_str::<ServerConfig>("[directory]\nfiel = \"x\"").is_err());
     }
 
     fn toml_from_str(s: &str) -> ServerConfig {

@@ -2,6 +2,7 @@
 //! `draining` once the node drains, for load balancers), this node's
 //! identity and state (`/node`), the server link, counters for operators, relay
 //! health and blocking per country and network (`/relays`), and the
+//! signed directory (`/directory`), the
 //! transparency log under `/log/` (served by `postern_tlog::http`, with
 //! its cache headers: tiles immutable, the checkpoint briefly).
 //!
@@ -12,18 +13,34 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use postern_proto::directory::SignedDirectory;
+
+use crate::directory::Published;
 
 use crate::Shared;
 
-pub(crate) fn router(shared: Arc<Shared>, log_dir: Option<&Path>) -> Router {
+pub(crate) fn router(
+    shared: Arc<Shared>,
+    log_dir: Option<&Path>,
+    directory: Option<Arc<Published>>,
+) -> Router {
     let router = Router::new()
         .route("/health", get(health))
         .route("/node", get(node))
         .route("/link", get(link))
         .route("/stats", get(stats))
         .route("/relays", get(relays))
-        .with_state(shared);
+        .with_state(shared)
+        .route(
+            "/directory",
+            get(move || {
+                let d = directory.as_ref().and_then(|p| p.current());
+                async move { signed_directory(d) }
+            }),
+        );
     match log_dir {
         Some(dir) => router.nest("/log", postern_tlog::http::log_router(dir.to_owned())),
         None => router,
@@ -56,6 +73,25 @@ async fn node(State(s): State<Arc<Shared>>) -> axum::Json<serde_json::Value> {
         "subscribed": hub.subscribed(),
         "nats": nats,
     }))
+}
+
+/// The signed note as published; short caching, as clients poll it.
+fn signed_directory(d: Option<Arc<SignedDirectory>>) -> Response {
+    match d {
+        Some(d) => (
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::CACHE_CONTROL, "public, max-age=60"),
+            ],
+            d.bytes().to_vec(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this server publishes no directory\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn link(State(s): State<Arc<Shared>>) -> String {

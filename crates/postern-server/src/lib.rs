@@ -8,6 +8,8 @@
 //! queues in the store and wake subscribed connections through the hub.
 //! Relays listed in the config are handed out by the distributor
 //! ([`relays`]), whose state is saved in the store.
+//! The [`directory`] module publishes the signed directory (over HTTP and
+//! on every carrier) whose key the server link carries.
 //! Beside them, the [`transparency`] log takes typed entries, signs a
 //! checkpoint per batch and is served under `/log/` on the HTTP API.
 //!
@@ -18,6 +20,7 @@
 
 pub mod config;
 mod conn;
+pub mod directory;
 mod http;
 pub mod hub;
 pub mod phone;
@@ -87,6 +90,8 @@ pub struct RunningServer {
     /// This node's name (`[node] name`, or `DATA_DIR/node-id`).
     pub node: String,
     drain_timeout: Duration,
+    /// The directory being published, if any.
+    pub directory: Option<Arc<directory::Published>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     store: OpenStore,
@@ -162,9 +167,10 @@ impl Server {
             }
             a.to_string()
         });
-        let link = ServerLink {
+        let mut link = ServerLink {
             tcp: vec![public],
             noise_key: keys.public,
+            ..ServerLink::default()
         };
         let log = if cfg.transparency.enabled {
             Some(
@@ -172,6 +178,57 @@ impl Server {
                     .await
                     .context("cannot start the transparency log")?,
             )
+        } else {
+            None
+        };
+
+        let (shutdown, stop) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let published = if cfg.directory.enabled {
+            let host = link.tcp[0]
+                .rsplit_once(':')
+                .map_or(link.tcp[0].as_str(), |(h, _)| h)
+                .to_owned();
+            let witnesses = cfg
+                .transparency
+                .witnesses
+                .iter()
+                .filter_map(|w| Verifier::from_vkey(&w.vkey).ok())
+                .map(|v| v.vkey())
+                .collect();
+            let publisher = directory::start(
+                &cfg.directory,
+                &cfg.data_dir,
+                directory::Facts {
+                    tcp: &link.tcp,
+                    noise_key: keys.public,
+                    log_key: log.as_ref().map(|l| l.log.key()),
+                    witnesses,
+                    origin: host.clone(),
+                },
+                stop.clone(),
+            )
+            .context("cannot publish the directory")?;
+            tasks.spawn(publisher.task);
+            link.directory_key = Some(publisher.key.vkey());
+            link.http = Some(
+                cfg.directory
+                    .http_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{host}:{}", http_addr.port())),
+            );
+            link.mirrors = cfg.directory.mirrors.clone();
+            link.dns = match (&cfg.directory.doh, &cfg.directory.dns_name) {
+                (Some(doh), Some(name)) => Some((doh.clone(), name.clone())),
+                (None, None) => None,
+                _ => bail!("[directory] doh and dns_name go together"),
+            };
+            // The configured URLs must make a link clients can read.
+            link = link
+                .to_string()
+                .parse()
+                .context("[directory] http_url, mirrors, doh or dns_name cannot go in a link")?;
+            Some(publisher.published)
         } else {
             None
         };
@@ -230,7 +287,8 @@ impl Server {
                 cfg.limits.clone(),
                 cfg.message_ttl,
             )
-            .with_mls_ciphersuite(suite),
+            .with_mls_ciphersuite(suite)
+            .with_directory(published.clone()),
         );
         let shared = Arc::new(Shared {
             service,
@@ -243,8 +301,6 @@ impl Server {
             drain: watch::channel(false).0,
         });
 
-        let (shutdown, stop) = watch::channel(false);
-        let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(
             listener,
             shared.clone(),
@@ -255,7 +311,11 @@ impl Server {
             tasks.spawn(wake_loop(events, hub, cfg.node.poll_interval, stop.clone()));
         }
         let mut http_stop = stop.clone();
-        let router = http::router(shared.clone(), log.as_ref().map(|l| l.log.dir()));
+        let router = http::router(
+            shared.clone(),
+            log.as_ref().map(|l| l.log.dir()),
+            published.clone(),
+        );
         tasks.spawn(async move {
             let serve = axum::serve(http_listener, router)
                 .with_graceful_shutdown(async move { stopped(&mut http_stop).await });
@@ -277,6 +337,7 @@ impl Server {
             log_key: log.as_ref().map(|l| l.log.key().clone()),
             node,
             drain_timeout: cfg.node.drain_timeout,
+            directory: published,
             shutdown,
             tasks,
             store,

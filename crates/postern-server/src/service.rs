@@ -68,6 +68,7 @@ pub struct Service {
     group_locks: mls::GroupLocks,
     mls_ciphersuite: u16,
     rate_limit_log: LogThrottle,
+    directory: Option<Arc<crate::directory::Published>>,
 }
 
 /// A handler's early exit: an error to return to the client.
@@ -171,6 +172,7 @@ impl Service {
             group_locks: mls::GroupLocks::default(),
             mls_ciphersuite: postern_proto::mls::CIPHERSUITES[0].0,
             rate_limit_log: LogThrottle::new(Duration::from_secs(10)),
+            directory: None,
             store,
             sms,
             hub,
@@ -182,6 +184,12 @@ impl Service {
     /// Tells clients to use this MLS ciphersuite (an RFC 9420 number).
     pub fn with_mls_ciphersuite(mut self, suite: u16) -> Self {
         self.mls_ciphersuite = suite;
+        self
+    }
+
+    /// Answers `FetchDirectory` with what `published` holds.
+    pub fn with_directory(mut self, published: Option<Arc<crate::directory::Published>>) -> Self {
+        self.directory = published;
         self
     }
 
@@ -250,6 +258,7 @@ impl Service {
             Some(Req::FetchRelays(_)) => self.fetch_relays(session).await,
             Some(Req::ReportBlocked(r)) => self.report_blocked(session, r).await,
             Some(Req::CreateInvite(_)) => self.create_invite(session).await,
+            Some(Req::FetchDirectory(_)) => self.fetch_directory(),
         };
         if let Err(Refusal(e)) = &result
             && e.code == ErrorCode::RateLimited as i32
@@ -479,6 +488,19 @@ impl Service {
     async fn report_blocked(&self, s: &SessionInfo, r: pb::ReportBlocked) -> Handled<Resp> {
         let account = self.relay_member(s).await?;
         Ok(relays_response(self.relays.report(account, &r.link).await?))
+    }
+
+    /// Public: any session may ask, registered or not (a new device needs
+    /// the directory before it can register).
+    fn fetch_directory(&self) -> Handled<Resp> {
+        let d = self
+            .directory
+            .as_ref()
+            .and_then(|p| p.current())
+            .ok_or_else(|| refuse(ErrorCode::Unavailable, "this server publishes no directory"))?;
+        Ok(Resp::SignedDirectory(pb::SignedDirectory {
+            note: d.bytes().to_vec().into(),
+        }))
     }
 
     async fn create_invite(&self, s: &SessionInfo) -> Handled<Resp> {

@@ -161,6 +161,7 @@ async fn run(store: &str, nats: &mut postern_nats::test_server::TestServer) {
     let link = ServerLink {
         tcp: vec![addr_a.to_string(), addr_b.to_string()],
         noise_key: a.link.noise_key,
+        ..ServerLink::default()
     };
     let outbox = dir.path().join("outbox.jsonl");
 

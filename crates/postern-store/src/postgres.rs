@@ -144,7 +144,9 @@ impl PgStore {
     /// `_`.
     pub async fn create_schema(url: &str, name: &str) -> Result<String> {
         check_schema_name(name)?;
-        let mut conn = sqlx::PgConnection::connect(url).await.map_err(db)?;
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .map_err(db)?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
             .execute(&mut conn)
             .await
@@ -156,7 +158,9 @@ impl PgStore {
     /// Drops the schema `name` and everything in it.
     pub async fn drop_schema(url: &str, name: &str) -> Result<()> {
         check_schema_name(name)?;
-        let mut conn = sqlx::PgConnection::connect(url).await.map_err(db)?;
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .map_err(db)?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS {name} CASCADE"
         )))

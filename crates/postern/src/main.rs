@@ -8,6 +8,7 @@ mod bench;
 mod chat_cmd;
 mod client_cmd;
 mod demo;
+mod directory_cmd;
 mod serve;
 mod sim;
 mod transparency;
@@ -182,6 +183,12 @@ enum Command {
     Relay {
         #[command(subcommand)]
         action: RelayAction,
+    },
+    /// The signed directory: sign one (operator, offline key), or import,
+    /// fetch and show it (member).
+    Directory {
+        #[command(subcommand)]
+        what: directory_cmd::DirectoryCommand,
     },
     /// Invite someone: they register with `--invite CODE`.
     Invite {
@@ -434,6 +441,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             RelayAction::Fetch { json } => client_cmd::relay_fetch(&home, json).await,
             RelayAction::Report { link } => client_cmd::relay_report(&home, &link).await,
         },
+        Command::Directory { what } => directory_cmd::run(&home, what).await,
         Command::Invite { action } => match action {
             InviteAction::Create => client_cmd::invite_create(&home).await,
         },

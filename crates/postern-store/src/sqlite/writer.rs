@@ -877,6 +877,7 @@ mod tests {
             client_message_id: [0; 16],
             to: recipient.into(),
             group_id: None,
+            group_epoch: None,
             payload: bytes::Bytes::new(),
             received_at: 0,
             expires_at: 1,

@@ -664,7 +664,11 @@ async fn delivery_on(a: &DeliveryArgs, store: Option<String>) -> anyhow::Result<
         bench: "delivery",
         traffic: t,
         synchronous: &a.synchronous,
-        store: if store.is_some() { "postgres" } else { "sqlite" },
+        store: if store.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
         nodes: nodes.len(),
         messages: total,
         server_rss_kib: nodes.iter().map(|n| n.rss_kib().unwrap_or(0)).sum(),
