@@ -10,6 +10,11 @@
 //!   transcribes an authority's request into.
 //! - [`order`]: verification of a court order's detached CMS signature and
 //!   its X.509 chain against the requesting jurisdiction's trust anchors.
+//! - [`bundle`]: the log entry of a case, and the bundle a custodian
+//!   checks before releasing a share: an inclusion proof of the grant in a
+//!   witness-cosigned checkpoint, matching the request, order and accounts.
+//! - [`disclosure`]: rebuilding the granted accounts' keys from k released
+//!   shares, opening only what was granted, and the signed package.
 //! - [`policy`]: the published policy (TOML) and the engine deciding
 //!   granted, partly granted or refused, with reason codes.
 //! - [`report`]: the semiannual transparency report, computed from the
@@ -21,8 +26,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bundle;
 pub mod custodian;
 pub mod date;
+pub mod disclosure;
 pub mod order;
 pub mod policy;
 pub mod report;
