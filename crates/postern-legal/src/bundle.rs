@@ -493,3 +493,109 @@ impl Bundle {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{OrderStatus, Policy, decide};
+    use postern_tlog::note::{Algorithm, Signer};
+    use proptest::prelude::*;
+
+    const TOML: &str = r#"
+jurisdiction = "DE"
+authority = "court"
+authority_name = "Amtsgericht"
+case_reference = "1/26"
+legal_basis = "terrorism"
+categories = ["phone_number"]
+window = { from = 2026-11-01T00:00:00Z, until = 2026-11-28T00:00:00Z }
+gag_days = 30
+[[targets]]
+account = "01010101010101010101010101010101"
+"#;
+
+    fn log_policy() -> LogPolicy {
+        LogPolicy {
+            log: Signer::from_seed("log.example", Algorithm::Ed25519, [1; 32])
+                .unwrap()
+                .verifier(),
+            witnesses: vec![
+                Signer::from_seed("witness.example", Algorithm::CosignatureV1, [2; 32])
+                    .unwrap()
+                    .verifier(),
+            ],
+            quorum: 1,
+        }
+    }
+
+    #[test]
+    fn a_gagged_case_is_sealed_and_its_opening_kept() {
+        let r = Request::parse(TOML.as_bytes()).unwrap();
+        let d = decide(&Policy::default(), &r, OrderStatus::Valid, &[Some([1; 16])]);
+        let case = record_case([4; 16], 1_795_000_000, &r, &d, b"order");
+        let Entry::Sealed(sealed) = &case.entry else {
+            panic!("{:?}", case.entry)
+        };
+        assert!(case.opening.as_ref().unwrap().opens(sealed));
+        assert_eq!(case.record.month, Month::new(2026, 11).unwrap());
+        assert!(case.record.order.opens("order", &case.order_salt, b"order"));
+        let ungagged = Request::parse(TOML.replace("gag_days = 30", "").as_bytes()).unwrap();
+        let case = record_case([4; 16], 1_795_000_000, &ungagged, &d, b"order");
+        assert!(matches!(case.entry, Entry::LegalRequest(_)) && case.opening.is_none());
+    }
+
+    #[test]
+    fn malformed_bundles_are_refused_with_reasons() {
+        assert!(matches!(
+            Bundle::parse(b"{"),
+            Err(BundleError::Malformed(_))
+        ));
+        assert!(matches!(
+            Bundle::parse(b"{\"version\": 2}"),
+            Err(BundleError::Malformed(_))
+        ));
+        let huge = vec![b' '; MAX_BUNDLE_BYTES + 1];
+        assert!(matches!(
+            Bundle::parse(&huge),
+            Err(BundleError::Malformed(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bundles_never_pass(
+            entry in prop::collection::vec(any::<u8>(), 0..120),
+            proof in "\\PC{0,200}",
+            salt in "[0-9a-f]{0,64}",
+            toml in prop::sample::select(vec![TOML.to_owned(), String::new(), "x = 1".into()]),
+        ) {
+            let b = Bundle {
+                version: 1,
+                request_toml: toml,
+                order: String::new(),
+                order_signature: String::new(),
+                received_at: 0,
+                decision: BundleDecision { reasons: vec![], categories: vec![Category::PhoneNumber], accounts: vec![hex::encode([1u8; 16])] },
+                entry: hex::encode(&entry),
+                opening: None,
+                order_salt: salt.clone(),
+                accounts_salt: salt,
+                proof: format!("c2sp.org/tlog-proof@v1\n{proof}"),
+                disclosure_key: hex::encode([0u8; 32]),
+                shares: vec![],
+            };
+            let json = b.to_json();
+            let parsed = Bundle::parse(json.as_bytes()).unwrap();
+            prop_assert_eq!(&parsed, &b);
+            let _ = parsed.summary();
+            prop_assert!(parsed.check(&[0; 32], &log_policy(), None).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok(b) = Bundle::parse(&bytes) {
+                prop_assert!(b.check(&[0; 32], &log_policy(), None).is_err());
+            }
+        }
+    }
+}
