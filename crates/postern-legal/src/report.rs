@@ -241,6 +241,130 @@ impl Report {
     }
 }
 
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A horizontal bar chart as inline SVG: one labelled bar per row.
+fn bar_chart(title: &str, rows: &[(String, u64)]) -> String {
+    const ROW: u64 = 22;
+    const LABEL: u64 = 220;
+    const WIDTH: u64 = 360;
+    let max = rows.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
+    let height = ROW * rows.len().max(1) as u64 + 8;
+    let mut svg = format!(
+        "<figure><figcaption>{}</figcaption>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"{}\">\n",
+        escape(title),
+        LABEL + WIDTH + 60,
+        escape(title)
+    );
+    if rows.is_empty() {
+        svg.push_str("<text x=\"0\" y=\"16\">none</text>\n");
+    }
+    for (i, (label, n)) in rows.iter().enumerate() {
+        let y = i as u64 * ROW + 4;
+        let w = n * WIDTH / max;
+        svg.push_str(&format!(
+            "<text x=\"0\" y=\"{}\">{}</text><rect x=\"{LABEL}\" y=\"{y}\" width=\"{w}\" height=\"16\" fill=\"#4a6fa5\"/><text x=\"{}\" y=\"{}\">{n}</text>\n",
+            y + 13,
+            escape(label),
+            LABEL + w + 6,
+            y + 13
+        ));
+    }
+    svg.push_str("</svg></figure>\n");
+    svg
+}
+
+impl Report {
+    /// A self-contained HTML page with SVG charts: outcomes, refusals by
+    /// reason, requests per jurisdiction and per legal basis.
+    pub fn to_html(&self) -> String {
+        let mut h = format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Postern transparency report {p}</title></head>\n<body>\n<h1>Transparency report {p}</h1>\n<p>Computed from the first {n} entries of the transparency log. Anyone can recompute it: <code>postern transparency verify-report</code>.</p>\n<p>Requests received: {r}. Granted: {g}. Partly granted: {pg}. Refused: {rf}. Sealed (under a gag, details pending): {sp}. Accounts affected: {a}.</p>\n",
+            p = escape(&self.period),
+            n = self.log_size,
+            r = self.received,
+            g = self.outcomes.granted,
+            pg = self.outcomes.partly_granted,
+            rf = self.outcomes.refused,
+            sp = self.sealed_pending,
+            a = self.accounts_affected,
+        );
+        h.push_str(&bar_chart(
+            "Outcomes",
+            &[
+                ("granted".to_owned(), self.outcomes.granted),
+                ("partly granted".to_owned(), self.outcomes.partly_granted),
+                ("refused".to_owned(), self.outcomes.refused),
+                ("sealed, pending".to_owned(), self.sealed_pending),
+            ],
+        ));
+        let rows = |m: &BTreeMap<String, u64>| -> Vec<(String, u64)> {
+            m.iter().map(|(k, v)| (k.replace('_', " "), *v)).collect()
+        };
+        h.push_str(&bar_chart(
+            "Refusals by reason",
+            &rows(&self.refused_by_reason),
+        ));
+        h.push_str(&bar_chart(
+            "Partial grants by reason",
+            &rows(&self.partly_granted_by_reason),
+        ));
+        let counts = |m: &BTreeMap<String, Counts>| -> Vec<(String, u64)> {
+            m.iter().map(|(k, c)| (k.clone(), c.requests)).collect()
+        };
+        h.push_str(&bar_chart(
+            "Requests per jurisdiction",
+            &counts(&self.by_jurisdiction),
+        ));
+        h.push_str(&bar_chart(
+            "Requests per legal basis",
+            &counts(&self.by_legal_basis),
+        ));
+        if self.invalid_entries + self.bad_openings > 0 {
+            h.push_str(&format!(
+                "<p><strong>The log holds {} invalid entries and {} bad openings.</strong></p>\n",
+                self.invalid_entries, self.bad_openings
+            ));
+        }
+        h.push_str("</body></html>\n");
+        h
+    }
+
+    /// The fields where `claimed` differs from this (recomputed) report;
+    /// empty when they match.
+    pub fn differences(&self, claimed: &Report) -> Vec<String> {
+        let a = serde_json::to_value(self).expect("a report serialises");
+        let b = serde_json::to_value(claimed).expect("a report serialises");
+        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+            return vec!["the report".into()];
+        };
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(*v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: the log gives {v}, the report says {}",
+                    b.get(k)
+                        .map(|x| x.to_string())
+                        .unwrap_or_else(|| "nothing".into())
+                )
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,5 +527,28 @@ mod tests {
         assert_eq!(again.to_json(), after.to_json());
         assert_eq!(Report::from_json(&after.to_json()).unwrap(), after);
         assert!(after.to_text().contains("refused jurisdiction_denied 1\n"));
+
+        // The page names every count and escapes what the log says.
+        let html = after.to_html();
+        assert!(html.contains("Refusals by reason") && html.contains("jurisdiction denied"));
+        assert!(html.contains("<svg") && html.ends_with("</html>\n"));
+        let mut hostile = after.clone();
+        hostile
+            .by_legal_basis
+            .insert("<script>".into(), Counts::default());
+        assert!(!hostile.to_html().contains("<script>"));
+
+        // A tampered report is caught field by field.
+        assert!(after.differences(&again).is_empty());
+        let mut claimed = after.clone();
+        claimed.outcomes.granted -= 1;
+        claimed.received -= 1;
+        let diffs = after.differences(&claimed);
+        assert_eq!(diffs.len(), 2, "{diffs:?}");
+        assert!(
+            diffs
+                .iter()
+                .any(|d| d.starts_with("received: the log gives 6"))
+        );
     }
 }
