@@ -10,6 +10,9 @@
 //! - [`KeyPackageStore`]: each device's one-time and last-resort MLS key
 //!   packages;
 //! - [`DistributorStore`]: the relay distributor's state, an opaque blob.
+//! - [`VaultStore`]: the PII vault's rows (crate `postern-legal`): keyed
+//!   phone hashes, sealed phone numbers and connection records, wrapped
+//!   custodian shares; all opaque.
 //!
 //! [`SqliteStore`] is the embedded default: one file in WAL mode, migrations
 //! compiled into the binary, and group commit on the message path (concurrent
@@ -500,13 +503,80 @@ pub trait DistributorStore: Send + Sync {
     async fn save_distributor_state(&self, state: Bytes, now: Millis) -> Result<()>;
 }
 
+/// What the PII vault keeps for one account (see crate `postern-legal`):
+/// public values and ciphertexts the store never interprets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultEntry {
+    /// The account.
+    pub account: AccountId,
+    /// The keyed hash of its phone number, unique.
+    pub phone_index: [u8; 32],
+    /// The account's vault public key.
+    pub public_key: [u8; 32],
+    /// The phone number sealed to that key.
+    pub sealed_phone: Bytes,
+    /// How many custodians' shares open it.
+    pub threshold: u32,
+    /// One wrapped share per custodian: (custodian's public key, share),
+    /// sorted by custodian.
+    pub shares: Vec<([u8; 32], Bytes)>,
+}
+
+/// One connection record of the vault: its time, and its source address
+/// sealed to the account's vault key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedConnection {
+    /// When the connection was made.
+    pub at: Millis,
+    /// The sealed record.
+    pub sealed: Bytes,
+}
+
+/// The PII vault's rows.
+#[async_trait]
+pub trait VaultStore: Send + Sync {
+    /// Stores an account's vault entry and its shares, atomically. Fails
+    /// with [`StoreError::PhoneTaken`] if the phone index is taken and
+    /// [`StoreError::UnknownAccount`] if the account does not exist;
+    /// nothing is stored then.
+    async fn put_vault(&self, entry: VaultEntry) -> Result<()>;
+
+    /// The account's vault entry.
+    async fn vault(&self, account: AccountId) -> Result<Option<VaultEntry>>;
+
+    /// The account whose phone index this is.
+    async fn account_by_phone_index(&self, index: &[u8; 32]) -> Result<Option<AccountId>>;
+
+    /// Appends a connection record to the account's IP log.
+    async fn add_connection(&self, account: AccountId, at: Millis, sealed: Bytes) -> Result<()>;
+
+    /// The account's connection records with `from <= at < until`, oldest
+    /// first.
+    async fn connections(
+        &self,
+        account: AccountId,
+        from: Millis,
+        until: Millis,
+    ) -> Result<Vec<SealedConnection>>;
+
+    /// Deletes every connection record older than `before` (retention);
+    /// returns how many.
+    async fn purge_connections(&self, before: Millis) -> Result<u64>;
+}
+
 /// Everything a server needs from its storage.
 pub trait Store:
-    AccountStore + CodeStore + QueueStore + GroupStore + KeyPackageStore + DistributorStore
+    AccountStore + CodeStore + QueueStore + GroupStore + KeyPackageStore + DistributorStore + VaultStore
 {
 }
 
 impl<T> Store for T where
-    T: AccountStore + CodeStore + QueueStore + GroupStore + KeyPackageStore + DistributorStore
+    T: AccountStore
+        + CodeStore
+        + QueueStore
+        + GroupStore
+        + KeyPackageStore
+        + DistributorStore
+        + VaultStore
 {
 }

@@ -61,7 +61,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 
 use crate::{
     Account, AccountId, AccountStore, CodeStore, Device, DeviceAddr, DistributorStore, Enqueued,
-    Millis, NewDevice, NewMessage, QueueStore, Result, StoreError, StoredCode, StoredMessage,
+    Millis, NewDevice, NewMessage, QueueStore, Result, SealedConnection, StoreError, StoredCode,
+    StoredMessage, VaultEntry, VaultStore,
 };
 use bytes::Bytes;
 
@@ -260,7 +261,8 @@ fn db(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => return StoreError::Closed,
         sqlx::Error::Database(dbe) => match (dbe.kind(), dbe.constraint()) {
-            (ErrorKind::UniqueViolation, Some("accounts_phone_unique")) => {
+            (ErrorKind::UniqueViolation, Some("accounts_phone_unique"))
+            | (ErrorKind::UniqueViolation, Some("vault_phone_index_unique")) => {
                 return StoreError::PhoneTaken;
             }
             (ErrorKind::UniqueViolation, Some("accounts_username_unique")) => {
@@ -660,6 +662,144 @@ impl CodeStore for PgStore {
 
     async fn purge_codes(&self, before: Millis) -> Result<u64> {
         Ok(sqlx::query("DELETE FROM codes WHERE expires_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected())
+    }
+}
+
+#[async_trait]
+impl VaultStore for PgStore {
+    async fn put_vault(&self, entry: VaultEntry) -> Result<()> {
+        let e = &entry;
+        self.transaction(|conn| {
+            let e = e.clone();
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO vault_accounts \
+                     (account_id, phone_index, public_key, sealed_phone, threshold) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&e.account.0[..])
+                .bind(&e.phone_index[..])
+                .bind(&e.public_key[..])
+                .bind(&e.sealed_phone[..])
+                .bind(i32::try_from(e.threshold).unwrap_or(i32::MAX))
+                .execute(&mut *conn)
+                .await?;
+                for (custodian, wrapped) in &e.shares {
+                    sqlx::query(
+                        "INSERT INTO vault_shares (account_id, custodian, wrapped) \
+                         VALUES ($1, $2, $3)",
+                    )
+                    .bind(&e.account.0[..])
+                    .bind(&custodian[..])
+                    .bind(&wrapped[..])
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn vault(&self, account: AccountId) -> Result<Option<VaultEntry>> {
+        let Some(row) = sqlx::query(
+            "SELECT public_key, phone_index, sealed_phone, threshold FROM vault_accounts \
+             WHERE account_id = $1",
+        )
+        .bind(&account.0[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let shares = sqlx::query(
+            "SELECT custodian, wrapped FROM vault_shares WHERE account_id = $1 ORDER BY custodian",
+        )
+        .bind(&account.0[..])
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| {
+            Ok((
+                blob::<32>(r, "custodian")?,
+                Bytes::from(r.try_get::<Vec<u8>, _>("wrapped")?),
+            ))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(db)?;
+        let entry = (|| -> Result<VaultEntry, sqlx::Error> {
+            Ok(VaultEntry {
+                account,
+                phone_index: blob::<32>(&row, "phone_index")?,
+                public_key: blob::<32>(&row, "public_key")?,
+                sealed_phone: Bytes::from(row.try_get::<Vec<u8>, _>("sealed_phone")?),
+                threshold: u32::try_from(row.try_get::<i32, _>("threshold")?)
+                    .map_err(|_| corrupt("vault threshold"))?,
+                shares,
+            })
+        })()
+        .map_err(db)?;
+        Ok(Some(entry))
+    }
+
+    async fn account_by_phone_index(&self, index: &[u8; 32]) -> Result<Option<AccountId>> {
+        sqlx::query("SELECT account_id FROM vault_accounts WHERE phone_index = $1")
+            .bind(&index[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .map(|r| account_id(&r, "account_id"))
+            .transpose()
+            .map_err(db)
+    }
+
+    async fn add_connection(&self, account: AccountId, at: Millis, sealed: Bytes) -> Result<()> {
+        sqlx::query("INSERT INTO vault_connections (account_id, at, sealed) VALUES ($1, $2, $3)")
+            .bind(&account.0[..])
+            .bind(at)
+            .bind(&sealed[..])
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn connections(
+        &self,
+        account: AccountId,
+        from: Millis,
+        until: Millis,
+    ) -> Result<Vec<SealedConnection>> {
+        sqlx::query(
+            "SELECT at, sealed FROM vault_connections \
+             WHERE account_id = $1 AND at >= $2 AND at < $3 ORDER BY at, id",
+        )
+        .bind(&account.0[..])
+        .bind(from)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| {
+            Ok(SealedConnection {
+                at: r.try_get("at")?,
+                sealed: Bytes::from(r.try_get::<Vec<u8>, _>("sealed")?),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(db)
+    }
+
+    async fn purge_connections(&self, before: Millis) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM vault_connections WHERE at < $1")
             .bind(before)
             .execute(&self.pool)
             .await

@@ -40,7 +40,8 @@ use sqlx::{Connection, Row};
 
 use crate::{
     Account, AccountId, AccountStore, CodeStore, Device, DeviceAddr, DistributorStore, Enqueued,
-    Millis, NewDevice, NewMessage, QueueStore, Result, StoreError, StoredCode, StoredMessage,
+    Millis, NewDevice, NewMessage, QueueStore, Result, SealedConnection, StoreError, StoredCode,
+    StoredMessage, VaultEntry, VaultStore,
 };
 use writer::{Command, Writer};
 
@@ -540,6 +541,110 @@ impl DistributorStore for SqliteStore {
         self.inner
             .writer
             .call(|reply| Command::SaveDistributorState { state, now, reply })
+            .await
+    }
+}
+
+#[async_trait]
+impl VaultStore for SqliteStore {
+    async fn put_vault(&self, entry: VaultEntry) -> Result<()> {
+        let entry = Box::new(entry);
+        self.inner
+            .writer
+            .call(|reply| Command::PutVault { entry, reply })
+            .await
+    }
+
+    async fn vault(&self, account: AccountId) -> Result<Option<VaultEntry>> {
+        let Some(row) = sqlx::query(
+            "SELECT public_key, phone_index, sealed_phone, threshold FROM vault_accounts \
+             WHERE account_id = ?",
+        )
+        .bind(&account.0[..])
+        .fetch_optional(&self.inner.reads)
+        .await
+        .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let shares = sqlx::query(
+            "SELECT custodian, wrapped FROM vault_shares WHERE account_id = ? ORDER BY custodian",
+        )
+        .bind(&account.0[..])
+        .fetch_all(&self.inner.reads)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| {
+            Ok((
+                blob::<32>(r, "custodian")?,
+                Bytes::from(r.try_get::<Vec<u8>, _>("wrapped").map_err(db)?),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        Ok(Some(VaultEntry {
+            account,
+            phone_index: blob::<32>(&row, "phone_index")?,
+            public_key: blob::<32>(&row, "public_key")?,
+            sealed_phone: Bytes::from(row.try_get::<Vec<u8>, _>("sealed_phone").map_err(db)?),
+            threshold: u32::try_from(row.try_get::<i64, _>("threshold").map_err(db)?)
+                .map_err(|_| corrupt("vault threshold"))?,
+            shares,
+        }))
+    }
+
+    async fn account_by_phone_index(&self, index: &[u8; 32]) -> Result<Option<AccountId>> {
+        sqlx::query("SELECT account_id FROM vault_accounts WHERE phone_index = ?")
+            .bind(&index[..])
+            .fetch_optional(&self.inner.reads)
+            .await
+            .map_err(db)?
+            .map(|r| account_id(&r, "account_id"))
+            .transpose()
+    }
+
+    async fn add_connection(&self, account: AccountId, at: Millis, sealed: Bytes) -> Result<()> {
+        self.inner
+            .writer
+            .call(|reply| Command::AddConnection {
+                account,
+                at,
+                sealed,
+                reply,
+            })
+            .await
+    }
+
+    async fn connections(
+        &self,
+        account: AccountId,
+        from: Millis,
+        until: Millis,
+    ) -> Result<Vec<SealedConnection>> {
+        sqlx::query(
+            "SELECT at, sealed FROM vault_connections \
+             WHERE account_id = ? AND at >= ? AND at < ? ORDER BY at, id",
+        )
+        .bind(&account.0[..])
+        .bind(from)
+        .bind(until)
+        .fetch_all(&self.inner.reads)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| {
+            Ok(SealedConnection {
+                at: r.try_get("at").map_err(db)?,
+                sealed: Bytes::from(r.try_get::<Vec<u8>, _>("sealed").map_err(db)?),
+            })
+        })
+        .collect()
+    }
+
+    async fn purge_connections(&self, before: Millis) -> Result<u64> {
+        self.inner
+            .writer
+            .call(|reply| Command::PurgeConnections { before, reply })
             .await
     }
 }

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use bytes::Bytes;
 use postern_store::{
     AccountId, AccountStore, CodeStore, CommitOutcome, Device, DeviceAddr, DistributorStore,
-    GroupStore, KeyPackageStore, NewCommit, NewDevice, NewMessage, QueueStore, Recipients, Store,
-    StoreError,
+    GroupStore, KeyPackageStore, NewCommit, NewDevice, NewMessage, QueueStore, Recipients,
+    SealedConnection, Store, StoreError, VaultEntry, VaultStore,
 };
 use support::{Backend, Postgres, Sqlite};
 
@@ -1025,6 +1025,90 @@ async fn the_distributor_state_is_replaced_whole_and_survives_reopening<B: Backe
     );
 }
 
+async fn vault_entries_and_connections_are_kept_found_and_purged<B: Backend>(b: &B) {
+    let store = b.open().await;
+    let alice = account(&store, "+15550101", 1).await[0].addr.account;
+    let bob = account(&store, "+15550102", 1).await[0].addr.account;
+    let entry = |account, index: u8| VaultEntry {
+        account,
+        phone_index: [index; 32],
+        public_key: [index + 1; 32],
+        sealed_phone: Bytes::from(vec![index; 60]),
+        threshold: 2,
+        shares: vec![
+            ([1; 32], Bytes::from_static(b"share for custodian 1")),
+            ([2; 32], Bytes::from_static(b"share for custodian 2")),
+            ([3; 32], Bytes::from_static(b"share for custodian 3")),
+        ],
+    };
+    store.put_vault(entry(alice, 10)).await.unwrap();
+    assert_eq!(store.vault(alice).await.unwrap(), Some(entry(alice, 10)));
+    assert_eq!(store.vault(bob).await.unwrap(), None);
+    assert_eq!(
+        store.account_by_phone_index(&[10; 32]).await.unwrap(),
+        Some(alice)
+    );
+    assert_eq!(store.account_by_phone_index(&[11; 32]).await.unwrap(), None);
+
+    // A taken phone index is PhoneTaken, and stores nothing (not even the
+    // shares); an unknown account is UnknownAccount.
+    assert!(matches!(
+        store.put_vault(entry(bob, 10)).await,
+        Err(StoreError::PhoneTaken)
+    ));
+    assert_eq!(store.vault(bob).await.unwrap(), None);
+    assert!(matches!(
+        store.put_vault(entry(AccountId([9; 16]), 12)).await,
+        Err(StoreError::UnknownAccount)
+    ));
+    store.put_vault(entry(bob, 11)).await.unwrap();
+
+    for (i, at) in [NOW - 40 * 24 * HOUR, NOW - 2 * HOUR, NOW - HOUR, NOW]
+        .iter()
+        .enumerate()
+    {
+        store
+            .add_connection(alice, *at, Bytes::from(vec![i as u8; 70]))
+            .await
+            .unwrap();
+    }
+    store
+        .add_connection(bob, NOW - HOUR, Bytes::from_static(b"bob's"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .add_connection(AccountId([9; 16]), NOW, Bytes::from_static(b"x"))
+            .await,
+        Err(StoreError::UnknownAccount)
+    ));
+    // The window is [from, until), oldest first, this account's only.
+    let window = store.connections(alice, NOW - 2 * HOUR, NOW).await.unwrap();
+    assert_eq!(
+        window,
+        vec![
+            SealedConnection {
+                at: NOW - 2 * HOUR,
+                sealed: Bytes::from(vec![1; 70])
+            },
+            SealedConnection {
+                at: NOW - HOUR,
+                sealed: Bytes::from(vec![2; 70])
+            },
+        ]
+    );
+    // Retention: 30 days.
+    assert_eq!(
+        store.purge_connections(NOW - 30 * 24 * HOUR).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.connections(alice, 0, i64::MAX).await.unwrap().len(),
+        3
+    );
+    assert_eq!(store.connections(bob, 0, i64::MAX).await.unwrap().len(), 1);
+}
+
 /// Instantiates each generic test body for SQLite and for PostgreSQL.
 macro_rules! store_tests {
     ($($name:ident),* $(,)?) => {
@@ -1071,6 +1155,7 @@ store_tests!(
     key_packages_are_handed_out_once_then_the_last_resort,
     a_removed_device_loses_its_queue_packages_and_groups,
     the_distributor_state_is_replaced_whole_and_survives_reopening,
+    vault_entries_and_connections_are_kept_found_and_purged,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

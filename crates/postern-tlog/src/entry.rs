@@ -157,7 +157,9 @@ impl DataCategories {
     pub const MESSAGE_CONTENT: DataCategories = DataCategories(1 << 3);
     /// Who the account talks to.
     pub const CONTACTS: DataCategories = DataCategories(1 << 4);
-    const ALL: u16 = (1 << 5) - 1;
+    /// Which groups the account is in (always refused).
+    pub const GROUPS: DataCategories = DataCategories(1 << 5);
+    const ALL: u16 = (1 << 6) - 1;
 
     /// The union of two sets.
     pub const fn union(self, other: DataCategories) -> DataCategories {
@@ -200,6 +202,17 @@ impl ReasonCode {
     pub const NO_DATA: ReasonCode = ReasonCode(5);
     /// The custodians did not approve.
     pub const CUSTODIANS_DECLINED: ReasonCode = ReasonCode(6);
+    /// The order is signed by a court the requesting jurisdiction's trust
+    /// anchors do not vouch for.
+    pub const UNTRUSTED_COURT: ReasonCode = ReasonCode(7);
+    /// A certificate in the order's chain had expired (or was not yet
+    /// valid) when the order was checked.
+    pub const CERTIFICATE_EXPIRED: ReasonCode = ReasonCode(8);
+    /// A certificate in the order's chain is revoked.
+    pub const CERTIFICATE_REVOKED: ReasonCode = ReasonCode(9);
+    /// The request asked for a category the operator never discloses
+    /// (message content, contacts, groups).
+    pub const CATEGORY_NEVER_DISCLOSED: ReasonCode = ReasonCode(10);
 }
 
 /// What was done with a request.
@@ -661,7 +674,7 @@ mod tests {
                 AuthorityType::Other,
             ]),
             "[ -~]{1,64}",
-            0u16..32,
+            0u16..64,
             (1u8..=3, 1u16..),
             any::<u32>(),
             any::<[u8; 32]>(),

@@ -1,12 +1,13 @@
 //! `postern`: one binary for the server, the member's command line, the demo,
 //! the benchmarks and the censorship simulator. It only parses arguments and
 //! wires library crates together; the logic lives in postern-server,
-//! postern-client, postern-tlog and postern-sim.
+//! postern-client, postern-tlog, postern-legal and postern-sim.
 #![forbid(unsafe_code)]
 
 mod bench;
 mod chat_cmd;
 mod client_cmd;
+mod custodian;
 mod demo;
 mod directory_cmd;
 mod serve;
@@ -215,6 +216,12 @@ enum Command {
     /// Run a transparency-log witness: verify consistency, cosign, and
     /// remember each log's latest size.
     Witness(witness::WitnessArgs),
+    /// A custodian's commands: make a key, review and approve disclosure
+    /// bundles.
+    Custodian {
+        #[command(subcommand)]
+        what: custodian::CustodianCommand,
+    },
     /// Verify or monitor a transparency log; write and check offline proofs.
     Transparency {
         #[command(subcommand)]
@@ -448,6 +455,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify { contact, confirm } => chat_cmd::verify(&home, &contact, confirm).await,
         Command::Demo => demo::run().await,
         Command::Witness(args) => witness::run(args).await,
+        Command::Custodian { what } => custodian::run(what),
         Command::Transparency { what } => transparency::run(what).await,
         Command::Bench { what } => bench::run(what).await,
         Command::Sim(args) => sim::run(args),

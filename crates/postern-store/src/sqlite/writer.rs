@@ -31,7 +31,7 @@ use super::groups;
 use super::seq_param;
 use crate::{
     Account, AccountId, ClaimedKeyPackage, CommitOutcome, Device, DeviceAddr, Enqueued,
-    KeyPackageCount, Millis, NewCommit, NewDevice, NewMessage, Result, StoreError,
+    KeyPackageCount, Millis, NewCommit, NewDevice, NewMessage, Result, StoreError, VaultEntry,
 };
 
 /// A batch taking longer than this is logged: it delays every caller in it.
@@ -105,6 +105,20 @@ pub(crate) enum Command {
         state: Bytes,
         now: Millis,
         reply: Reply<()>,
+    },
+    PutVault {
+        entry: Box<VaultEntry>,
+        reply: Reply<()>,
+    },
+    AddConnection {
+        account: AccountId,
+        at: Millis,
+        sealed: Bytes,
+        reply: Reply<()>,
+    },
+    PurgeConnections {
+        before: Millis,
+        reply: Reply<u64>,
     },
     RemoveDevice {
         device: DeviceAddr,
@@ -406,7 +420,9 @@ impl From<sqlx::Error> for Failure {
         let typed = match dbe.kind() {
             ErrorKind::UniqueViolation => {
                 let message = dbe.message();
-                if message.contains("accounts.phone") {
+                if message.contains("accounts.phone")
+                    || message.contains("vault_accounts.phone_index")
+                {
                     StoreError::PhoneTaken
                 } else if message.contains("accounts.username") {
                     StoreError::UsernameTaken
@@ -531,6 +547,16 @@ async fn execute(conn: &mut SqliteConnection, cmd: Command) -> (Settle, Ended) {
         Command::SaveDistributorState { state, now, reply } => {
             outcome(reply, save_distributor_state(conn, state, now).await)
         }
+        Command::PutVault { entry, reply } => outcome(reply, put_vault(conn, *entry).await),
+        Command::AddConnection {
+            account,
+            at,
+            sealed,
+            reply,
+        } => outcome(reply, add_connection(conn, account, at, sealed).await),
+        Command::PurgeConnections { before, reply } => {
+            outcome(reply, purge_connections(conn, before).await)
+        }
         Command::RemoveDevice { device, reply } => {
             outcome(reply, groups::remove_device(conn, device).await)
         }
@@ -589,6 +615,9 @@ impl Command {
             Command::RecordFailedAttempt { reply, .. } => failed(reply),
             Command::PurgeCodes { reply, .. } => failed(reply),
             Command::SaveDistributorState { reply, .. } => failed(reply),
+            Command::PutVault { reply, .. } => failed(reply),
+            Command::AddConnection { reply, .. } => failed(reply),
+            Command::PurgeConnections { reply, .. } => failed(reply),
             Command::RemoveDevice { reply, .. } => failed(reply),
             Command::CreateGroup { reply, .. } => failed(reply),
             Command::Commit { reply, .. } => failed(reply),
@@ -829,6 +858,53 @@ async fn save_distributor_state(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+async fn put_vault(conn: &mut SqliteConnection, entry: VaultEntry) -> Result<(), Failure> {
+    sqlx::query(
+        "INSERT INTO vault_accounts (account_id, phone_index, public_key, sealed_phone, threshold) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&entry.account.0[..])
+    .bind(&entry.phone_index[..])
+    .bind(&entry.public_key[..])
+    .bind(&entry.sealed_phone[..])
+    .bind(i64::from(entry.threshold))
+    .execute(&mut *conn)
+    .await?;
+    for (custodian, wrapped) in &entry.shares {
+        sqlx::query("INSERT INTO vault_shares (account_id, custodian, wrapped) VALUES (?, ?, ?)")
+            .bind(&entry.account.0[..])
+            .bind(&custodian[..])
+            .bind(&wrapped[..])
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn add_connection(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    at: Millis,
+    sealed: Bytes,
+) -> Result<(), Failure> {
+    sqlx::query("INSERT INTO vault_connections (account_id, at, sealed) VALUES (?, ?, ?)")
+        .bind(&account.0[..])
+        .bind(at)
+        .bind(&sealed[..])
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn purge_connections(conn: &mut SqliteConnection, before: Millis) -> Result<u64, Failure> {
+    let deleted = sqlx::query("DELETE FROM vault_connections WHERE at < ?")
+        .bind(before)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(deleted)
 }
 
 #[cfg(test)]
