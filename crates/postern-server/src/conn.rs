@@ -208,7 +208,7 @@ impl Connection {
     async fn run<S>(
         mut self,
         conn: postern_transport::Connection<S>,
-        mut drain: tokio::sync::watch::Receiver<bool>,
+        drain: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), postern_transport::TransportError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -217,6 +217,14 @@ impl Connection {
         // Draining: read no more requests; once those in flight are
         // answered, say GoAway and close.
         let mut leaving = *drain.borrow();
+        // One registration for the connection's life: re-creating this
+        // future per loop iteration would lock the watch's waiter list,
+        // shared by every connection, on every frame.
+        let drained = async move {
+            let mut drain = drain;
+            let _ = drain.wait_for(|d| *d).await;
+        };
+        tokio::pin!(drained);
         let limits = self.service.limits().clone();
         let mut inflight = FuturesUnordered::new();
         let mut fetching = None;
@@ -266,7 +274,7 @@ impl Connection {
                         self.finish(reply, &mut outbox);
                     }
                 }
-                () = async { let _ = drain.wait_for(|d| *d).await; }, if !leaving => {
+                () = &mut drained, if !leaving => {
                     leaving = true;
                 }
                 read = reader.recv(), if !leaving && inflight.len() < limits.max_inflight_requests => {
