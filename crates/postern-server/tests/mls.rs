@@ -660,6 +660,7 @@ async fn a_commit_whose_answer_is_lost_is_settled_on_the_next_connection() {
     let link = postern_proto::link::ServerLink {
         tcp: vec![cutter.addr.to_string()],
         noise_key: server.server.link.noise_key,
+        ..Default::default()
     };
     let alice = postern_client::Client::setup(&server.dir.path().join("alice"), &link).unwrap();
     let mut a = alice.connect().await.unwrap();
