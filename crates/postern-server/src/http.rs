@@ -1,5 +1,6 @@
 //! The HTTP API: health, the server link, counters for operators, relay
-//! health and blocking per country and network (`/relays`), and the
+//! health and blocking per country and network (`/relays`), the server's
+//! own routes members report blocked, per country (`/reachability`), and the
 //! transparency log under `/log/` (served by `postern_tlog::http`, with
 //! its cache headers: tiles immutable, the checkpoint briefly).
 //!
@@ -20,6 +21,7 @@ pub(crate) fn router(shared: Arc<Shared>, log_dir: Option<&Path>) -> Router {
         .route("/link", get(link))
         .route("/stats", get(stats))
         .route("/relays", get(relays))
+        .route("/reachability", get(reachability))
         .with_state(shared);
     match log_dir {
         Some(dir) => router.nest("/log", postern_tlog::http::log_router(dir.to_owned())),
@@ -40,4 +42,10 @@ async fn stats(State(s): State<Arc<Shared>>) -> axum::Json<serde_json::Value> {
 
 async fn relays(State(s): State<Arc<Shared>>) -> axum::Json<crate::relays::RelaysStatus> {
     axum::Json(s.service.relays().status().await)
+}
+
+async fn reachability(
+    State(s): State<Arc<Shared>>,
+) -> axum::Json<Vec<crate::reachability::RouteReport>> {
+    axum::Json(s.service.reachability().view())
 }

@@ -31,6 +31,8 @@ use crate::TransportError;
 /// The ALPN protocols a plain TLS carrier offers: looks like a web server.
 const TLS_ALPN: &[&[u8]] = &[b"http/1.1"];
 
+pub use tokio_rustls::TlsAcceptor as Acceptor;
+
 /// The client side of a TLS carrier on a client.
 pub type ClientTlsStream<S> = tokio_rustls::client::TlsStream<S>;
 /// The server side of a TLS carrier.

@@ -277,7 +277,10 @@ pub async fn recv(home: &Path, wait: Option<f64>, json: bool) -> anyhow::Result<
                     event = listener.next() => match event? {
                         Event::Message(m) => print_message(&m, json)?,
                         Event::State(s) => {
-                            if interactive || !matches!(s, ConnectionState::Connecting) {
+                            if interactive || !matches!(
+                                s,
+                                ConnectionState::Connecting | ConnectionState::Updating { .. }
+                            ) {
                                 eprintln!("[{}]", describe(&s));
                             }
                         }
@@ -291,7 +294,15 @@ pub async fn recv(home: &Path, wait: Option<f64>, json: bool) -> anyhow::Result<
 fn describe(s: &ConnectionState) -> String {
     match s {
         ConnectionState::Connecting => "connecting".into(),
-        ConnectionState::Ready => "ready".into(),
+        ConnectionState::ConnectingToRelay => "connecting to a relay".into(),
+        ConnectionState::Updating { route } => format!("updating (over {route})"),
+        ConnectionState::Ready { route } => format!("ready (over {route})"),
+        ConnectionState::WaitingForNetwork { reason, retry_in } => {
+            format!(
+                "waiting for network: {reason}; retrying in {:.1} s",
+                retry_in.as_secs_f64()
+            )
+        }
         ConnectionState::Disconnected { reason, retry_in } => {
             format!(
                 "disconnected: {reason}; retrying in {:.1} s",
