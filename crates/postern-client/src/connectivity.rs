@@ -30,6 +30,8 @@ use postern_transport::tls::{ClientTls, Verify};
 
 use crate::home::RouteHealth;
 
+pub use crate::now_ms;
+
 /// Where a candidate came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {

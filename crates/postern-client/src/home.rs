@@ -416,6 +416,15 @@ impl Home {
         Ok(())
     }
 
+    /// Forgets what the home knows about every route (as a fresh install
+    /// would).
+    pub fn forget_routes(&self) -> Result<(), ClientError> {
+        self.db.execute("DELETE FROM routes", [])?;
+        self.db
+            .execute("DELETE FROM settings WHERE key = 'route_in_use'", [])?;
+        Ok(())
+    }
+
     /// Marks the failures of `routes` as reported to the server.
     pub fn routes_reported(&self, routes: &[String]) -> Result<(), ClientError> {
         for route in routes {

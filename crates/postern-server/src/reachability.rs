@@ -107,7 +107,7 @@ impl Reachability {
                 counts: counts.clone(),
             })
             .collect();
-        rows.sort_by(|a, b| b.counts.reports.cmp(&a.counts.reports));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.counts.reports));
         rows
     }
 }

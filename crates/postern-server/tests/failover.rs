@@ -329,3 +329,54 @@ async fn with_everything_blocked_the_listener_waits_for_network() {
     let err = ClientError::NoRoute(Vec::new());
     assert!(err.is_transient());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_routes_are_reported_per_country_on_the_next_connection() {
+    // The server's TCP route is the censor's proxy, so it is one of the
+    // routes the server lists; TLS is reached directly.
+    let censor = Censor::new();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = free.local_addr().unwrap();
+    drop(free);
+    let proxy = censor.tcp(listen).await.unwrap();
+    let t = TestServer::start_with(|cfg| {
+        cfg.listen = listen;
+        cfg.public_addr = Some(proxy.to_string());
+        cfg.carriers.tls = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let client = Client::setup(&t.dir.path().join("alice"), &t.server.link).unwrap();
+    client.set_connectivity(fast());
+    let mut conn = client.connect().await.unwrap();
+    assert!(conn.route().starts_with("tcp://"));
+    conn.request_code("+79161234567").await.unwrap();
+    conn.register(
+        "+79161234567",
+        &t.code("+79161234567"),
+        Some("alice"),
+        "test",
+    )
+    .await
+    .unwrap();
+    drop(conn);
+
+    censor.set(listen, Rule::Reset);
+    let conn = client.connect().await.unwrap();
+    assert!(conn.route().starts_with("tls://"));
+    // Reported on connecting: nothing is left to report.
+    assert_eq!(conn.report_routes().await.unwrap(), 0);
+    assert!(client.routes().unwrap().iter().all(|r| r.reported));
+
+    let url = format!("http://{}/reachability", t.server.http_addr);
+    let view: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let rows = view.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{view}");
+    assert_eq!(rows[0]["route"], format!("tcp://{proxy}"));
+    assert_eq!(rows[0]["country"], "RU");
+    assert_eq!(rows[0]["reports"], 1);
+    let failures = rows[0]["failures"].as_object().unwrap();
+    assert!(
+        failures.contains_key("reset") || failures.contains_key("closed"),
+        "{view}"
+    );
+}
