@@ -367,6 +367,7 @@ async fn blocked_routes_are_reported_per_country_on_the_next_connection() {
     assert_eq!(conn.report_routes().await.unwrap(), 0);
     assert!(client.routes().unwrap().iter().all(|r| r.reported));
 
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let url = format!("http://{}/reachability", t.server.http_addr);
     let view: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
     let rows = view.as_array().unwrap();
