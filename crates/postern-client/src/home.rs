@@ -19,7 +19,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::ClientError;
 
 /// The home layout this code reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+
+/// Layouts [`SCHEMA`] upgrades in place (its tables are all `IF NOT
+/// EXISTS`): 2 lacks only `routes`.
+const UPGRADABLE: &[i64] = &[2];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS settings (
@@ -86,7 +90,44 @@ CREATE TABLE IF NOT EXISTS pending_commits (
     group_id BLOB PRIMARY KEY,
     request  BLOB NOT NULL
 );
+-- The connectivity manager's memory of each route (carrier://endpoint):
+-- consecutive failures, the last failure's class, when to try it again,
+-- and whether the server has heard about its failure yet.
+CREATE TABLE IF NOT EXISTS routes (
+    route        TEXT PRIMARY KEY,
+    failures     INTEGER NOT NULL DEFAULT 0,
+    last_failure TEXT,
+    freeze_after INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    last_ok_ms   INTEGER,
+    last_fail_ms INTEGER,
+    next_try_ms  INTEGER NOT NULL DEFAULT 0,
+    reported     INTEGER NOT NULL DEFAULT 1
+);
 ";
+
+/// What the home remembers about one route.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteHealth {
+    /// `carrier://endpoint`.
+    pub route: String,
+    /// Failures since the last success.
+    pub failures: u32,
+    /// The last failure's class ([`postern_transport::carrier::Failure::name`]).
+    pub last_failure: Option<String>,
+    /// For a freeze: bytes read before it.
+    pub freeze_after: u64,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// When it last worked (ms since the epoch).
+    pub last_ok_ms: Option<i64>,
+    /// When it last failed.
+    pub last_fail_ms: Option<i64>,
+    /// Not tried before this time unless nothing else is left.
+    pub next_try_ms: i64,
+    /// False while a failure waits to be reported to the server.
+    pub reported: bool,
+}
 
 /// A conversation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,7 +277,7 @@ impl Home {
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
         let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version != SCHEMA_VERSION {
+        if version != SCHEMA_VERSION && !UPGRADABLE.contains(&version) {
             let tables: i64 =
                 db.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
             if tables > 0 {
@@ -306,6 +347,90 @@ impl Home {
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![key, value],
         )?;
+        Ok(())
+    }
+
+    /// Every route the home remembers.
+    pub fn routes(&self) -> Result<Vec<RouteHealth>, ClientError> {
+        let mut stmt = self.db.prepare(
+            "SELECT route, failures, last_failure, freeze_after, last_error, last_ok_ms,
+                    last_fail_ms, next_try_ms, reported
+             FROM routes ORDER BY route",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RouteHealth {
+                route: r.get(0)?,
+                failures: r.get(1)?,
+                last_failure: r.get(2)?,
+                freeze_after: r.get::<_, i64>(3)?.try_into().unwrap_or(0),
+                last_error: r.get(4)?,
+                last_ok_ms: r.get(5)?,
+                last_fail_ms: r.get(6)?,
+                next_try_ms: r.get(7)?,
+                reported: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that `route` carried an authenticated session at `now`.
+    pub fn route_worked(&self, route: &str, now: i64) -> Result<(), ClientError> {
+        self.db.execute(
+            "INSERT INTO routes (route, last_ok_ms) VALUES (?1, ?2)
+             ON CONFLICT (route) DO UPDATE SET
+               failures = 0, next_try_ms = 0, last_ok_ms = excluded.last_ok_ms",
+            params![route, now],
+        )?;
+        Ok(())
+    }
+
+    /// Records a failure of `route` at `now`; it is not tried again before
+    /// `next_try` unless nothing else is left.
+    pub fn route_failed(
+        &self,
+        route: &str,
+        class: &str,
+        freeze_after: u64,
+        error: &str,
+        now: i64,
+        next_try: i64,
+    ) -> Result<(), ClientError> {
+        self.db.execute(
+            "INSERT INTO routes (route, failures, last_failure, freeze_after, last_error,
+                                 last_fail_ms, next_try_ms, reported)
+             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, 0)
+             ON CONFLICT (route) DO UPDATE SET
+               failures = routes.failures + 1, last_failure = excluded.last_failure,
+               freeze_after = excluded.freeze_after, last_error = excluded.last_error,
+               last_fail_ms = excluded.last_fail_ms, next_try_ms = excluded.next_try_ms,
+               reported = 0",
+            params![
+                route,
+                class,
+                i64::try_from(freeze_after).unwrap_or(i64::MAX),
+                error,
+                now,
+                next_try
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets what the home knows about every route (as a fresh install
+    /// would).
+    pub fn forget_routes(&self) -> Result<(), ClientError> {
+        self.db.execute("DELETE FROM routes", [])?;
+        self.db
+            .execute("DELETE FROM settings WHERE key = 'route_in_use'", [])?;
+        Ok(())
+    }
+
+    /// Marks the failures of `routes` as reported to the server.
+    pub fn routes_reported(&self, routes: &[String]) -> Result<(), ClientError> {
+        for route in routes {
+            self.db
+                .execute("UPDATE routes SET reported = 1 WHERE route = ?1", [route])?;
+        }
         Ok(())
     }
 

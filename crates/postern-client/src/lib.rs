@@ -2,9 +2,11 @@
 //!
 //! A [`Client`] is a device: a home directory holding its keys, the server
 //! link and its local message store. [`Client::connect`] opens a
-//! [`Connection`] (a Noise session over TCP) for requests — register, send,
-//! whoami — and [`Client::listen`] gives a [`Listener`], an async stream of
-//! received messages and connection-state events that reconnects by itself.
+//! [`Connection`] (a Noise session over whichever carrier the
+//! [`connectivity`] manager finds open: TCP, TLS, WebSocket or QUIC) for
+//! requests — register, send, whoami — and [`Client::listen`] gives a
+//! [`Listener`], an async stream of received messages and connection-state
+//! events that reconnects by itself, over another route if need be.
 //!
 //! Every conversation is end-to-end encrypted with MLS (RFC 9420, openmls):
 //! [`mls`] is the engine, [`chat`] what a connection does with it — direct
@@ -25,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod chat;
+pub mod connectivity;
 pub mod directory;
 mod home;
 mod listener;
@@ -50,13 +53,36 @@ use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 pub use chat::{Member, SafetyReport, Target};
-pub use home::{Conversation, ConversationKind, Home, PendingSend, TimelineItem};
+pub use connectivity::{Candidate, Racing};
+pub use home::{Conversation, ConversationKind, Home, PendingSend, RouteHealth, TimelineItem};
 pub use listener::{ConnectionState, Event, Listener};
 
 /// How long connecting (TCP plus handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a request may wait for its response.
+/// How long a request may wait for its response, by default.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a client notices a dead route and how it finds the next.
+#[derive(Clone, Copy, Debug)]
+pub struct Connectivity {
+    /// The race between candidate routes.
+    pub racing: Racing,
+    /// How long a request may wait for its response; a connection whose
+    /// request times out is taken for dead (frozen) and dropped.
+    pub request_timeout: Duration,
+    /// How often a listening connection pings when nothing arrives.
+    pub ping_every: Duration,
+}
+
+impl Default for Connectivity {
+    fn default() -> Self {
+        Connectivity {
+            racing: Racing::default(),
+            request_timeout: REQUEST_TIMEOUT,
+            ping_every: Duration::from_secs(25),
+        }
+    }
+}
 
 /// What went wrong on the client side.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +108,9 @@ pub enum ClientError {
     /// The server could not be reached or the connection broke.
     #[error("connection failed: {0}")]
     Transport(#[from] postern_transport::TransportError),
+    /// Every route to the server failed.
+    #[error("no route to the server works: {}", describe_attempts(.0))]
+    NoRoute(Vec<connectivity::Attempt>),
     /// The connection closed before the answer came.
     #[error("the connection to the server closed")]
     Disconnected,
@@ -129,12 +158,26 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            ClientError::Transport(_) | ClientError::Disconnected | ClientError::Timeout(_)
+            ClientError::Transport(_)
+                | ClientError::NoRoute(_)
+                | ClientError::Disconnected
+                | ClientError::Timeout(_)
         ) || matches!(
             self.code(),
             Some(ErrorCode::Internal | ErrorCode::Unavailable)
         )
     }
+}
+
+fn describe_attempts(attempts: &[connectivity::Attempt]) -> String {
+    if attempts.is_empty() {
+        return "the server link names no route".into();
+    }
+    attempts
+        .iter()
+        .map(|a| format!("{} ({}: {})", a.route, a.failure, a.error))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The relays a member holds, from [`Connection::fetch_relays`].
@@ -232,6 +275,8 @@ struct Inner {
     signer: mls::DeviceSigner,
     suite: Mutex<Ciphersuite>,
     device: Mutex<Option<DeviceAddr>>,
+    connectivity: Mutex<Connectivity>,
+    extra_candidates: Mutex<Vec<Candidate>>,
 }
 
 /// A device: its home directory and keys. Cheap to clone.
@@ -304,6 +349,8 @@ impl Client {
                 signer: mls::DeviceSigner(identity),
                 suite: Mutex::new(suite),
                 device: Mutex::new(device),
+                connectivity: Mutex::new(Connectivity::default()),
+                extra_candidates: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -372,44 +419,155 @@ impl Client {
         addrs
     }
 
-    /// Connects to the server (each TCP candidate in turn, see
-    /// [`Client::tcp_candidates`]).
+    /// Sets how this client notices dead routes and races for new ones.
+    pub fn set_connectivity(&self, c: Connectivity) {
+        *lock(&self.inner.connectivity) = c;
+    }
+
+    /// How this client notices dead routes and races for new ones.
+    pub fn connectivity(&self) -> Connectivity {
+        *lock(&self.inner.connectivity)
+    }
+
+    /// Adds routes to race besides the server link's (from the signed
+    /// directory or relays); replaces those added before.
+    pub fn set_extra_candidates(&self, candidates: Vec<Candidate>) {
+        *lock(&self.inner.extra_candidates) = candidates;
+    }
+
+    /// Every route this client may race: the server link's, then the extra
+    /// ones.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let mut all = connectivity::candidates_from_link(&self.inner.link);
+        // Several server nodes behind one link: each device starts at its
+        // own route (chosen by its key, so always the same one), which
+        // spreads devices over the nodes; the rest follow in link order.
+        if !all.is_empty() {
+            let n = all.len();
+            all.rotate_left(usize::from(self.inner.noise.public[0]) % n);
+            for (i, c) in all.iter_mut().enumerate() {
+                c.priority = u32::try_from(i).unwrap_or(u32::MAX);
+            }
+        }
+        all.extend(lock(&self.inner.extra_candidates).iter().cloned());
+        all
+    }
+
+    /// What the home remembers about each route.
+    pub fn routes(&self) -> Result<Vec<RouteHealth>, ClientError> {
+        self.with_home(|h| h.routes())
+    }
+
+    /// The route the last connection used.
+    pub fn route_in_use(&self) -> Result<Option<String>, ClientError> {
+        self.with_home(|h| h.get_text("route_in_use"))
+    }
+
+    /// Connects to the server over the first route that works: races the
+    /// candidates (see [`connectivity`]), records each failure and the
+    /// winner in the home.
     pub async fn connect(&self) -> Result<Connection, ClientError> {
+        self.connect_racing().await.map(|(conn, _)| conn)
+    }
+
+    /// Like [`Client::connect`], also returning the failed attempts seen
+    /// before the winner.
+    pub async fn connect_racing(
+        &self,
+    ) -> Result<(Connection, Vec<connectivity::Attempt>), ClientError> {
         let hello = pb::ClientHello {
             version: PROTOCOL_VERSION,
             software: concat!("postern/", env!("CARGO_PKG_VERSION")).into(),
         };
-        let mut last = None;
-        for addr in &self.tcp_candidates() {
-            let attempt = async {
-                let stream = postern_transport::tcp::connect(addr, CONNECT_TIMEOUT).await?;
+        let settings = self.connectivity();
+        let now = now_ms();
+        let (health, sticky) =
+            self.with_home(|h| Ok::<_, ClientError>((h.routes()?, h.get_text("route_in_use")?)))?;
+        let ordered = connectivity::order(self.candidates(), &health, sticky.as_deref(), now);
+        if ordered.is_empty() {
+            return Err(ClientError::NoRoute(Vec::new()));
+        }
+        let attempt = |candidate: Candidate| {
+            let hello = hello.clone();
+            let timeout = settings.racing.attempt_timeout;
+            async move {
+                let stream = postern_transport::carrier::dial(&candidate.target(), timeout)
+                    .await
+                    .map_err(|e| (postern_transport::carrier::classify(&e, 0), e.to_string()))?;
+                let counter = stream.counter();
                 postern_transport::client_handshake(
                     stream,
                     &self.inner.noise,
                     &self.inner.link.noise_key,
                     &hello,
-                    CONNECT_TIMEOUT,
+                    timeout,
                 )
                 .await
-            };
-            match attempt.await {
-                Ok((conn, server_hello)) => {
-                    if let Some(e) = server_hello.error {
-                        return Err(server_error(e));
-                    }
-                    let device = server_hello
-                        .device
-                        .as_ref()
-                        .and_then(|d| DeviceAddr::try_from(d).ok());
-                    self.adopt_ciphersuite(server_hello.mls_ciphersuite)?;
-                    return Ok(Connection::start(self.clone(), conn, device));
-                }
-                Err(e) => last = Some(e),
+                .map(|(conn, server_hello)| (conn, server_hello, counter.clone()))
+                .map_err(|e| {
+                    let read = counter.load(std::sync::atomic::Ordering::Relaxed);
+                    (
+                        postern_transport::carrier::classify(&e, read),
+                        e.to_string(),
+                    )
+                })
             }
+        };
+        let outcome = connectivity::race(&ordered, &settings.racing, attempt).await;
+        let failures = match &outcome {
+            Ok((_, _, failures)) => failures.clone(),
+            Err(failures) => failures.clone(),
+        };
+        for f in &failures {
+            self.route_failed(&f.route, f.failure, &f.error, &health, &settings.racing)?;
         }
-        Err(last
-            .map(ClientError::Transport)
-            .unwrap_or(ClientError::Disconnected))
+        let (winner, (conn, server_hello, counter), _) = outcome.map_err(ClientError::NoRoute)?;
+        if let Some(e) = server_hello.error {
+            return Err(server_error(e));
+        }
+        let route = winner.route();
+        self.with_home(|h| {
+            h.route_worked(&route, now_ms())?;
+            h.set("route_in_use", route.as_bytes())
+        })?;
+        let device = server_hello
+            .device
+            .as_ref()
+            .and_then(|d| DeviceAddr::try_from(d).ok());
+        self.adopt_ciphersuite(server_hello.mls_ciphersuite)?;
+        let conn = Connection::start(self.clone(), conn, device, route, counter);
+        if conn.device().is_some()
+            && let Err(e) = conn.report_routes().await
+        {
+            // Reports are best effort: the next connection tries again.
+            tracing::debug!(error = %e, "could not report blocked routes");
+        }
+        Ok((conn, failures))
+    }
+
+    /// Records a failed route in the home, with its next backoff.
+    pub(crate) fn route_failed(
+        &self,
+        route: &str,
+        failure: postern_transport::carrier::Failure,
+        error: &str,
+        health: &[RouteHealth],
+        racing: &Racing,
+    ) -> Result<(), ClientError> {
+        let failures = health
+            .iter()
+            .find(|h| h.route == route)
+            .map(|h| h.failures)
+            .unwrap_or(0)
+            + 1;
+        let now = now_ms();
+        let next =
+            now + i64::try_from(racing.backoff(failures).as_millis()).unwrap_or(i64::MAX / 2);
+        let after = match failure {
+            postern_transport::carrier::Failure::Freeze { after } => after,
+            _ => 0,
+        };
+        self.with_home(|h| h.route_failed(route, failure.name(), after, error, now, next))
     }
 
     /// Uses the MLS ciphersuite the server names for new groups and key
@@ -492,7 +650,8 @@ fn server_error(e: pb::Error) -> ClientError {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch (0 for a clock before it).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -509,6 +668,9 @@ enum Command {
 /// from clones of nothing: use one task, or wrap in an Arc.
 pub struct Connection {
     client: Client,
+    route: String,
+    read: Arc<std::sync::atomic::AtomicU64>,
+    broken: Arc<Mutex<Option<postern_transport::TransportError>>>,
     commands: mpsc::Sender<Command>,
     deliveries: mpsc::UnboundedReceiver<pb::Deliver>,
     device: Option<DeviceAddr>,
@@ -523,15 +685,21 @@ impl Connection {
         client: Client,
         conn: postern_transport::Connection<S>,
         device: Option<DeviceAddr>,
+        route: String,
+        read: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (commands, rx) = mpsc::channel(256);
         let (deliver_tx, deliveries) = mpsc::unbounded_channel();
-        tokio::spawn(io_task(conn, rx, deliver_tx));
+        let broken = Arc::new(Mutex::new(None));
+        tokio::spawn(io_task(conn, rx, deliver_tx, broken.clone()));
         Connection {
             client,
+            route,
+            read,
+            broken,
             commands,
             deliveries,
             device,
@@ -553,6 +721,59 @@ impl Connection {
         self.device
     }
 
+    /// The route (`carrier://endpoint`) this connection runs over.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Tells the server which of its routes failed since the last report
+    /// (route, failure class, hour); returns how many were reported.
+    pub async fn report_routes(&self) -> Result<usize, ClientError> {
+        let pending: Vec<RouteHealth> = self
+            .client
+            .routes()?
+            .into_iter()
+            .filter(|r| !r.reported && r.last_failure.is_some())
+            .take(32)
+            .collect();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let routes = pending
+            .iter()
+            .map(|r| pb::BlockedRoute {
+                route: r.route.clone(),
+                failure: r.last_failure.clone().unwrap_or_default(),
+                hour: u64::try_from(r.last_fail_ms.unwrap_or(0) / 3_600_000).unwrap_or(0),
+            })
+            .collect();
+        self.call(Req::ReportRoutes(pb::ReportRoutes { routes }))
+            .await?;
+        let names: Vec<String> = pending.into_iter().map(|r| r.route).collect();
+        self.client.with_home(|h| h.routes_reported(&names))?;
+        Ok(names.len())
+    }
+
+    /// Records in the home that this connection's route failed with
+    /// `error` (a request that timed out, a ping unanswered, the carrier
+    /// broken), classified by what the carrier reported and how many bytes
+    /// it had carried; the next race tries it last.
+    pub fn record_failure(&self, error: &ClientError) -> Result<(), ClientError> {
+        use postern_transport::carrier::{Failure, classify};
+        let read = self.read.load(std::sync::atomic::Ordering::Relaxed);
+        let failure = match (&*lock(&self.broken), error) {
+            (Some(e), _) => classify(e, read),
+            (None, ClientError::Timeout(_)) if read > 0 => Failure::Freeze { after: read },
+            (None, ClientError::Timeout(_)) => Failure::Timeout,
+            (None, ClientError::Disconnected) => Failure::Closed,
+            _ => Failure::Other,
+        };
+        let health = self.client.routes()?;
+        let racing = self.client.connectivity().racing;
+        self.client
+            .route_failed(&self.route, failure, &error.to_string(), &health, &racing)
+    }
+
     /// Sends a request and waits for its response; server refusals become
     /// [`ClientError::Server`].
     pub async fn call(&self, req: Req) -> Result<Resp, ClientError> {
@@ -561,8 +782,9 @@ impl Connection {
             .send(Command::Call(req, tx))
             .await
             .map_err(|_| ClientError::Disconnected)?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-            Err(_) => Err(ClientError::Timeout(REQUEST_TIMEOUT)),
+        let timeout = self.client.connectivity().request_timeout;
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(ClientError::Timeout(timeout)),
             Ok(Err(_)) => Err(ClientError::Disconnected),
             Ok(Ok(Ok(Resp::Error(e)))) => Err(server_error(e)),
             Ok(Ok(r)) => r,
@@ -816,6 +1038,7 @@ async fn io_task<S>(
     conn: postern_transport::Connection<S>,
     mut commands: mpsc::Receiver<Command>,
     deliveries: mpsc::UnboundedSender<pb::Deliver>,
+    broken: Arc<Mutex<Option<postern_transport::TransportError>>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -836,7 +1059,8 @@ async fn io_task<S>(
                     out.push(envelope(id, Body::Request(pb::Request { kind: Some(req) })));
                     cmd = commands.try_recv().ok();
                 }
-                if writer.send_batch(out.iter()).await.is_err() {
+                if let Err(e) = writer.send_batch(out.iter()).await {
+                    *lock(&broken) = Some(e);
                     break;
                 }
                 out.clear();
@@ -861,6 +1085,7 @@ async fn io_task<S>(
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(error = %e, "connection failed");
+                        *lock(&broken) = Some(e);
                         break;
                     }
                 }

@@ -1,5 +1,13 @@
 //! A stream of received messages and connection-state events over a
 //! connection that is re-established whenever it breaks.
+//!
+//! The states follow TDLib's: waiting for network (no route works; the
+//! next race is scheduled), connecting (racing routes), connecting to a
+//! relay (only relay routes are left to race), updating (connected,
+//! catching up on what was missed and sending the outbox), ready. A
+//! connection is watched by pings when quiet; one that stops answering —
+//! a freeze, a blackhole — is dropped, its route recorded as failed, and
+//! the race starts again at once over the routes left.
 
 use std::time::Duration;
 
@@ -8,15 +16,33 @@ use crate::{Client, ClientError, Connection, ReceivedMessage};
 /// Where the listener's connection stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConnectionState {
-    /// Opening a connection to the server.
+    /// No route to the server works; the next race starts in `retry_in`.
+    WaitingForNetwork {
+        /// Why every route failed.
+        reason: String,
+        /// When the next race starts.
+        retry_in: Duration,
+    },
+    /// Racing the routes to the server.
     Connecting,
-    /// Connected and subscribed: messages arrive as they are sent.
-    Ready,
-    /// The connection failed or broke; the next attempt is in `retry_in`.
+    /// Racing, with only relay routes left.
+    ConnectingToRelay,
+    /// Connected over `route`; catching up on missed messages and sending
+    /// the outbox.
+    Updating {
+        /// The route in use (`carrier://endpoint`).
+        route: String,
+    },
+    /// Up to date: messages arrive as they are sent.
+    Ready {
+        /// The route in use.
+        route: String,
+    },
+    /// The connection broke; the next race starts in `retry_in`.
     Disconnected {
         /// Why.
         reason: String,
-        /// When the next attempt starts.
+        /// When the next race starts.
         retry_in: Duration,
     },
 }
@@ -30,14 +56,13 @@ pub enum Event {
     Message(ReceivedMessage),
 }
 
-/// How often an idle connection pings, well inside the server's idle timeout.
-const PING_EVERY: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// See [`Client::listen`].
 pub struct Listener {
     client: Client,
     conn: Option<Connection>,
+    updating: Option<Connection>,
     backoff: Duration,
     retry_at: Option<tokio::time::Instant>,
     announced: Option<ConnectionState>,
@@ -48,6 +73,7 @@ impl Listener {
         Listener {
             client,
             conn: None,
+            updating: None,
             backoff: Duration::from_millis(250),
             retry_at: None,
             announced: None,
@@ -58,55 +84,131 @@ impl Listener {
     /// (an unregistered device, a refused protocol version, a broken home).
     pub async fn next(&mut self) -> Result<Event, ClientError> {
         loop {
-            let Some(conn) = self.conn.as_mut() else {
-                if let Some(at) = self.retry_at.take() {
-                    tokio::time::sleep_until(at).await;
-                }
-                if let Some(e) = self.announce(ConnectionState::Connecting) {
-                    return Ok(e);
-                }
-                match self.open().await {
-                    Ok(conn) => {
-                        self.conn = Some(conn);
+            if let Some(mut conn) = self.updating.take() {
+                // Catch up first: messages can only be sent in the group's
+                // current epoch.
+                let caught_up = async {
+                    conn.sync().await?;
+                    conn.flush_outbox().await?;
+                    Ok::<_, ClientError>(())
+                };
+                match caught_up.await {
+                    Ok(()) => {
                         self.backoff = Duration::from_millis(250);
-                        if let Some(e) = self.announce(ConnectionState::Ready) {
+                        let route = conn.route().to_owned();
+                        self.conn = Some(conn);
+                        if let Some(e) = self.announce(ConnectionState::Ready { route }) {
                             return Ok(e);
                         }
                         continue;
                     }
+                    Err(e) if e.is_transient() => return Ok(self.broken(&conn, e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                if let Some(at) = self.retry_at.take() {
+                    tokio::time::sleep_until(at).await;
+                }
+                let only_relays = self
+                    .client
+                    .candidates()
+                    .iter()
+                    .all(|c| c.source == crate::connectivity::Source::Relay);
+                let state = if only_relays {
+                    ConnectionState::ConnectingToRelay
+                } else {
+                    ConnectionState::Connecting
+                };
+                if let Some(e) = self.announce(state) {
+                    return Ok(e);
+                }
+                match self.client.connect().await {
+                    Ok(conn) if conn.device().is_none() => return Err(ClientError::NotRegistered),
+                    Ok(conn) => {
+                        let route = conn.route().to_owned();
+                        self.updating = Some(conn);
+                        return Ok(self.force(ConnectionState::Updating { route }));
+                    }
+                    Err(e @ ClientError::NoRoute(_)) => {
+                        let retry_in = self.schedule();
+                        return Ok(self.force(ConnectionState::WaitingForNetwork {
+                            reason: e.to_string(),
+                            retry_in,
+                        }));
+                    }
                     Err(e) if e.is_transient() => {
-                        return Ok(self.disconnected(e));
+                        let retry_in = self.schedule();
+                        return Ok(self.force(ConnectionState::Disconnected {
+                            reason: e.to_string(),
+                            retry_in,
+                        }));
                     }
                     Err(e) => return Err(e),
                 }
             };
-            match tokio::time::timeout(PING_EVERY, conn.recv()).await {
+            let ping_every = self.client.connectivity().ping_every;
+            match tokio::time::timeout(ping_every, conn.recv()).await {
                 Ok(Ok(Some(m))) => return Ok(Event::Message(m)),
-                Ok(Ok(None)) => return Ok(self.disconnected(ClientError::Disconnected)),
-                Ok(Err(e)) if e.is_transient() => return Ok(self.disconnected(e)),
+                Ok(Ok(None)) => {
+                    let conn = self.conn.take().expect("checked above");
+                    return Ok(self.broken(&conn, ClientError::Disconnected));
+                }
+                Ok(Err(e)) if e.is_transient() => {
+                    let conn = self.conn.take().expect("checked above");
+                    return Ok(self.broken(&conn, e));
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     if let Err(e) = conn
                         .call(postern_proto::pb::request::Kind::Ping(Default::default()))
                         .await
                     {
-                        return Ok(self.disconnected(e));
+                        let conn = self.conn.take().expect("checked above");
+                        return Ok(self.broken(&conn, e));
                     }
                 }
             }
         }
     }
 
-    async fn open(&self) -> Result<Connection, ClientError> {
-        let mut conn = self.client.connect().await?;
-        if conn.device().is_none() {
-            return Err(ClientError::NotRegistered);
+    /// The route in use, if connected.
+    pub fn route(&self) -> Option<&str> {
+        self.conn
+            .as_ref()
+            .or(self.updating.as_ref())
+            .map(|c| c.route())
+    }
+
+    /// A connection broke: records its route's failure and races again
+    /// right away (the other routes are likely fine).
+    fn broken(&mut self, conn: &Connection, e: ClientError) -> Event {
+        if let Err(err) = conn.record_failure(&e) {
+            tracing::warn!(error = %err, "cannot record a route failure");
         }
-        // Catch up first: messages can only be sent in the group's
-        // current epoch.
-        conn.sync().await?;
-        conn.flush_outbox().await?;
-        Ok(conn)
+        self.conn = None;
+        self.updating = None;
+        self.backoff = Duration::from_millis(250);
+        self.retry_at = None;
+        self.force(ConnectionState::Disconnected {
+            reason: e.to_string(),
+            retry_in: Duration::ZERO,
+        })
+    }
+
+    /// Schedules the next race after the current backoff, which doubles up
+    /// to a limit.
+    fn schedule(&mut self) -> Duration {
+        self.conn = None;
+        let retry_in = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.retry_at = Some(tokio::time::Instant::now() + retry_in);
+        retry_in
+    }
+
+    fn force(&mut self, state: ConnectionState) -> Event {
+        self.announced = Some(state.clone());
+        Event::State(state)
     }
 
     fn announce(&mut self, state: ConnectionState) -> Option<Event> {
@@ -115,20 +217,5 @@ impl Listener {
         }
         self.announced = Some(state.clone());
         Some(Event::State(state))
-    }
-
-    /// Drops the connection and schedules the next attempt after the
-    /// current backoff, which doubles up to a limit.
-    fn disconnected(&mut self, e: ClientError) -> Event {
-        self.conn = None;
-        let retry_in = self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        let state = ConnectionState::Disconnected {
-            reason: e.to_string(),
-            retry_in,
-        };
-        self.announced = Some(state.clone());
-        self.retry_at = Some(tokio::time::Instant::now() + retry_in);
-        Event::State(state)
     }
 }

@@ -19,6 +19,18 @@
 //!
 //! Later versions add other carriers, so parameters this version does not
 //! know are ignored; everything it does know is checked.
+//!
+//! Besides plain TCP, a link may list the server's other carriers:
+//! `tls=HOST:PORT` (TLS 1.3), `wss=HOST:PORT/PATH` (WebSocket over TLS on
+//! that path), `quic=HOST:PORT`, and for the TLS-based ones the name to send
+//! as SNI (`sni=NAME`) and the SHA-256 of the certificate to pin
+//! (`certsha256=HEX`; without it the system's roots verify the certificate).
+//! TLS is camouflage here, not the security boundary: the Noise session
+//! inside authenticates the server by `key` on every carrier.
+//!
+//! Parameters this version does not know are ignored (an older client reads
+//! the `tcp` endpoints of a newer link and skips the rest); everything it
+//! does know is checked.
 //! Links are pasted by people and shown as QR codes, so errors say exactly
 //! which part is wrong.
 
@@ -82,7 +94,7 @@ pub enum LinkError {
     #[error("server key is {0} bytes long, expected 32")]
     KeyLength(usize),
     /// The link names no endpoint to connect to.
-    #[error("link names no endpoint (tcp=HOST:PORT)")]
+    #[error("link names no endpoint (tcp=, tls=, wss= or quic=HOST:PORT)")]
     NoEndpoint,
     /// A `tcp` endpoint is not `HOST:PORT`.
     #[error("endpoint \"{endpoint}\" is invalid: {reason}")]
@@ -110,6 +122,12 @@ pub enum LinkError {
     /// `doh` without `dns`, `dns` without `doh`, or a bad name.
     #[error("a DNS directory needs both doh=URL and dns=NAME (a host name)")]
     BadDns,
+    /// `certsha256` is not 64 hex digits.
+    #[error("certsha256 must be 64 hex digits (the SHA-256 of the server's certificate)")]
+    BadPin,
+    /// `sni` is not a host name.
+    #[error("sni \"{0}\" is not a valid host name")]
+    BadSni(String),
 }
 
 /// A parsed server link.
@@ -118,6 +136,17 @@ pub struct ServerLink {
     /// TCP endpoints in canonical `HOST:PORT` form (lowercase host names,
     /// IPv6 addresses in brackets), in the order to try them.
     pub tcp: Vec<String>,
+    /// TLS 1.3 endpoints, `HOST:PORT`.
+    pub tls: Vec<String>,
+    /// WebSocket-over-TLS endpoints, `HOST:PORT/PATH`.
+    pub wss: Vec<String>,
+    /// QUIC endpoints, `HOST:PORT`.
+    pub quic: Vec<String>,
+    /// The TLS server name to send (SNI); default: the endpoint's host.
+    pub sni: Option<String>,
+    /// The SHA-256 of the server's TLS certificate, pinned instead of
+    /// checking it against the system's roots.
+    pub cert_sha256: Option<[u8; 32]>,
     /// The server's Noise static public key.
     pub noise_key: [u8; 32],
     /// The directory key (a C2SP vkey) the client pins, if the server
@@ -141,11 +170,47 @@ impl ServerLink {
     }
 }
 
+impl ServerLink {
+    /// True if the link names no endpoint at all.
+    pub fn has_no_endpoint(&self) -> bool {
+        self.tcp.is_empty() && self.tls.is_empty() && self.wss.is_empty() && self.quic.is_empty()
+    }
+
+    /// Every endpoint, as `carrier://endpoint` text, for people to read.
+    pub fn endpoints(&self) -> Vec<String> {
+        let tagged = |tag: &str, list: &[String]| {
+            list.iter()
+                .map(|e| format!("{tag}://{e}"))
+                .collect::<Vec<_>>()
+        };
+        [
+            tagged("tcp", &self.tcp),
+            tagged("tls", &self.tls),
+            tagged("wss", &self.wss),
+            tagged("quic", &self.quic),
+        ]
+        .concat()
+    }
+}
+
 impl fmt::Display for ServerLink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{SCHEME}server?v={LINK_VERSION}")?;
-        for endpoint in &self.tcp {
-            write!(f, "&tcp={endpoint}")?;
+        for (name, list) in [
+            ("tcp", &self.tcp),
+            ("tls", &self.tls),
+            ("wss", &self.wss),
+            ("quic", &self.quic),
+        ] {
+            for endpoint in list {
+                write!(f, "&{name}={endpoint}")?;
+            }
+        }
+        if let Some(sni) = &self.sni {
+            write!(f, "&sni={sni}")?;
+        }
+        if let Some(pin) = &self.cert_sha256 {
+            write!(f, "&certsha256={}", hex::encode(pin))?;
         }
         write!(f, "&key={}", URL_SAFE_NO_PAD.encode(self.noise_key))?;
         if let Some(k) = &self.directory_key {
@@ -253,13 +318,20 @@ fn parse<'a>(
         let mut doh = None;
         let mut dns = None;
         let mut mirrors = Vec::new();
-        let mut tcp = Vec::new();
+        let mut sni = None;
+        let mut pin = None;
+        let mut server = ServerLink::default();
         for param in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = param.split_once('=').unwrap_or((param, ""));
             match name {
                 "v" => set_once(&mut version, value, "v")?,
                 "key" => set_once(&mut key, value, "key")?,
-                "tcp" => tcp.push(parse_endpoint(value)?),
+                "tcp" => server.tcp.push(parse_endpoint(value)?),
+                "tls" => server.tls.push(parse_endpoint(value)?),
+                "quic" => server.quic.push(parse_endpoint(value)?),
+                "wss" => server.wss.push(parse_wss(value)?),
+                "sni" => set_once(&mut sni, value, "sni")?,
+                "certsha256" => set_once(&mut pin, value, "certsha256")?,
                 "token" => set_once(&mut token, value, "token")?,
                 "dkey" => set_once(&mut dkey, value, "dkey")?,
                 "http" => set_once(&mut http, check_url(value, "http")?, "http")?,
@@ -296,6 +368,15 @@ fn parse<'a>(
             }
             _ => return Err(LinkError::BadDns),
         };
+        if let Some(sni) = sni {
+            server.sni =
+                Some(canonical_host(sni).ok_or_else(|| LinkError::BadSni(sni.to_owned()))?);
+        }
+        if let Some(pin) = pin {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(pin, &mut bytes).map_err(|_| LinkError::BadPin)?;
+            server.cert_sha256 = Some(bytes);
+        }
 
         let version = version.ok_or(LinkError::Missing("v"))?;
         if version != LINK_VERSION.to_string() {
@@ -305,24 +386,18 @@ fn parse<'a>(
         let key = URL_SAFE_NO_PAD
             .decode(key)
             .map_err(|e| LinkError::KeyEncoding(e.to_string()))?;
-        let noise_key = key
+        server.noise_key = key
             .as_slice()
             .try_into()
             .map_err(|_| LinkError::KeyLength(key.len()))?;
-        if tcp.is_empty() {
+        if server.has_no_endpoint() {
             return Err(LinkError::NoEndpoint);
         }
-        Ok((
-            ServerLink {
-                tcp,
-                noise_key,
-                directory_key,
-                http: http.map(str::to_owned),
-                mirrors,
-                dns,
-            },
-            token,
-        ))
+        server.directory_key = directory_key;
+        server.http = http.map(str::to_owned);
+        server.mirrors = mirrors;
+        server.dns = dns;
+        Ok((server, token))
     }
 }
 
@@ -394,6 +469,26 @@ fn parse_endpoint(endpoint: &str) -> Result<String, LinkError> {
     Ok(format!("{host}:{port}"))
 }
 
+/// Checks `HOST:PORT/PATH` (a WebSocket endpoint) and returns its canonical
+/// form; the path is plain: letters, digits and `/-._~`.
+fn parse_wss(endpoint: &str) -> Result<String, LinkError> {
+    let bad = |reason| LinkError::BadEndpoint {
+        endpoint: endpoint.to_owned(),
+        reason,
+    };
+    let slash = endpoint
+        .find('/')
+        .ok_or_else(|| bad("a WebSocket endpoint is HOST:PORT/PATH"))?;
+    let (addr, path) = endpoint.split_at(slash);
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"/-._~".contains(&b);
+    if path.len() > 256 || !path.bytes().all(plain) {
+        return Err(bad(
+            "the path may hold only letters, digits and / - . _ ~ (at most 256)",
+        ));
+    }
+    Ok(format!("{}{path}", parse_endpoint(addr)?))
+}
+
 /// A lowercase DNS name (letters, digits, '-' inside labels, '.' between
 /// labels) or a dotted-quad IPv4 address.
 pub(crate) fn canonical_host(host: &str) -> Option<String> {
@@ -428,7 +523,7 @@ mod tests {
     #[test]
     fn parses_a_link_with_several_endpoints_and_unknown_parameters() {
         let text = format!(
-            "postern://server?v=1&tcp=Chat.Example.org:7443&tcp=[0:0::1]:7443&tcp=192.0.2.1:1&quic=x:1&key={}",
+            "postern://server?v=1&tcp=Chat.Example.org:7443&tcp=[0:0::1]:7443&tcp=192.0.2.1:1&future=x:1&key={}",
             key_text()
         );
         let link: ServerLink = text.parse().unwrap();
@@ -444,6 +539,54 @@ mod tests {
                 key_text()
             )
         );
+    }
+
+    #[test]
+    fn carries_every_carrier_and_stays_readable_as_version_1() {
+        let pin = [0xab; 32];
+        let text = format!(
+            "postern://server?v=1&tls=Chat.Example.org:443&wss=cdn.example.net:443/ws/chat&quic=192.0.2.1:443&sni=CDN.example.net&certsha256={}&key={}",
+            hex::encode(pin),
+            key_text()
+        );
+        let link: ServerLink = text.parse().unwrap();
+        assert!(link.tcp.is_empty());
+        assert_eq!(link.tls, ["chat.example.org:443"]);
+        assert_eq!(link.wss, ["cdn.example.net:443/ws/chat"]);
+        assert_eq!(link.quic, ["192.0.2.1:443"]);
+        assert_eq!(link.sni.as_deref(), Some("cdn.example.net"));
+        assert_eq!(link.cert_sha256, Some(pin));
+        assert_eq!(link.to_string().parse::<ServerLink>(), Ok(link.clone()));
+        assert_eq!(
+            link.endpoints(),
+            [
+                "tls://chat.example.org:443",
+                "wss://cdn.example.net:443/ws/chat",
+                "quic://192.0.2.1:443"
+            ]
+        );
+        let key = key_text();
+        for (text, want) in [
+            (
+                format!("postern://server?v=1&tls=a:1&certsha256=abc&key={key}"),
+                LinkError::BadPin,
+            ),
+            (
+                format!("postern://server?v=1&tls=a:1&sni=a_b&key={key}"),
+                LinkError::BadSni("a_b".into()),
+            ),
+        ] {
+            assert_eq!(text.parse::<ServerLink>(), Err(want), "{text}");
+        }
+        for wss in ["a:1", "a:1/x?y", "a:1/<script>", "a/x"] {
+            assert!(
+                matches!(
+                    format!("postern://server?v=1&wss={wss}&key={key}").parse::<ServerLink>(),
+                    Err(LinkError::BadEndpoint { .. })
+                ),
+                "{wss}"
+            );
+        }
     }
 
     #[test]
@@ -600,8 +743,24 @@ mod tests {
 
     proptest! {
         #[test]
-        fn links_round_trip(tcp in proptest::collection::vec(arb_endpoint(), 1..5), noise_key in any::<[u8; 32]>()) {
-            let link = ServerLink { tcp, noise_key, ..ServerLink::default() };
+        fn links_round_trip(
+            tcp in proptest::collection::vec(arb_endpoint(), 1..5),
+            tls in proptest::collection::vec(arb_endpoint(), 0..3),
+            wss in proptest::collection::vec((arb_endpoint(), "(/[a-z0-9._~-]{0,8}){1,3}"), 0..3),
+            quic in proptest::collection::vec(arb_endpoint(), 0..3),
+            pin in proptest::option::of(any::<[u8; 32]>()),
+            noise_key in any::<[u8; 32]>(),
+        ) {
+            let link = ServerLink {
+                tcp,
+                tls,
+                wss: wss.into_iter().map(|(e, p)| format!("{e}{p}")).collect(),
+                quic,
+                sni: pin.map(|_| "cdn.example.net".to_owned()),
+                cert_sha256: pin,
+                noise_key,
+                ..ServerLink::default()
+            };
             prop_assert_eq!(link.to_string().parse::<ServerLink>(), Ok(link));
         }
 
@@ -622,7 +781,7 @@ mod tests {
             .unwrap()
             .verifier()
             .vkey();
-            let link = ServerLink { tcp, noise_key, directory_key: Some(dkey), http, mirrors, dns };
+            let link = ServerLink { tcp, noise_key, directory_key: Some(dkey), http, mirrors, dns, ..ServerLink::default() };
             prop_assert_eq!(link.to_string().parse::<ServerLink>(), Ok(link));
         }
 

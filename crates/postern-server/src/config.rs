@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub public_addr: Option<String>,
     /// HTTP API listen address (health, server link, stats).
     pub http_listen: SocketAddr,
+    /// The other carriers clients may use besides TCP (`[carriers]`).
+    pub carriers: CarriersConfig,
     /// How registration codes reach phones.
     pub sms: SmsConfig,
     /// How long an undelivered message waits in a device queue.
@@ -166,6 +168,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:7447".parse().expect("valid default"),
             public_addr: None,
             http_listen: "127.0.0.1:7448".parse().expect("valid default"),
+            carriers: CarriersConfig::default(),
             sms: SmsConfig::default(),
             message_ttl: Duration::from_secs(30 * 24 * 3600),
             store: None,
@@ -178,6 +181,64 @@ impl Default for ServerConfig {
             node: NodeConfig::default(),
             directory: DirectoryConfig::default(),
         }
+    }
+}
+
+/// The carriers besides plain TCP; each is off unless given an address.
+/// They carry the same Noise session, share the connection and handshake
+/// limits, and all appear in the server link.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CarriersConfig {
+    /// TLS 1.3 listen address (TCP).
+    pub tls: Option<SocketAddr>,
+    /// WebSocket-over-TLS listen address (TCP); put it behind an HTTPS
+    /// reverse proxy or CDN, or expose it directly.
+    pub wss: Option<SocketAddr>,
+    /// The path WebSocket upgrades must ask for; every other request gets
+    /// a 404.
+    pub wss_path: String,
+    /// QUIC listen address (UDP).
+    pub quic: Option<SocketAddr>,
+    /// PEM certificate chain for TLS, WebSocket and QUIC; unset: a
+    /// self-signed certificate generated once and kept in the data
+    /// directory (`tls-cert.pem`, `tls-key.pem`), which the server link pins.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+    /// Names a generated certificate is made out to.
+    pub cert_names: Vec<String>,
+    /// Pin the certificate in the server link (`certsha256=`) even when it
+    /// comes from files; always on for a generated one.
+    pub pin: bool,
+    /// The host written in the link for these carriers (default: the
+    /// listen address, loopback for an unspecified one).
+    pub public_host: Option<String>,
+    /// The TLS server name clients send (SNI); default: the host.
+    pub sni: Option<String>,
+}
+
+impl Default for CarriersConfig {
+    fn default() -> Self {
+        CarriersConfig {
+            tls: None,
+            wss: None,
+            wss_path: "/postern".into(),
+            quic: None,
+            cert: None,
+            key: None,
+            cert_names: vec!["localhost".into()],
+            pin: false,
+            public_host: None,
+            sni: None,
+        }
+    }
+}
+
+impl CarriersConfig {
+    /// True if any carrier besides TCP is on.
+    pub fn any(&self) -> bool {
+        self.tls.is_some() || self.wss.is_some() || self.quic.is_some()
     }
 }
 

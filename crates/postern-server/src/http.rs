@@ -1,8 +1,9 @@
 //! The HTTP API: health (`/health`: 200 `ok` while serving, 503
 //! `draining` once the node drains, for load balancers), this node's
 //! identity and state (`/node`), the server link, counters for operators, relay
-//! health and blocking per country and network (`/relays`), and the
-//! signed directory (`/directory`), the
+//! health and blocking per country and network (`/relays`), the server's
+//! own routes members report blocked, per country (`/reachability`), the
+//! signed directory (`/directory`), and the
 //! transparency log under `/log/` (served by `postern_tlog::http`, with
 //! its cache headers: tiles immutable, the checkpoint briefly).
 //!
@@ -33,6 +34,7 @@ pub(crate) fn router(
         .route("/link", get(link))
         .route("/stats", get(stats))
         .route("/relays", get(relays))
+        .route("/reachability", get(reachability))
         .with_state(shared)
         .route(
             "/directory",
@@ -107,4 +109,10 @@ async fn stats(State(s): State<Arc<Shared>>) -> axum::Json<serde_json::Value> {
 
 async fn relays(State(s): State<Arc<Shared>>) -> axum::Json<crate::relays::RelaysStatus> {
     axum::Json(s.service.relays().status().await)
+}
+
+async fn reachability(
+    State(s): State<Arc<Shared>>,
+) -> axum::Json<Vec<crate::reachability::RouteReport>> {
+    axum::Json(s.service.reachability().view())
 }

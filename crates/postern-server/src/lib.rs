@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod carriers;
 pub mod config;
 mod conn;
 pub mod directory;
@@ -25,6 +26,7 @@ mod http;
 pub mod hub;
 pub mod phone;
 pub mod ratelimit;
+pub mod reachability;
 pub mod relays;
 pub mod service;
 pub mod sms;
@@ -44,6 +46,7 @@ use postern_tlog::Verifier;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+pub use carriers::CarrierAddrs;
 pub use config::ServerConfig;
 use config::SmsGatewayKind;
 use service::{Service, now_ms};
@@ -80,6 +83,8 @@ pub struct Server;
 pub struct RunningServer {
     /// Where clients connect (TCP).
     pub client_addr: SocketAddr,
+    /// Where the other carriers listen, those configured.
+    pub carriers: CarrierAddrs,
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
     /// The link clients bootstrap from.
@@ -172,6 +177,8 @@ impl Server {
             noise_key: keys.public,
             ..ServerLink::default()
         };
+        let bound = carriers::bind(&cfg.carriers, &cfg.data_dir, &mut link).await?;
+        let carrier_addrs = bound.addrs;
         let log = if cfg.transparency.enabled {
             Some(
                 transparency::start(&cfg.transparency, &cfg.data_dir, &link.tcp[0])
@@ -288,7 +295,8 @@ impl Server {
                 cfg.message_ttl,
             )
             .with_mls_ciphersuite(suite)
-            .with_directory(published.clone()),
+            .with_directory(published.clone())
+            .with_reachability(Arc::new(reachability::Reachability::new(link.endpoints()))),
         );
         let shared = Arc::new(Shared {
             service,
@@ -301,12 +309,14 @@ impl Server {
             drain: watch::channel(false).0,
         });
 
-        tasks.spawn(accept_loop(
+        carriers::spawn(
+            &mut tasks,
             listener,
+            bound,
             shared.clone(),
             cfg.limits.max_connections,
-            stop.clone(),
-        ));
+            &stop,
+        );
         if let Some(events) = nats_events {
             tasks.spawn(wake_loop(events, hub, cfg.node.poll_interval, stop.clone()));
         }
@@ -332,6 +342,7 @@ impl Server {
 
         Ok(RunningServer {
             client_addr,
+            carriers: carrier_addrs,
             http_addr,
             link,
             log_key: log.as_ref().map(|l| l.log.key().clone()),
@@ -412,72 +423,6 @@ impl RunningServer {
         }
         self.store.close().await;
     }
-}
-
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    max_connections: usize,
-    mut stop: watch::Receiver<bool>,
-) {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    let refusals = ratelimit::LogThrottle::new(Duration::from_secs(10));
-    let mut connections = JoinSet::new();
-    let mut drain = shared.drain.subscribe();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = stopped(&mut stop) => break,
-            () = stopped(&mut drain) => {
-                // Close the listener so new clients go elsewhere at once;
-                // the connections finish and leave by themselves.
-                drop(listener);
-                tokio::select! {
-                    () = stopped(&mut stop) => {}
-                    () = async { while connections.join_next().await.is_some() {} } => {
-                        let _ = stop.wait_for(|s| *s).await;
-                    }
-                }
-                break;
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, don't spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            if let Some(refused) = refusals.hit(std::time::Instant::now()) {
-                tracing::warn!(
-                    max_connections,
-                    refused,
-                    "connection limit reached; closing new connections"
-                );
-            }
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        connections.spawn(async move {
-            shared.connections.fetch_add(1, Ordering::Relaxed);
-            conn::serve(
-                shared.service.clone(),
-                shared.keys.clone(),
-                shared.handshakes.clone(),
-                shared.drain.subscribe(),
-                stream,
-                peer,
-            )
-            .await;
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
-            drop(slot);
-        });
-    }
-    connections.shutdown().await;
 }
 
 async fn purge_loop(store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {

@@ -65,6 +65,7 @@ pub struct Service {
     key_package_claims: RateLimiter<DeviceAddr>,
     relay_requests: RateLimiter<AccountId>,
     relays: Arc<Relays>,
+    reachability: Arc<crate::reachability::Reachability>,
     group_locks: mls::GroupLocks,
     mls_ciphersuite: u16,
     rate_limit_log: LogThrottle,
@@ -169,6 +170,7 @@ impl Service {
             ),
             relay_requests: RateLimiter::new(limits.relay_requests_per_account_per_hour, hour),
             relays,
+            reachability: Arc::new(crate::reachability::Reachability::new([])),
             group_locks: mls::GroupLocks::default(),
             mls_ciphersuite: postern_proto::mls::CIPHERSUITES[0].0,
             rate_limit_log: LogThrottle::new(Duration::from_secs(10)),
@@ -179,6 +181,17 @@ impl Service {
             limits,
             message_ttl,
         }
+    }
+
+    /// Counts blocked-route reports in `r`.
+    pub fn with_reachability(mut self, r: Arc<crate::reachability::Reachability>) -> Self {
+        self.reachability = r;
+        self
+    }
+
+    /// The blocked-route reports so far.
+    pub fn reachability(&self) -> &crate::reachability::Reachability {
+        &self.reachability
     }
 
     /// Tells clients to use this MLS ciphersuite (an RFC 9420 number).
@@ -259,6 +272,7 @@ impl Service {
             Some(Req::ReportBlocked(r)) => self.report_blocked(session, r).await,
             Some(Req::CreateInvite(_)) => self.create_invite(session).await,
             Some(Req::FetchDirectory(_)) => self.fetch_directory(),
+            Some(Req::ReportRoutes(r)) => self.report_routes(session, r).await,
         };
         if let Err(Refusal(e)) = &result
             && e.code == ErrorCode::RateLimited as i32
@@ -501,6 +515,19 @@ impl Service {
         Ok(Resp::SignedDirectory(pb::SignedDirectory {
             note: d.bytes().to_vec().into(),
         }))
+    }
+
+    async fn report_routes(&self, s: &SessionInfo, r: pb::ReportRoutes) -> Handled<Resp> {
+        let me = authed(s)?;
+        let account = self
+            .store
+            .account(me.account)
+            .await?
+            .ok_or(StoreError::UnknownAccount)?;
+        let country = relays::phone_country(&account.phone);
+        let hour = u64::try_from(now_ms() / 3_600_000).unwrap_or(0);
+        self.reachability.report(country.as_str(), &r, hour);
+        Ok(Resp::Ok(pb::Ok {}))
     }
 
     async fn create_invite(&self, s: &SessionInfo) -> Handled<Resp> {

@@ -121,7 +121,11 @@ async fn the_listener_reports_state_and_reconnects_after_a_restart() {
     ));
     assert!(matches!(
         next_event(&mut listener).await,
-        Event::State(ConnectionState::Ready)
+        Event::State(ConnectionState::Updating { .. })
+    ));
+    assert!(matches!(
+        next_event(&mut listener).await,
+        Event::State(ConnectionState::Ready { .. })
     ));
     alice
         .send_text(&Target::Contact(Recipient::Username("bob".into())), "first")

@@ -1,9 +1,11 @@
 //! Postern's carriers and the thin async shell around the sans-IO session.
 //!
-//! This crate owns how bytes cross the network — only TCP ([`tcp`]) for now;
-//! TLS, WebSocket, QUIC and the cloak relay transport arrive later — and the
-//! tokio glue that runs a [`postern_proto::session`] over any carrier that is
-//! `AsyncRead + AsyncWrite`:
+//! This crate owns how bytes cross the network — the carriers: plain TCP
+//! ([`tcp`]), TLS 1.3 ([`tls`]), WebSocket over TLS ([`ws`]) and QUIC
+//! ([`quic`]); [`carrier`] dials any of them into one boxed byte stream and
+//! sorts their failures into the classes the client's connectivity manager
+//! keeps — and the tokio glue that runs a [`postern_proto::session`] over any
+//! carrier that is `AsyncRead + AsyncWrite`:
 //!
 //! - [`client_handshake`] runs the client's side and returns a [`Connection`]
 //!   and the server's hello;
@@ -21,8 +23,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod carrier;
 mod connection;
+pub mod quic;
 pub mod tcp;
+pub mod tls;
+pub mod ws;
 
 pub use connection::{
     ConnReader, ConnWriter, Connection, PendingServer, client_handshake, server_accept,
@@ -59,6 +65,23 @@ pub enum TransportError {
         /// The last address's error.
         source: std::io::Error,
     },
+    /// TLS could not be set up or the handshake failed (not a certificate
+    /// problem nor an alert: see those).
+    #[error("TLS failed: {0}")]
+    Tls(String),
+    /// The peer sent a TLS alert: it refused the handshake.
+    #[error("the peer sent a TLS alert: {0}")]
+    TlsAlert(String),
+    /// The server's certificate is not the pinned one, or the system's roots
+    /// do not vouch for it: maybe an interception box on the way.
+    #[error("the server's TLS certificate does not match: {0}")]
+    Certificate(String),
+    /// The WebSocket upgrade failed.
+    #[error("WebSocket upgrade failed: {0}")]
+    Upgrade(String),
+    /// The QUIC connection failed.
+    #[error("QUIC failed: {0}")]
+    Quic(String),
     /// Listening on an address failed.
     #[error("could not listen on {addr}: {source}")]
     Bind {

@@ -158,7 +158,7 @@ pub async fn device_add(home: &Path, link: &str, name: &str) -> anyhow::Result<(
     let mut conn = client.connect().await.with_context(|| {
         format!(
             "cannot reach the server at {}",
-            client.link().tcp.join(", ")
+            client.link().endpoints().join(", ")
         )
     })?;
     let addr = conn.link_device(&link.token, name).await?;

@@ -29,7 +29,7 @@ pub fn setup(home: &Path, link: &str) -> anyhow::Result<()> {
     println!(
         "Home {} is set up for {}.",
         home.display(),
-        link.tcp.join(", ")
+        link.endpoints().join(", ")
     );
     println!("Next: postern --home {} register PHONE", home.display());
     Ok(())
@@ -40,7 +40,7 @@ pub(crate) async fn connect(home: &Path) -> anyhow::Result<(Client, postern_clie
     let conn = client.connect().await.with_context(|| {
         format!(
             "cannot reach the server at {}",
-            client.link().tcp.join(", ")
+            client.link().endpoints().join(", ")
         )
     })?;
     Ok((client, conn))
@@ -101,6 +101,80 @@ pub async fn register(
         "Registered: account {} device {}.",
         addr.account, addr.device
     );
+    Ok(())
+}
+
+pub async fn status(home: &Path, json: bool) -> anyhow::Result<()> {
+    let client = Client::open(home)?;
+    let started = std::time::Instant::now();
+    let outcome = client.connect_racing().await;
+    let took_ms = started.elapsed().as_millis();
+    let (state, route, error) = match &outcome {
+        Ok((conn, _)) => ("ready", Some(conn.route().to_owned()), None),
+        Err(e @ ClientError::NoRoute(_)) => ("waiting-for-network", None, Some(e.to_string())),
+        Err(e) if e.is_transient() => ("connecting", None, Some(e.to_string())),
+        Err(e) => return Err(anyhow::anyhow!("{e}")),
+    };
+    let routes = client.routes()?;
+    let candidates = client.candidates();
+    let now = postern_client::connectivity::now_ms();
+    let rows: Vec<serde_json::Value> = candidates
+        .iter()
+        .map(|c| {
+            let name = c.route();
+            let h = routes.iter().find(|r| r.route == name);
+            let last_failure = h.and_then(|h| {
+                h.last_failure.as_ref().map(|f| match f.as_str() {
+                    "freeze" => format!("freeze after {} bytes", h.freeze_after),
+                    other => other.to_owned(),
+                })
+            });
+            serde_json::json!({
+                "route": name,
+                "in_use": route.as_deref() == Some(name.as_str()),
+                "failures": h.map(|h| h.failures).unwrap_or(0),
+                "last_failure": last_failure,
+                "last_error": h.and_then(|h| h.last_error.clone()),
+                "last_ok_ms": h.and_then(|h| h.last_ok_ms),
+                "retry_in_ms": h.map(|h| (h.next_try_ms - now).max(0)).unwrap_or(0),
+            })
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "state": state,
+                "route": route,
+                "error": error,
+                "race_ms": took_ms,
+                "routes": rows,
+            })
+        );
+    } else {
+        match &route {
+            Some(r) => println!("State: {state}, over {r} (found in {took_ms} ms)."),
+            None => println!("State: {state}."),
+        }
+        if let Some(e) = &error {
+            println!("  {e}");
+        }
+        println!("Routes:");
+        for row in &rows {
+            let name = row["route"].as_str().unwrap_or_default();
+            let mark = if row["in_use"] == true { "*" } else { " " };
+            let why = match (row["failures"].as_u64(), row["last_failure"].as_str()) {
+                (Some(0), _) | (_, None) => "ok".to_owned(),
+                (Some(n), Some(f)) => format!(
+                    "failed {n}× (last: {f}: {}), next try in {:.0} s",
+                    row["last_error"].as_str().unwrap_or(""),
+                    row["retry_in_ms"].as_i64().unwrap_or(0) as f64 / 1000.0
+                ),
+                (None, Some(f)) => f.to_owned(),
+            };
+            println!(" {mark} {name:<40} {why}");
+        }
+    }
     Ok(())
 }
 
@@ -277,7 +351,10 @@ pub async fn recv(home: &Path, wait: Option<f64>, json: bool) -> anyhow::Result<
                     event = listener.next() => match event? {
                         Event::Message(m) => print_message(&m, json)?,
                         Event::State(s) => {
-                            if interactive || !matches!(s, ConnectionState::Connecting) {
+                            if interactive || !matches!(
+                                s,
+                                ConnectionState::Connecting | ConnectionState::Updating { .. }
+                            ) {
                                 eprintln!("[{}]", describe(&s));
                             }
                         }
@@ -291,7 +368,15 @@ pub async fn recv(home: &Path, wait: Option<f64>, json: bool) -> anyhow::Result<
 fn describe(s: &ConnectionState) -> String {
     match s {
         ConnectionState::Connecting => "connecting".into(),
-        ConnectionState::Ready => "ready".into(),
+        ConnectionState::ConnectingToRelay => "connecting to a relay".into(),
+        ConnectionState::Updating { route } => format!("updating (over {route})"),
+        ConnectionState::Ready { route } => format!("ready (over {route})"),
+        ConnectionState::WaitingForNetwork { reason, retry_in } => {
+            format!(
+                "waiting for network: {reason}; retrying in {:.1} s",
+                retry_in.as_secs_f64()
+            )
+        }
         ConnectionState::Disconnected { reason, retry_in } => {
             format!(
                 "disconnected: {reason}; retrying in {:.1} s",

@@ -159,6 +159,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Race the routes to the server now and show the outcome: the state,
+    /// the route in use, and why each other route failed.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show this device's account.
     Whoami {
         /// Print JSON.
@@ -419,6 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History { to, limit, json } => client_cmd::history(&home, &to, limit, json).await,
         Command::Recv { wait, json } => client_cmd::recv(&home, wait, json).await,
         Command::Whoami { json } => client_cmd::whoami(&home, json).await,
+        Command::Status { json } => client_cmd::status(&home, json).await,
         Command::Username { action } => match action {
             UsernameAction::Set { name } => client_cmd::set_username(&home, &name).await,
             UsernameAction::Clear => client_cmd::set_username(&home, "").await,

@@ -42,6 +42,19 @@ pub struct ServeArgs {
     /// HTTP API listen address. Default: 127.0.0.1:7448.
     #[arg(long, env = "POSTERN_HTTP_LISTEN", value_name = "ADDR")]
     http_listen: Option<SocketAddr>,
+    /// Also listen for TLS 1.3 clients on ADDR.
+    #[arg(long, env = "POSTERN_TLS_LISTEN", value_name = "ADDR")]
+    tls_listen: Option<SocketAddr>,
+    /// Also listen for WebSocket-over-TLS clients on ADDR (path: see
+    /// --wss-path).
+    #[arg(long, env = "POSTERN_WSS_LISTEN", value_name = "ADDR")]
+    wss_listen: Option<SocketAddr>,
+    /// The path WebSocket clients must ask for. Default: /postern.
+    #[arg(long, env = "POSTERN_WSS_PATH", value_name = "PATH")]
+    wss_path: Option<String>,
+    /// Also listen for QUIC clients on ADDR (UDP).
+    #[arg(long, env = "POSTERN_QUIC_LISTEN", value_name = "ADDR")]
+    quic_listen: Option<SocketAddr>,
     /// Append registration codes to FILE instead of sending SMS (the
     /// default gateway). Default: DATA_DIR/sms-outbox.jsonl.
     #[arg(long, env = "POSTERN_SMS_OUTBOX", value_name = "FILE")]
@@ -93,6 +106,18 @@ impl ServeArgs {
         if let Some(a) = self.http_listen {
             cfg.http_listen = a;
         }
+        if let Some(a) = self.tls_listen {
+            cfg.carriers.tls = Some(a);
+        }
+        if let Some(a) = self.wss_listen {
+            cfg.carriers.wss = Some(a);
+        }
+        if let Some(p) = self.wss_path {
+            cfg.carriers.wss_path = p;
+        }
+        if let Some(a) = self.quic_listen {
+            cfg.carriers.quic = Some(a);
+        }
         if let Some(f) = self.sms_outbox {
             cfg.sms.gateway = SmsGatewayKind::Outbox;
             cfg.sms.outbox = Some(f);
@@ -135,6 +160,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("  NATS:       connected (wake-ups between nodes)");
     }
     println!("  clients:    {} (TCP, Noise IK)", server.client_addr);
+    if let Some(a) = server.carriers.tls {
+        println!("              {a} (TLS 1.3)");
+    }
+    if let Some(a) = server.carriers.wss {
+        println!("              {a} (WebSocket over TLS)");
+    }
+    if let Some(a) = server.carriers.quic {
+        println!("              {a} (QUIC, UDP)");
+    }
     println!("  HTTP API:   http://{}/health", server.http_addr);
     println!("  SMS codes:  {sms}");
     let log_url = format!("http://{}/log", server.http_addr);

@@ -26,6 +26,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
 
+mod failover;
 mod mls;
 mod mqtt;
 
@@ -40,6 +41,13 @@ pub enum BenchCommand {
     Mqtt(mqtt::MqttArgs),
     /// MLS costs by group size: join, message, add and remove commits.
     Mls(mls::MlsArgs),
+    /// Time from the route in use being blocked to the next message
+    /// delivered over another route, with three dead routes ahead of the
+    /// working one.
+    Failover(failover::FailoverArgs),
+    /// A reconnect storm: many registered clients connecting at once;
+    /// accept rate and server memory.
+    Storm(StormArgs),
 }
 
 /// The traffic of one delivery run; `bench delivery` and `bench mqtt` take
@@ -287,6 +295,14 @@ pub struct DeliveryArgs {
     nats: String,
 }
 
+/// Options of `postern bench storm`.
+#[derive(clap::Args)]
+pub struct StormArgs {
+    /// Clients reconnecting at once.
+    #[arg(long, default_value_t = 10_000)]
+    clients: usize,
+}
+
 /// Options of `postern bench idle`.
 #[derive(clap::Args)]
 pub struct IdleArgs {
@@ -302,6 +318,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Idle(a) => idle(a).await,
         BenchCommand::Mqtt(a) => mqtt::run(a).await,
         BenchCommand::Mls(a) => tokio::task::spawn_blocking(move || mls::run(a)).await?,
+        BenchCommand::Failover(a) => failover::failover(a).await,
+        BenchCommand::Storm(a) => storm(a).await,
     }
 }
 
@@ -799,6 +817,97 @@ async fn receive(
         }
     }
     Ok(latencies)
+}
+
+/// Registers the clients, then has all of them open an authenticated,
+/// subscribed session at the same instant (as after a network comes back
+/// or a route is unblocked); measures sessions accepted per second, how
+/// many failed, and the server's memory at the peak and after.
+async fn storm(a: StormArgs) -> anyhow::Result<()> {
+    eprintln!("Starting a server…");
+    let server = ServerProcess::start("full").await?;
+    eprintln!("Registering {} devices…", a.clients);
+    let devices = register_many(&server, a.clients, 64).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = server.rss_kib()?;
+    eprintln!("{} clients reconnect at once…", a.clients);
+    let start = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in devices {
+        let (link, start) = (server.link.clone(), start.clone());
+        tasks.spawn(async move {
+            start.notified().await;
+            let opened = async {
+                let (mut r, mut w, hello) = open(&link, &d.keys).await?;
+                if hello.device.is_none() {
+                    bail!("not authenticated");
+                }
+                call(
+                    &mut r,
+                    &mut w,
+                    Req::Subscribe(pb::Subscribe { after_seq: 0 }),
+                )
+                .await?;
+                Ok((r, w))
+            };
+            let result = opened.await;
+            (result, Instant::now())
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let began = Instant::now();
+    start.notify_waiters();
+    let mut held = Vec::new();
+    let mut failed = 0usize;
+    let mut last = began;
+    let mut peak = before;
+    let mut sample = Instant::now();
+    while let Some(done) = tasks.join_next().await {
+        let (result, at) = done?;
+        match result {
+            Ok(conn) => {
+                held.push(conn);
+                last = last.max(at);
+            }
+            Err(_) => failed += 1,
+        }
+        if sample.elapsed() > Duration::from_millis(100) {
+            peak = peak.max(server.rss_kib()?);
+            sample = Instant::now();
+        }
+    }
+    let took = last - began;
+    peak = peak.max(server.rss_kib()?);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let after = server.rss_kib()?;
+    let rate = held.len() as f64 / took.as_secs_f64();
+    println!(
+        "{} clients at once: {} sessions in {:.2} s ({:.0}/s), {} failed; server RSS {} KiB before, {} KiB peak, {} KiB after",
+        a.clients,
+        held.len(),
+        took.as_secs_f64(),
+        rate,
+        failed,
+        before,
+        peak,
+        after
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "storm",
+            "clients": a.clients,
+            "sessions": held.len(),
+            "failed": failed,
+            "seconds": took.as_secs_f64(),
+            "sessions_per_second": rate,
+            "server_rss_kib_before": before,
+            "server_rss_kib_peak": peak,
+            "server_rss_kib_after": after,
+        })
+    );
+    drop(held);
+    Ok(())
 }
 
 async fn idle(a: IdleArgs) -> anyhow::Result<()> {
