@@ -136,6 +136,39 @@ pub fn candidates_from_link(link: &ServerLink) -> Vec<Candidate> {
     out
 }
 
+/// The routes a verified directory lists, all carriers, with the
+/// directory's priorities (lower first). A route's certificate is pinned
+/// by the directory's `cert_sha256`, else by the link's pin, else checked
+/// against the system's roots.
+pub fn candidates_from_directory(
+    directory: &postern_proto::directory::Directory,
+    link: &ServerLink,
+) -> Vec<Candidate> {
+    use postern_proto::directory::Carrier as Listed;
+    directory
+        .endpoints_by_priority()
+        .into_iter()
+        .map(|e| Candidate {
+            carrier: match e.carrier {
+                Listed::Tcp => Carrier::Tcp,
+                Listed::Tls => Carrier::Tls,
+                Listed::Wss => Carrier::Wss,
+                Listed::Quic => Carrier::Quic,
+            },
+            host: e.host.clone(),
+            port: e.port,
+            path: e.path.clone(),
+            sni: e.sni.clone().or_else(|| link.sni.clone()),
+            verify: e
+                .cert_sha256
+                .or(link.cert_sha256)
+                .map_or(Verify::System, Verify::Pinned),
+            priority: e.priority,
+            source: Source::Directory,
+        })
+        .collect()
+}
+
 /// How the race runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Racing {

@@ -435,19 +435,51 @@ impl Client {
         *lock(&self.inner.extra_candidates) = candidates;
     }
 
-    /// Every route this client may race: the server link's, then the extra
-    /// ones.
+    /// Every route this client may race: the current verified directory's
+    /// (by its priorities), then the server link's (always kept as a last
+    /// resort), then the extra ones (relays). Routes of equal priority —
+    /// several server nodes — are rotated by this device's key, so devices
+    /// spread over the nodes, each always starting at the same one.
     pub fn candidates(&self) -> Vec<Candidate> {
-        let mut all = connectivity::candidates_from_link(&self.inner.link);
-        // Several server nodes behind one link: each device starts at its
-        // own route (chosen by its key, so always the same one), which
-        // spreads devices over the nodes; the rest follow in link order.
-        if !all.is_empty() {
-            let n = all.len();
-            all.rotate_left(usize::from(self.inner.noise.public[0]) % n);
-            for (i, c) in all.iter_mut().enumerate() {
-                c.priority = u32::try_from(i).unwrap_or(u32::MAX);
+        let spread = usize::from(self.inner.noise.public[0]);
+        let mut listed = match self.directory() {
+            Ok(Some(d)) => connectivity::candidates_from_directory(d.directory(), &self.inner.link),
+            _ => Vec::new(),
+        };
+        let mut link = connectivity::candidates_from_link(&self.inner.link);
+        // The link's routes come after the directory's, in link order.
+        let after = listed
+            .iter()
+            .map(|c| c.priority)
+            .max()
+            .map_or(0, |p| p.saturating_add(1));
+        for (i, c) in link.iter_mut().enumerate() {
+            c.priority = after.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+        }
+        // The link's TCP routes are one group: several nodes behind one link.
+        let tcp = link
+            .iter()
+            .filter(|c| c.carrier == postern_transport::carrier::Carrier::Tcp)
+            .count();
+        if tcp > 1 {
+            let first = link[0].priority;
+            for c in link.iter_mut().take(tcp) {
+                c.priority = first;
             }
+        }
+        listed.extend(link);
+        let mut all: Vec<Candidate> = Vec::with_capacity(listed.len());
+        for group in listed.chunk_by(|a, b| a.priority == b.priority) {
+            let start = spread % group.len();
+            for c in group.iter().cycle().skip(start).take(group.len()) {
+                if !all.iter().any(|a| a.route() == c.route()) {
+                    all.push(c.clone());
+                }
+            }
+        }
+        // `order` sorts stably by priority: keep this order within a group.
+        for (i, c) in all.iter_mut().enumerate() {
+            c.priority = u32::try_from(i).unwrap_or(u32::MAX);
         }
         all.extend(lock(&self.inner.extra_candidates).iter().cloned());
         all

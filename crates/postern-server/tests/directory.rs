@@ -235,6 +235,20 @@ async fn every_channel_delivers_the_directory() {
         assert!(again.success().is_some() && !again.updated);
         // The directory's endpoints come first when connecting.
         assert_eq!(client.tcp_candidates()[0], held.directory().tcp_addrs()[0]);
+        // ...and the connectivity manager races them first.
+        let raced = client.candidates();
+        assert_eq!(
+            raced[0].source,
+            postern_client::connectivity::Source::Directory
+        );
+        assert_eq!(
+            raced
+                .iter()
+                .filter(|c| c.source == postern_client::connectivity::Source::Directory)
+                .count(),
+            held.directory().endpoints.len(),
+            "every listed route, whatever its carrier"
+        );
     }
     // Relays cannot carry it yet: said so, not pretended.
     let client = home(&s, "relay", link);
