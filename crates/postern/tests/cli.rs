@@ -3,24 +3,18 @@
 //! the server with SIGKILL and checking nothing acknowledged was lost.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_postern");
+mod common;
+
+use common::{BIN, free_port, ok, postern};
 
 struct ServerProc {
     child: Child,
     data: PathBuf,
     outbox: PathBuf,
     config: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl ServerProc {
@@ -123,26 +117,6 @@ fn spawn_server(config: &Path, data: &Path, outbox: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-fn postern(home: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = postern(home, args);
-    assert!(
-        out.status.success(),
-        "postern {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn member(s: &ServerProc, home: &Path, phone: &str, username: &str) {
