@@ -1,10 +1,10 @@
-//! Arbitrary text parsed as a server link: never a panic, and whatever
+//! Arbitrary text parsed as a server link and as a relay link: never a panic, and whatever
 //! parses prints back to a link that parses to the same value (directory
 //! key and fetch locations included).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postern_proto::link::ServerLink;
+use postern_proto::link::{RelayLink, ServerLink};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -19,6 +19,14 @@ fuzz_target!(|data: &[u8]| {
         let printed = link.to_string();
         assert_eq!(
             printed.parse::<ServerLink>().as_ref(),
+            Ok(&link),
+            "{printed}"
+        );
+    }
+    if let Ok(link) = text.parse::<RelayLink>() {
+        let printed = link.to_string();
+        assert_eq!(
+            printed.parse::<RelayLink>().as_ref(),
             Ok(&link),
             "{printed}"
         );

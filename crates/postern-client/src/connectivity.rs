@@ -1,8 +1,10 @@
 //! The connectivity manager: which route to the server to use, found by
 //! racing candidates, remembered per route in the home.
 //!
-//! Candidates come from the server link (and, later, the signed directory
-//! and relay links), each a carrier and an endpoint. [`race`] starts the
+//! Candidates come from the signed directory, the server link and the
+//! relays the member holds (added by hand or assigned by the server),
+//! each a carrier and an endpoint; relays come last, as they are scarce
+//! and shared. [`race`] starts the
 //! best candidate, and the next one after [`Racing::stagger`] (about
 //! 250 ms) without waiting for the first to fail — at once if it fails —
 //! with at most [`Racing::max_in_flight`] attempts open; the first attempt
@@ -62,6 +64,8 @@ pub struct Candidate {
     pub priority: u32,
     /// Where it came from.
     pub source: Source,
+    /// The relay, for [`Carrier::Cloak`] routes.
+    pub relay: Option<postern_proto::link::RelayLink>,
 }
 
 impl Candidate {
@@ -96,7 +100,30 @@ impl Candidate {
                 sni: self.sni.clone().unwrap_or_else(|| host.to_owned()),
                 verify: self.verify,
             }),
+            cloak: self.relay.as_ref().map(|r| postern_cloak::ClientConfig {
+                secret: postern_cloak::Secret::from_bytes(r.secret),
+                sni: r.sni.clone(),
+            }),
         }
+    }
+
+    /// The route to a relay: a [`Carrier::Cloak`] candidate.
+    pub fn from_relay(relay: &postern_proto::link::RelayLink, priority: u32) -> Option<Candidate> {
+        let (host, port) = relay.host.rsplit_once(':')?;
+        Some(Candidate {
+            carrier: Carrier::Cloak,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: port.parse().ok()?,
+            path: None,
+            sni: Some(relay.sni.clone()),
+            verify: Verify::System,
+            priority,
+            source: Source::Relay,
+            relay: Some(relay.clone()),
+        })
     }
 }
 
@@ -130,6 +157,7 @@ pub fn candidates_from_link(link: &ServerLink) -> Vec<Candidate> {
                 verify,
                 priority: u32::try_from(out.len()).unwrap_or(u32::MAX),
                 source: Source::Link,
+                relay: None,
             });
         }
     }
@@ -165,6 +193,7 @@ pub fn candidates_from_directory(
                 .map_or(Verify::System, Verify::Pinned),
             priority: e.priority,
             source: Source::Directory,
+            relay: None,
         })
         .collect()
 }
@@ -330,6 +359,7 @@ mod tests {
             verify: Verify::System,
             priority: u32::from(port),
             source: Source::Link,
+            relay: None,
         }
     }
 

@@ -19,11 +19,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::ClientError;
 
 /// The home layout this code reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Layouts [`SCHEMA`] upgrades in place (its tables are all `IF NOT
-/// EXISTS`): 2 lacks only `routes`.
-const UPGRADABLE: &[i64] = &[2];
+/// EXISTS`): 2 lacks `routes` and `relays`, 3 lacks `relays`.
+const UPGRADABLE: &[i64] = &[2, 3];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS settings (
@@ -104,7 +104,35 @@ CREATE TABLE IF NOT EXISTS routes (
     next_try_ms  INTEGER NOT NULL DEFAULT 0,
     reported     INTEGER NOT NULL DEFAULT 1
 );
+-- Relays this member can use: added by hand from a relay link, or
+-- assigned by the server's distributor. The link holds the relay secret.
+CREATE TABLE IF NOT EXISTS relays (
+    host     TEXT PRIMARY KEY,
+    link     TEXT NOT NULL,
+    source   TEXT NOT NULL,
+    added_ms INTEGER NOT NULL
+);
 ";
+
+/// A relay the home holds.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredRelay {
+    /// The relay link.
+    pub link: postern_proto::link::RelayLink,
+    /// `manual` (added with `relay add`) or `assigned` (from the server).
+    pub source: String,
+    /// When it was added, ms since the epoch.
+    pub added_ms: i64,
+}
+
+impl std::fmt::Debug for StoredRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredRelay")
+            .field("link", &self.link)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
 
 /// What the home remembers about one route.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -423,6 +451,65 @@ impl Home {
         self.db
             .execute("DELETE FROM settings WHERE key = 'route_in_use'", [])?;
         Ok(())
+    }
+
+    /// Adds (or replaces, by host) a relay.
+    pub fn add_relay(
+        &self,
+        link: &postern_proto::link::RelayLink,
+        source: &str,
+        now: i64,
+    ) -> Result<(), ClientError> {
+        self.db.execute(
+            "INSERT INTO relays (host, link, source, added_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (host) DO UPDATE SET link = excluded.link, source = excluded.source",
+            params![link.host, link.to_string(), source, now],
+        )?;
+        Ok(())
+    }
+
+    /// The relays held, oldest first. Rows that no longer parse are skipped.
+    pub fn relays(&self) -> Result<Vec<StoredRelay>, ClientError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT link, source, added_ms FROM relays ORDER BY added_ms, host")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (link, source, added_ms) = row?;
+            if let Ok(link) = link.parse() {
+                out.push(StoredRelay {
+                    link,
+                    source,
+                    added_ms,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes relays whose host, name or link is `which`; returns how
+    /// many. `source` limits it to one source (`assigned` relays the
+    /// server no longer gives are dropped this way).
+    pub fn remove_relay(&self, which: &str, source: Option<&str>) -> Result<usize, ClientError> {
+        let mut n = 0;
+        for r in self.relays()? {
+            let matches = r.link.host == which
+                || r.link.name.as_deref() == Some(which)
+                || r.link.to_string() == which.trim();
+            if matches && source.is_none_or(|s| s == r.source) {
+                n += self
+                    .db
+                    .execute("DELETE FROM relays WHERE host = ?1", [&r.link.host])?;
+            }
+        }
+        Ok(n)
     }
 
     /// Marks the failures of `routes` as reported to the server.

@@ -54,7 +54,9 @@ use zeroize::Zeroizing;
 
 pub use chat::{Member, SafetyReport, Target};
 pub use connectivity::{Candidate, Racing};
-pub use home::{Conversation, ConversationKind, Home, PendingSend, RouteHealth, TimelineItem};
+pub use home::{
+    Conversation, ConversationKind, Home, PendingSend, RouteHealth, StoredRelay, TimelineItem,
+};
 pub use listener::{ConnectionState, Event, Listener};
 
 /// How long connecting (TCP plus handshake) may take.
@@ -140,6 +142,9 @@ pub enum ClientError {
         "the server link carries no directory key (dkey=); ask the operator for a current link"
     )]
     NoDirectoryKey,
+    /// A relay link names another server than the home's.
+    #[error("this relay forwards to another server than the one this home uses")]
+    WrongServer,
     /// A signed directory was refused.
     #[error("directory refused: {0}")]
     Directory(#[from] postern_proto::directory::DirectoryError),
@@ -481,8 +486,43 @@ impl Client {
         for (i, c) in all.iter_mut().enumerate() {
             c.priority = u32::try_from(i).unwrap_or(u32::MAX);
         }
+        // Then the relays held for this server, in the order they were added.
+        let relays = self.with_home(|h| h.relays()).unwrap_or_default();
+        let key = self.inner.link.noise_key;
+        for r in relays {
+            if r.link.server_key.is_some_and(|k| k != key) {
+                continue;
+            }
+            let priority = u32::try_from(all.len()).unwrap_or(u32::MAX);
+            if let Some(c) = Candidate::from_relay(&r.link, priority)
+                && !all.iter().any(|a| a.route() == c.route())
+            {
+                all.push(c);
+            }
+        }
         all.extend(lock(&self.inner.extra_candidates).iter().cloned());
         all
+    }
+
+    /// Adds a relay from its link (`relay add`). Refused if the link names
+    /// another server.
+    pub fn add_relay(&self, link: &postern_proto::link::RelayLink) -> Result<(), ClientError> {
+        if let Some(k) = link.server_key
+            && k != self.inner.link.noise_key
+        {
+            return Err(ClientError::WrongServer);
+        }
+        self.with_home(|h| h.add_relay(link, "manual", now_ms()))
+    }
+
+    /// The relays this home holds.
+    pub fn relays(&self) -> Result<Vec<StoredRelay>, ClientError> {
+        self.with_home(|h| h.relays())
+    }
+
+    /// Removes relays by host, name or link; returns how many.
+    pub fn remove_relay(&self, which: &str) -> Result<usize, ClientError> {
+        self.with_home(|h| h.remove_relay(which, None))
     }
 
     /// What the home remembers about each route.
@@ -575,6 +615,66 @@ impl Client {
             tracing::debug!(error = %e, "could not report blocked routes");
         }
         Ok((conn, failures))
+    }
+
+    /// Tries one route (dial, carrier handshake, Noise handshake with the
+    /// server) without using it; returns how long it took, or the failure's
+    /// class and message. `relay test` uses it.
+    pub async fn probe(
+        &self,
+        candidate: &Candidate,
+        timeout: Duration,
+    ) -> Result<Duration, (postern_transport::carrier::Failure, String)> {
+        let start = std::time::Instant::now();
+        let hello = pb::ClientHello {
+            version: PROTOCOL_VERSION,
+            software: concat!("postern/", env!("CARGO_PKG_VERSION")).into(),
+        };
+        let stream = postern_transport::carrier::dial(&candidate.target(), timeout)
+            .await
+            .map_err(|e| (postern_transport::carrier::classify(&e, 0), e.to_string()))?;
+        let counter = stream.counter();
+        let (conn, _) = postern_transport::client_handshake(
+            stream,
+            &self.inner.noise,
+            &self.inner.link.noise_key,
+            &hello,
+            timeout,
+        )
+        .await
+        .map_err(|e| {
+            let read = counter.load(std::sync::atomic::Ordering::Relaxed);
+            (
+                postern_transport::carrier::classify(&e, read),
+                e.to_string(),
+            )
+        })?;
+        drop(conn);
+        Ok(start.elapsed())
+    }
+
+    /// Keeps the relays the server assigned: adds the new ones, drops the
+    /// assigned ones it no longer gives (relays added by hand stay).
+    pub fn set_assigned_relays(&self, links: &[String]) -> Result<(), ClientError> {
+        let parsed: Vec<postern_proto::link::RelayLink> =
+            links.iter().filter_map(|l| l.parse().ok()).collect();
+        self.with_home(|h| {
+            for old in h.relays()? {
+                if old.source == "assigned" && !parsed.iter().any(|p| p.host == old.link.host) {
+                    h.remove_relay(&old.link.host, Some("assigned"))?;
+                }
+            }
+            let held = h.relays()?;
+            for link in &parsed {
+                if !held
+                    .iter()
+                    .any(|r| r.link.host == link.host && r.source == "manual")
+                {
+                    h.add_relay(link, "assigned", now_ms())?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Records a failed route in the home, with its next backoff.

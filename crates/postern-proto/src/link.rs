@@ -128,6 +128,9 @@ pub enum LinkError {
     /// `sni` is not a host name.
     #[error("sni \"{0}\" is not a valid host name")]
     BadSni(String),
+    /// A relay's `name` is not a short plain label.
+    #[error("name must be 1 to 32 letters, digits, '-', '.' or '_'")]
+    BadName,
 }
 
 /// A parsed server link.
@@ -279,6 +282,150 @@ impl FromStr for DeviceLink {
             .decode(token)
             .map_err(|e| LinkError::KeyEncoding(e.to_string()))?;
         Ok(DeviceLink { server, token })
+    }
+}
+
+/// A relay link: what a volunteer's relay prints and a member adds
+/// (`postern relay add LINK`).
+///
+/// ```text
+/// postern://relay?v=1&host=HOST:PORT&sni=NAME&secret=BASE64URL[&key=BASE64URL][&name=NAME]
+/// ```
+///
+/// `host` is where the relay listens, `sni` the name of the cover website
+/// it sits in front of (sent in the cloak's ClientHello), `secret` the
+/// 32-byte relay secret that lets the relay tell its clients from
+/// probers, and `key` the Noise key of the server the relay forwards to
+/// (a client uses a relay only for that server). `name` is a label for
+/// people (letters, digits, `-`, `.`, `_`; at most 32).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RelayLink {
+    /// `HOST:PORT`, canonical.
+    pub host: String,
+    /// The cover site's name, used as SNI.
+    pub sni: String,
+    /// The relay secret.
+    pub secret: [u8; 32],
+    /// The Noise key of the server behind the relay, if the link says.
+    pub server_key: Option<[u8; 32]>,
+    /// A label for people.
+    pub name: Option<String>,
+}
+
+impl fmt::Debug for RelayLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret is what keeps probers out: never in logs.
+        f.debug_struct("RelayLink")
+            .field("host", &self.host)
+            .field("sni", &self.sni)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayLink {
+    /// A short, secret-free description: `NAME (HOST, sni NAME)`.
+    pub fn describe(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n} ({}, sni {})", self.host, self.sni),
+            None => format!("{} (sni {})", self.host, self.sni),
+        }
+    }
+}
+
+impl fmt::Display for RelayLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{SCHEME}relay?v={LINK_VERSION}&host={}&sni={}&secret={}",
+            self.host,
+            self.sni,
+            URL_SAFE_NO_PAD.encode(self.secret)
+        )?;
+        if let Some(k) = &self.server_key {
+            write!(f, "&key={}", URL_SAFE_NO_PAD.encode(k))?;
+        }
+        if let Some(n) = &self.name {
+            write!(f, "&name={n}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for RelayLink {
+    type Err = LinkError;
+
+    fn from_str(link: &str) -> Result<Self, LinkError> {
+        let link = link.trim();
+        if link.len() > MAX_LINK_LEN {
+            return Err(LinkError::TooLong(link.len()));
+        }
+        let rest = link
+            .get(..SCHEME.len())
+            .filter(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
+            .and_then(|_| link.get(SCHEME.len()..))
+            .ok_or(LinkError::Scheme)?;
+        if rest.contains('%') {
+            return Err(LinkError::PercentEncoded);
+        }
+        let (kind, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let kind = kind.strip_suffix('/').unwrap_or(kind);
+        if kind != "relay" {
+            return Err(LinkError::WrongKind {
+                found: kind.to_owned(),
+                expected: "relay",
+            });
+        }
+        let (mut version, mut host, mut sni, mut secret, mut key, mut name) =
+            (None, None, None, None, None, None);
+        for param in query.split('&').filter(|p| !p.is_empty()) {
+            let (n, value) = param.split_once('=').unwrap_or((param, ""));
+            match n {
+                "v" => set_once(&mut version, value, "v")?,
+                "host" => set_once(&mut host, value, "host")?,
+                "sni" => set_once(&mut sni, value, "sni")?,
+                "secret" => set_once(&mut secret, value, "secret")?,
+                "key" => set_once(&mut key, value, "key")?,
+                "name" => set_once(&mut name, value, "name")?,
+                _ => {}
+            }
+        }
+        let version = version.ok_or(LinkError::Missing("v"))?;
+        if version != LINK_VERSION.to_string() {
+            return Err(LinkError::UnsupportedVersion(version.to_owned()));
+        }
+        let host = parse_endpoint(host.ok_or(LinkError::Missing("host"))?)?;
+        let sni = sni.ok_or(LinkError::Missing("sni"))?;
+        let sni = canonical_host(sni)
+            .filter(|s| s.parse::<Ipv4Addr>().is_err())
+            .ok_or_else(|| LinkError::BadSni(sni.to_owned()))?;
+        let decode32 = |text: &str| -> Result<[u8; 32], LinkError> {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(text)
+                .map_err(|e| LinkError::KeyEncoding(e.to_string()))?;
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| LinkError::KeyLength(bytes.len()))
+        };
+        let secret = decode32(secret.ok_or(LinkError::Missing("secret"))?)?;
+        let server_key = key.map(decode32).transpose()?;
+        let name = name
+            .map(|n| {
+                let ok = !n.is_empty()
+                    && n.len() <= 32
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                ok.then(|| n.to_owned()).ok_or(LinkError::BadName)
+            })
+            .transpose()?;
+        Ok(RelayLink {
+            host,
+            sni,
+            secret,
+            server_key,
+            name,
+        })
     }
 }
 
@@ -590,6 +737,68 @@ mod tests {
     }
 
     #[test]
+    fn relay_links_round_trip_and_say_what_is_wrong() {
+        let secret = [9u8; 32];
+        let text = format!(
+            "postern://relay?v=1&host=Relay.Example.org:443&sni=WWW.example.org&secret={}&key={}&name=berlin-1",
+            URL_SAFE_NO_PAD.encode(secret),
+            key_text()
+        );
+        let link: RelayLink = text.parse().unwrap();
+        assert_eq!(link.host, "relay.example.org:443");
+        assert_eq!(link.sni, "www.example.org");
+        assert_eq!(link.secret, secret);
+        assert_eq!(link.server_key, Some(KEY));
+        assert_eq!(link.name.as_deref(), Some("berlin-1"));
+        assert_eq!(link.to_string().parse::<RelayLink>(), Ok(link.clone()));
+        assert!(!format!("{link:?}").contains(&URL_SAFE_NO_PAD.encode(secret)));
+        let s = URL_SAFE_NO_PAD.encode(secret);
+        for (text, want) in [
+            (
+                format!("postern://server?v=1&host=a:1&sni=b&secret={s}"),
+                LinkError::WrongKind {
+                    found: "server".into(),
+                    expected: "relay",
+                },
+            ),
+            (
+                format!("postern://relay?v=1&sni=b&secret={s}"),
+                LinkError::Missing("host"),
+            ),
+            (
+                "postern://relay?v=1&host=a:1&sni=b".into(),
+                LinkError::Missing("secret"),
+            ),
+            (
+                format!("postern://relay?v=1&host=a:1&secret={s}"),
+                LinkError::Missing("sni"),
+            ),
+            (
+                format!("postern://relay?v=1&host=a:1&sni=1.2.3.4&secret={s}"),
+                LinkError::BadSni("1.2.3.4".into()),
+            ),
+            (
+                "postern://relay?v=1&host=a:1&sni=b&secret=AAAA".into(),
+                LinkError::KeyLength(3),
+            ),
+            (
+                format!("postern://relay?v=1&host=a:1&sni=b&secret={s}&name=a%20b"),
+                LinkError::PercentEncoded,
+            ),
+            (
+                format!("postern://relay?v=1&host=a:1&sni=b&secret={s}&name=a<b"),
+                LinkError::BadName,
+            ),
+            (
+                format!("postern://relay?v=1&host=a:1&host=b:2&sni=b&secret={s}"),
+                LinkError::Duplicate("host"),
+            ),
+        ] {
+            assert_eq!(text.parse::<RelayLink>(), Err(want), "{text}");
+        }
+    }
+
+    #[test]
     fn reports_what_is_wrong() {
         let key = key_text();
         let cases: Vec<(String, LinkError)> = vec![
@@ -786,9 +995,21 @@ mod tests {
         }
 
         #[test]
+        fn relay_links_round_trip(
+            host in arb_endpoint(),
+            secret in any::<[u8; 32]>(),
+            key in proptest::option::of(any::<[u8; 32]>()),
+            name in proptest::option::of("[a-z0-9._-]{1,32}"),
+        ) {
+            let link = RelayLink { host, sni: "www.example.org".into(), secret, server_key: key, name };
+            prop_assert_eq!(link.to_string().parse::<RelayLink>(), Ok(link));
+        }
+
+        #[test]
         fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
             let _ = text.parse::<ServerLink>();
             let _ = format!("postern://server?{text}").parse::<ServerLink>();
+            let _ = format!("postern://relay?{text}").parse::<RelayLink>();
         }
     }
 

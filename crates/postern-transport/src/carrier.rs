@@ -33,6 +33,9 @@ pub enum Carrier {
     Wss,
     /// QUIC over UDP.
     Quic,
+    /// The cloak to a volunteer's relay: TCP that looks like Chrome talking
+    /// TLS to an ordinary website (see `postern-cloak`).
+    Cloak,
 }
 
 impl Carrier {
@@ -43,12 +46,13 @@ impl Carrier {
             Carrier::Tls => "tls",
             Carrier::Wss => "wss",
             Carrier::Quic => "quic",
+            Carrier::Cloak => "cloak",
         }
     }
 
-    /// True if the carrier runs TLS and so needs [`ClientTls`].
+    /// True if the carrier runs real TLS and so needs [`ClientTls`].
     pub fn uses_tls(self) -> bool {
-        !matches!(self, Carrier::Tcp)
+        !matches!(self, Carrier::Tcp | Carrier::Cloak)
     }
 }
 
@@ -66,8 +70,9 @@ impl FromStr for Carrier {
             "tls" => Ok(Carrier::Tls),
             "wss" => Ok(Carrier::Wss),
             "quic" => Ok(Carrier::Quic),
+            "cloak" => Ok(Carrier::Cloak),
             other => Err(format!(
-                "\"{other}\" is not a carrier (tcp, tls, wss, quic)"
+                "\"{other}\" is not a carrier (tcp, tls, wss, quic, cloak)"
             )),
         }
     }
@@ -89,8 +94,10 @@ pub struct Target {
     pub addr: String,
     /// The WebSocket path (for [`Carrier::Wss`]), starting with `/`.
     pub path: String,
-    /// TLS settings, for every carrier but TCP.
+    /// TLS settings, for every carrier but TCP and the cloak.
     pub tls: Option<ClientTls>,
+    /// The relay's SNI and secret, for [`Carrier::Cloak`].
+    pub cloak: Option<postern_cloak::ClientConfig>,
 }
 
 /// Opens `target`, TLS and WebSocket upgrade included, in at most
@@ -112,6 +119,17 @@ pub async fn dial(
             Box::new(crate::ws::connect(&target.addr, &target.path, tls()?, timeout).await?)
         }
         Carrier::Quic => Box::new(crate::quic::connect(&target.addr, tls()?, timeout).await?),
+        Carrier::Cloak => {
+            let cfg = target.cloak.as_ref().ok_or_else(|| {
+                TransportError::NotRelay("a cloak route needs a relay link".into())
+            })?;
+            let tcp = crate::tcp::connect(&target.addr, timeout).await?;
+            Box::new(
+                postern_cloak::io::client_connect(tcp, cfg, timeout)
+                    .await
+                    .map_err(TransportError::from_cloak)?,
+            )
+        }
     };
     Ok(Metered::new(stream))
 }
@@ -135,6 +153,9 @@ pub enum Failure {
     },
     /// The TLS certificate is not the expected one.
     CertificateMismatch,
+    /// Something answered at a relay's address, but not the relay (it
+    /// could not prove it holds the relay secret).
+    NotRelay,
     /// The peer closed the connection.
     Closed,
     /// Anything else (a protocol error, an unusable address).
@@ -151,6 +172,7 @@ impl Failure {
             Failure::TlsAlert => "tls-alert",
             Failure::Freeze { .. } => "freeze",
             Failure::CertificateMismatch => "certificate-mismatch",
+            Failure::NotRelay => "not-relay",
             Failure::Closed => "closed",
             Failure::Other => "other",
         }
@@ -166,6 +188,7 @@ impl Failure {
             "tls-alert" => Failure::TlsAlert,
             "freeze" => Failure::Freeze { after },
             "certificate-mismatch" => Failure::CertificateMismatch,
+            "not-relay" => Failure::NotRelay,
             "closed" => Failure::Closed,
             "other" => Failure::Other,
             _ => return None,
@@ -202,6 +225,7 @@ pub fn classify(err: &TransportError, bytes_read: u64) -> Failure {
         TransportError::Closed | TransportError::Truncated(_) => Failure::Closed,
         TransportError::TlsAlert(_) => Failure::TlsAlert,
         TransportError::Certificate(_) => Failure::CertificateMismatch,
+        TransportError::NotRelay(_) => Failure::NotRelay,
         TransportError::Quic(text) if text.contains("reset") => Failure::Reset,
         _ => Failure::Other,
     }

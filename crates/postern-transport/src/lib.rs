@@ -5,7 +5,9 @@
 //! ([`quic`]); [`carrier`] dials any of them into one boxed byte stream and
 //! sorts their failures into the classes the client's connectivity manager
 //! keeps — and the tokio glue that runs a [`postern_proto::session`] over any
-//! carrier that is `AsyncRead + AsyncWrite`:
+//! carrier that is `AsyncRead + AsyncWrite`. The cloak to a volunteer's
+//! relay ([`carrier::Carrier::Cloak`]) is a carrier too: TCP, then the
+//! `postern-cloak` handshake, then the same session inside:
 //!
 //! - [`client_handshake`] runs the client's side and returns a [`Connection`]
 //!   and the server's hello;
@@ -35,6 +37,19 @@ pub use connection::{
 };
 
 use postern_proto::session::SessionError;
+
+impl TransportError {
+    /// Sorts a cloak handshake error: I/O stays I/O (so blocking is
+    /// classified as for every carrier), timeouts are timeouts, anything
+    /// else means the relay did not prove itself.
+    pub fn from_cloak(e: postern_cloak::CloakError) -> TransportError {
+        match e {
+            postern_cloak::CloakError::Io(io) => TransportError::Io(io),
+            postern_cloak::CloakError::Timeout => TransportError::Timeout,
+            other => TransportError::NotRelay(other.to_string()),
+        }
+    }
+}
 
 /// What went wrong while carrying a session.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +97,10 @@ pub enum TransportError {
     /// The QUIC connection failed.
     #[error("QUIC failed: {0}")]
     Quic(String),
+    /// What answered at a relay's address is not the relay, or the cloak
+    /// handshake failed.
+    #[error("not the relay: {0}")]
+    NotRelay(String),
     /// Listening on an address failed.
     #[error("could not listen on {addr}: {source}")]
     Bind {

@@ -100,12 +100,14 @@ async fn serve(carrier: Carrier, cert: &ServerCert, keys: Arc<NoiseKeypair>) -> 
             });
             (addr, client_tls)
         }
+        Carrier::Cloak => unreachable!("the relay's tests cover the cloak"),
     };
     Target {
         carrier,
         addr: addr.to_string(),
         path: PATH.into(),
         tls,
+        cloak: None,
     }
 }
 
@@ -216,6 +218,7 @@ async fn a_closed_port_is_refused() {
         addr,
         path: String::new(),
         tls: None,
+        cloak: None,
     };
     let err = carrier::dial(&target, TIMEOUT).await.unwrap_err();
     assert_eq!(carrier::classify(&err, 0), Failure::Refused, "{err}");

@@ -115,7 +115,7 @@ pub async fn group_list(home: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_qr(text: &str) -> anyhow::Result<()> {
+pub(crate) fn print_qr(text: &str) -> anyhow::Result<()> {
     use qrcode::render::unicode::Dense1x2;
     let code =
         qrcode::QrCode::new(text.as_bytes()).context("the link is too long for a QR code")?;

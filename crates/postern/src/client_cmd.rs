@@ -179,15 +179,17 @@ pub async fn status(home: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn relay_fetch(home: &Path, json: bool) -> anyhow::Result<()> {
-    let (_client, conn) = connect(home).await?;
+    let (client, conn) = connect(home).await?;
     let held = conn.fetch_relays().await?;
+    client.set_assigned_relays(&held.links)?;
     print_relays(&held, json);
     Ok(())
 }
 
 pub async fn relay_report(home: &Path, link: &str) -> anyhow::Result<()> {
-    let (_client, conn) = connect(home).await?;
+    let (client, conn) = connect(home).await?;
     let held = conn.report_blocked(link).await?;
+    client.set_assigned_relays(&held.links)?;
     eprintln!("Reported. Your relays now:");
     print_relays(&held, false);
     Ok(())

@@ -10,6 +10,7 @@ mod client_cmd;
 mod custodian;
 mod demo;
 mod directory_cmd;
+mod relay_cmd;
 mod serve;
 mod sim;
 mod transparency;
@@ -189,10 +190,20 @@ enum Command {
         #[command(subcommand)]
         action: DeviceAction,
     },
-    /// Get the relays the server assigns you, or report one as blocked.
+    /// Run a relay in front of a website you control (volunteers), or
+    /// manage the relays you use (members).
+    ///
+    /// Volunteers: `postern relay --listen 0.0.0.0:443 --cover 127.0.0.1:8443
+    /// --sni www.example.org --server LINK` prints a relay link to give to
+    /// members; probers and strangers are passed to the cover site untouched.
+    /// Members: `postern relay add LINK`, `list`, `test`, `remove`, and
+    /// `fetch` for the relays the server assigns you.
+    #[command(args_conflicts_with_subcommands = true)]
     Relay {
         #[command(subcommand)]
-        action: RelayAction,
+        action: Option<RelayAction>,
+        #[command(flatten)]
+        run: relay_cmd::RelayRunArgs,
     },
     /// The signed directory: sign one (operator, offline key), or import,
     /// fetch and show it (member).
@@ -245,10 +256,36 @@ enum Command {
     Sim(sim::SimArgs),
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum RelayAction {
-    /// Print the relay links assigned to you, one a line (new members get
-    /// one; more come with trust).
+    /// Add a relay from its link (postern://relay?…, or a file holding it).
+    Add {
+        /// The relay link a volunteer gave you.
+        link: String,
+    },
+    /// List your relays and how they fared.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try your relays (or one) all the way to the server.
+    Test {
+        /// A relay's HOST:PORT or name; default: all.
+        which: Option<String>,
+    },
+    /// Remove a relay (by HOST:PORT, name or link).
+    Remove {
+        /// The relay's HOST:PORT, name or link.
+        which: String,
+    },
+    /// Check a relay's setup (volunteers): the cover answers, SNI and DNS
+    /// agree, the port is reachable, the server accepts; says what to fix.
+    Doctor(relay_cmd::RelayRunArgs),
+    /// Print the relay links assigned to you, one a line, and keep them
+    /// with your relays (new members get one; more come with trust).
     Fetch {
         /// Print JSON (links, level, invitations left).
         #[arg(long)]
@@ -454,9 +491,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             DeviceAction::List { json } => chat_cmd::device_list(&home, json).await,
             DeviceAction::Remove { id } => chat_cmd::device_remove(&home, id).await,
         },
-        Command::Relay { action } => match action {
-            RelayAction::Fetch { json } => client_cmd::relay_fetch(&home, json).await,
-            RelayAction::Report { link } => client_cmd::relay_report(&home, &link).await,
+        Command::Relay { action, run } => match action {
+            None => relay_cmd::run(run).await,
+            Some(RelayAction::Add { link }) => relay_cmd::add(&home, &link),
+            Some(RelayAction::List { json }) => relay_cmd::list(&home, json),
+            Some(RelayAction::Test { which }) => relay_cmd::test(&home, which.as_deref()).await,
+            Some(RelayAction::Remove { which }) => relay_cmd::remove(&home, &which),
+            Some(RelayAction::Doctor(args)) => relay_cmd::doctor(args).await,
+            Some(RelayAction::Fetch { json }) => client_cmd::relay_fetch(&home, json).await,
+            Some(RelayAction::Report { link }) => client_cmd::relay_report(&home, &link).await,
         },
         Command::Directory { what } => directory_cmd::run(&home, what).await,
         Command::Invite { action } => match action {

@@ -119,6 +119,7 @@ pub async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
         verify: Verify::System,
         priority: 100,
         source: Source::Directory,
+        relay: None,
     }]);
 
     let (tx, mut got) = tokio::sync::mpsc::unbounded_channel();
