@@ -31,6 +31,7 @@ pub mod ids;
 pub mod keys;
 pub mod link;
 pub mod mls;
+pub mod relay_auth;
 pub mod session;
 pub mod username;
 

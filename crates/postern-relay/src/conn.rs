@@ -60,6 +60,9 @@ pub(crate) async fn handle(client: TcpStream, shared: Arc<Shared>) {
     let mut forwarded = 0usize;
 
     let decision = loop {
+        if shared.retired.load(Ordering::Relaxed) {
+            break Decision::Splice("retired");
+        }
         match postern_cloak::peek(&first) {
             Peek::NotCloak(r) => break Decision::Splice(r.name()),
             Peek::Complete { len } => break Decision::Check(len),

@@ -42,6 +42,7 @@
 pub mod conn;
 pub mod cover;
 pub mod metrics;
+pub mod register;
 pub mod replay;
 pub mod splice;
 pub mod testing;
@@ -99,6 +100,15 @@ pub struct RelayConfig {
     pub cover_refresh_secs: u64,
     /// Most entries in the replay cache.
     pub replay_max_entries: usize,
+    /// Register with the server and report health (default true).
+    pub register: bool,
+    /// Connections offered to the server's distributor (default:
+    /// `max_connections`).
+    pub capacity: Option<usize>,
+    /// Countries (two-letter codes) the relay means to serve.
+    pub regions: Vec<String>,
+    /// How often to report health to the server, seconds.
+    pub report_interval_secs: u64,
 }
 
 impl Default for RelayConfig {
@@ -118,6 +128,10 @@ impl Default for RelayConfig {
             handshake_timeout_secs: 10,
             cover_refresh_secs: 1800,
             replay_max_entries: 1_000_000,
+            register: true,
+            capacity: None,
+            regions: Vec::new(),
+            report_interval_secs: 300,
         }
     }
 }
@@ -199,6 +213,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) pool: BufPool,
     pub(crate) tap: Option<Tap>,
+    /// The server's last word on this relay: `unknown` until it answers.
+    pub(crate) server_state: RwLock<String>,
+    /// Retired by the server: everything goes to the cover.
+    pub(crate) retired: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -269,6 +287,8 @@ pub struct RunningRelay {
     metrics_addr: Option<SocketAddr>,
     link: RelayLink,
     metrics: Arc<Metrics>,
+    operator_public: String,
+    shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -292,6 +312,18 @@ impl RunningRelay {
     /// The counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The operator key's public half (base64url), for the server's
+    /// `relay_operators`.
+    pub fn operator_key(&self) -> &str {
+        &self.operator_public
+    }
+
+    /// What the server last said about this relay: `active`, `pending`,
+    /// `retired`, or `unknown` before it answered.
+    pub fn server_state(&self) -> String {
+        self.shared.server_state.read().expect("state lock").clone()
     }
 
     /// Stops accepting; open connections run on until they end.
@@ -364,7 +396,19 @@ pub async fn start(config: RelayConfig, hooks: Hooks) -> anyhow::Result<RunningR
         metrics: metrics.clone(),
         pool: BufPool::new(256),
         tap: hooks.tap,
+        server_state: RwLock::new("unknown".into()),
+        retired: std::sync::atomic::AtomicBool::new(false),
     });
+    let operator_key = register::load_or_create_operator_key(&shared.config.data_dir)?;
+    let operator_public = URL_SAFE_NO_PAD.encode(operator_key.verifying_key().to_bytes());
+    let reporter = shared.config.register.then(|| {
+        tokio::spawn(register::report_loop(
+            shared.clone(),
+            link.clone(),
+            operator_key,
+        ))
+    });
+    let shared_view = shared.clone();
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
         let metrics_task =
@@ -407,12 +451,17 @@ pub async fn start(config: RelayConfig, hooks: Hooks) -> anyhow::Result<RunningR
         if let Some(t) = metrics_task {
             t.abort();
         }
+        if let Some(t) = reporter {
+            t.abort();
+        }
     });
     Ok(RunningRelay {
         local_addr,
         metrics_addr,
         link,
         metrics,
+        operator_public,
+        shared: shared_view,
         stop,
         task,
     })

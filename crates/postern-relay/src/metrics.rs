@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Why a connection was sent to the cover, as a metric label.
-pub const SPLICE_REASONS: [&str; 11] = [
+pub const SPLICE_REASONS: [&str; 12] = [
     "not_tls",
     "not_client_hello",
     "too_large",
@@ -25,6 +25,7 @@ pub const SPLICE_REASONS: [&str; 11] = [
     "replay",
     "early_close",
     "cover_first",
+    "retired",
     "other",
 ];
 
@@ -76,6 +77,16 @@ impl Metrics {
             .iter()
             .position(|r| *r == reason)
             .map_or(0, |i| self.splices[i].load(Ordering::Relaxed))
+    }
+
+    /// TLS hellos refused for their authenticator, timestamp or SNI.
+    pub fn auth_failures(&self) -> u64 {
+        SPLICE_REASONS
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(**r, "bad_authenticator" | "stale" | "wrong_sni"))
+            .map(|(i, _)| self.splices[i].load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The Prometheus text exposition.
@@ -169,12 +180,7 @@ impl Metrics {
                 self.splices[i].load(Ordering::Relaxed)
             );
         }
-        let failures: u64 = SPLICE_REASONS
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| matches!(**r, "bad_authenticator" | "stale" | "wrong_sni"))
-            .map(|(i, _)| self.splices[i].load(Ordering::Relaxed))
-            .sum();
+        let failures = self.auth_failures();
         let _ = writeln!(
             out,
             "# HELP postern_relay_auth_failures_total TLS hellos with a missing, wrong or stale authenticator or another SNI.\n\

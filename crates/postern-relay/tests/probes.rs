@@ -40,6 +40,8 @@ async fn setup() -> Setup {
             server.local_addr().unwrap()
         ),
         data_dir: dir.path().join("relay"),
+        // The stand-in server does not speak Noise.
+        register: false,
         ..RelayConfig::default()
     };
     let relay = postern_relay::start(config, Hooks::default())
@@ -247,6 +249,8 @@ async fn the_replay_cache_survives_a_restart() {
             base64_key([3; 32])
         ),
         data_dir: dir.path().join("relay"),
+        // The stand-in server does not speak Noise.
+        register: false,
         ..RelayConfig::default()
     };
     let relay = postern_relay::start(config.clone(), Hooks::default())

@@ -45,6 +45,10 @@ pub struct ServerConfig {
     pub transparency: TransparencyConfig,
     /// Relays the server hands out to members (`[[relays]]`).
     pub relays: Vec<RelayConfig>,
+    /// Relay operators' Ed25519 keys (base64url) whose relays are handed
+    /// out as soon as they register; relays of other keys wait as
+    /// `pending` until an operator approves them.
+    pub relay_operators: Vec<String>,
     /// The distributor's policy (`[distributor]`): trust levels,
     /// invitations, blockage limits, caps; see `postern_distributor::Config`.
     pub distributor: postern_distributor::Config,
@@ -177,6 +181,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             transparency: TransparencyConfig::default(),
             relays: Vec::new(),
+            relay_operators: Vec::new(),
             distributor: postern_distributor::Config::default(),
             node: NodeConfig::default(),
             directory: DirectoryConfig::default(),

@@ -281,9 +281,15 @@ impl Server {
             }
         };
         let relays = Arc::new(
-            relays::Relays::open(store_dyn.clone(), &cfg.relays, cfg.distributor.clone())
-                .await
-                .context("cannot start relay distribution")?,
+            relays::Relays::open(
+                store_dyn.clone(),
+                &cfg.relays,
+                cfg.distributor.clone(),
+                &cfg.relay_operators,
+                keys.public,
+            )
+            .await
+            .context("cannot start relay distribution")?,
         );
         let service = Arc::new(
             Service::new(
@@ -381,6 +387,12 @@ impl OpenStore {
 }
 
 impl RunningServer {
+    /// The relays and their distributor (operators approve and retire
+    /// registered relays through it).
+    pub fn relays(&self) -> &Arc<relays::Relays> {
+        self.shared.service.relays()
+    }
+
     /// Connections open right now.
     pub fn connections(&self) -> usize {
         self.shared.connections()

@@ -135,14 +135,98 @@ pub struct RelaysStatus {
     /// Per relay network label, how many of its live relays are blocked
     /// somewhere.
     pub blocked_per_network: BTreeMap<String, usize>,
+    /// Relays that registered themselves, whatever their state.
+    pub registered: Vec<RegisteredStatus>,
+}
+
+/// A registered relay in the operators' view (never its link: that holds
+/// the relay secret).
+#[derive(Clone, Debug, Serialize)]
+pub struct RegisteredStatus {
+    /// HOST:PORT.
+    pub host: String,
+    /// The operator's key, base64url.
+    pub operator_key: String,
+    /// Connections offered.
+    pub capacity: u32,
+    /// Countries it means to serve.
+    pub regions: Vec<String>,
+    /// `active`, `pending` or `retired`.
+    pub state: String,
+    /// Its last health report.
+    pub health: Option<ReportedHealth>,
 }
 
 /// The configured relays and the distributor that hands them out.
 pub struct Relays {
     distributor: Mutex<Distributor>,
+    catalog: std::sync::RwLock<Catalog>,
+    registered: std::sync::Mutex<BTreeMap<String, Registration>>,
+    trusted_operators: Vec<[u8; 32]>,
+    server_key: [u8; 32],
+    store: Arc<dyn Store>,
+}
+
+/// The relays members can be given: configured and registered ones.
+#[derive(Default)]
+struct Catalog {
     listed: BTreeMap<RelayId, Listed>,
     by_link: HashMap<String, RelayId>,
-    store: Arc<dyn Store>,
+}
+
+/// What is saved in the store: the distributor and the registered relays.
+#[derive(Serialize, serde::Deserialize)]
+struct Saved {
+    distributor: Distributor,
+    #[serde(default)]
+    registered: BTreeMap<String, Registration>,
+}
+
+/// A relay that registered itself (see [`Relays::register`]).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Registration {
+    /// The relay link, as registered.
+    pub link: String,
+    /// The operator's Ed25519 key, base64url.
+    pub operator_key: String,
+    /// Connections the volunteer offers.
+    pub capacity: u32,
+    /// Countries it means to serve.
+    pub regions: Vec<String>,
+    /// `active`, `pending` or `retired`.
+    pub state: String,
+    /// When it first registered (ms since the epoch).
+    pub registered_ms: i64,
+    /// The last health report, if any.
+    pub health: Option<ReportedHealth>,
+}
+
+/// A registered relay's last health report.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct ReportedHealth {
+    /// When it came (ms since the epoch).
+    pub at_ms: i64,
+    /// Connections open.
+    pub connections_open: u64,
+    /// Relayed sessions since the relay started.
+    pub sessions_total: u64,
+    /// Ciphertext bytes to the server.
+    pub bytes_up: u64,
+    /// Ciphertext bytes to members.
+    pub bytes_down: u64,
+    /// Hellos with a wrong or stale authenticator (probes, mostly).
+    pub auth_failures: u64,
+    /// Replayed first flights.
+    pub replays: u64,
+}
+
+/// Most regions a relay may name.
+const MAX_REGIONS: usize = 64;
+
+/// The distributor's id for a registered relay (its own namespace, so a
+/// registered relay never takes a configured one's place).
+pub fn registered_relay_id(host: &str) -> RelayId {
+    RelayId(hash64(b"postern registered relay v1\0", host.as_bytes()))
 }
 
 /// Seconds since the Unix epoch, the distributor's clock.
@@ -158,7 +242,22 @@ impl Relays {
         store: Arc<dyn Store>,
         relays: &[RelayConfig],
         policy: Config,
+        trusted_operators: &[String],
+        server_key: [u8; 32],
     ) -> anyhow::Result<Relays> {
+        let trusted_operators = trusted_operators
+            .iter()
+            .map(|k| {
+                use base64::Engine;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(k.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                    .with_context(|| {
+                        format!("relay_operators: \"{k}\" is not a 32-byte key in base64url")
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut listed = BTreeMap::new();
         let mut by_link = HashMap::new();
         for r in relays {
@@ -187,16 +286,36 @@ impl Relays {
             .distributor_state()
             .await
             .context("cannot read the distributor's state")?;
-        let mut d = match saved {
+        let (mut d, registered) = match saved {
             Some(blob) => {
-                let mut d: Distributor = serde_json::from_slice(&blob)
-                    .context("the saved distributor state is unreadable")?;
-                d.set_config(policy).context("bad [distributor] policy")?;
-                d
+                // Saved before registered relays existed: the bare distributor.
+                let saved = serde_json::from_slice::<Saved>(&blob).or_else(|_| {
+                    serde_json::from_slice::<Distributor>(&blob).map(|distributor| Saved {
+                        distributor,
+                        registered: BTreeMap::new(),
+                    })
+                });
+                let mut saved = saved.context("the saved distributor state is unreadable")?;
+                saved
+                    .distributor
+                    .set_config(policy)
+                    .context("bad [distributor] policy")?;
+                (saved.distributor, saved.registered)
             }
-            None => Distributor::new(policy, rand::rngs::OsRng.r#gen())
-                .context("bad [distributor] policy")?,
+            None => (
+                Distributor::new(policy, rand::rngs::OsRng.r#gen())
+                    .context("bad [distributor] policy")?,
+                BTreeMap::new(),
+            ),
         };
+        // Registered relays that are live stay in the catalog.
+        for (host, r) in &registered {
+            if r.state == "active" {
+                let id = registered_relay_id(host);
+                by_link.insert(r.link.clone(), id);
+                listed.insert(id, registered_listing(host, r));
+            }
+        }
         let t = now();
         let known: BTreeMap<RelayId, bool> = d
             .relay_health()
@@ -222,14 +341,17 @@ impl Relays {
         }
         for (id, retired) in known {
             if !retired && !listed.contains_key(&id) {
+                // Pending registrations are not in the distributor at all.
                 let revoked = d.retire_relay(id, t)?.len();
                 tracing::info!(revoked, "a relay no longer listed was retired");
             }
         }
         let relays = Relays {
             distributor: Mutex::new(d),
-            listed,
-            by_link,
+            catalog: std::sync::RwLock::new(Catalog { listed, by_link }),
+            registered: std::sync::Mutex::new(registered),
+            trusted_operators,
+            server_key,
             store,
         };
         let d = relays.distributor.lock().await;
@@ -246,7 +368,17 @@ impl Relays {
 
     /// Saves the distributor's state; call with its lock held.
     pub(crate) async fn save(&self, d: &Distributor) -> anyhow::Result<()> {
-        let blob = serde_json::to_vec(d).context("cannot serialise the distributor")?;
+        #[derive(Serialize)]
+        struct SavedRef<'a> {
+            distributor: &'a Distributor,
+            registered: &'a BTreeMap<String, Registration>,
+        }
+        let registered = self.registered.lock().expect("registrations lock").clone();
+        let blob = serde_json::to_vec(&SavedRef {
+            distributor: d,
+            registered: &registered,
+        })
+        .context("cannot serialise the distributor")?;
         self.store
             .save_distributor_state(Bytes::from(blob), crate::service::now_ms())
             .await
@@ -300,7 +432,13 @@ impl Relays {
     /// holds afterwards (a replacement if the block was confirmed and the
     /// rules allow it).
     pub async fn report(&self, account: AccountId, link: &str) -> Result<Holding, RelayError> {
-        let relay = *self.by_link.get(link).ok_or(RelayError::UnknownRelay)?;
+        let relay = *self
+            .catalog
+            .read()
+            .expect("catalog lock")
+            .by_link
+            .get(link)
+            .ok_or(RelayError::UnknownRelay)?;
         let mut d = self.distributor.lock().await;
         let member = member_id(account);
         let t = now();
@@ -332,10 +470,11 @@ impl Relays {
         level: u8,
         t: Time,
     ) -> Holding {
+        let catalog = self.catalog.read().expect("catalog lock");
         Holding {
             links: relays
                 .iter()
-                .filter_map(|r| self.listed.get(r).map(|l| l.link.clone()))
+                .filter_map(|r| catalog.listed.get(r).map(|l| l.link.clone()))
                 .collect(),
             level,
             invitations: d.member(member, t).map_or(0, |m| m.invitations),
@@ -343,8 +482,9 @@ impl Relays {
     }
 
     fn log(&self, decisions: &[Decision]) {
+        let catalog = self.catalog.read().expect("catalog lock");
         for decision in decisions {
-            let name = |r: &RelayId| self.listed.get(r).map_or("(retired)", |l| &l.name);
+            let name = |r: &RelayId| catalog.listed.get(r).map_or("(retired)", |l| &l.name);
             match decision {
                 Decision::RelayBlocked { relay, country } => {
                     tracing::info!(relay = name(relay), %country, "relay blocked");
@@ -367,9 +507,24 @@ impl Relays {
             relays: Vec::new(),
             blocked_per_country: BTreeMap::new(),
             blocked_per_network: BTreeMap::new(),
+            registered: self
+                .registered
+                .lock()
+                .expect("registrations lock")
+                .iter()
+                .map(|(host, r)| RegisteredStatus {
+                    host: host.clone(),
+                    operator_key: r.operator_key.clone(),
+                    capacity: r.capacity,
+                    regions: r.regions.clone(),
+                    state: r.state.clone(),
+                    health: r.health.clone(),
+                })
+                .collect(),
         };
+        let catalog = self.catalog.read().expect("catalog lock");
         for h in health {
-            let listed = self.listed.get(&h.relay);
+            let listed = catalog.listed.get(&h.relay);
             let name =
                 listed.map_or_else(|| format!("retired-{:016x}", h.relay.0), |l| l.name.clone());
             let network = listed.and_then(|l| l.network.clone());
@@ -409,6 +564,214 @@ impl Relays {
     }
 }
 
+fn registered_listing(host: &str, r: &Registration) -> Listed {
+    let name = r
+        .link
+        .parse::<postern_proto::link::RelayLink>()
+        .ok()
+        .and_then(|l| l.name)
+        .unwrap_or_else(|| host.to_owned());
+    Listed {
+        name: format!("registered:{name}"),
+        link: r.link.clone(),
+        network: None,
+        country: None,
+    }
+}
+
+impl Relays {
+    /// A relay registers (or re-registers) itself. A relay whose operator
+    /// key is in `relay_operators` is handed out at once; others wait as
+    /// `pending` until an operator approves them. A host registered by
+    /// one operator key cannot be taken over by another.
+    pub async fn register(
+        &self,
+        msg: &postern_proto::pb::RegisterRelay,
+        now_ms: i64,
+    ) -> Result<(String, String), RelayError> {
+        use base64::Engine;
+        let key =
+            postern_proto::relay_auth::verify_registration(msg, u64::try_from(now_ms).unwrap_or(0))
+                .map_err(|e| RelayError::Registration(e.to_string()))?;
+        let link: postern_proto::link::RelayLink = msg
+            .link
+            .parse()
+            .map_err(|e| RelayError::Registration(format!("the relay link is invalid: {e}")))?;
+        if link.server_key != Some(self.server_key) {
+            return Err(RelayError::Registration(
+                "the relay link must carry this server's key (key=); the relay's --server link is for another server".into(),
+            ));
+        }
+        if msg.regions.len() > MAX_REGIONS
+            || !msg
+                .regions
+                .iter()
+                .all(|r| r.len() == 2 && r.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(RelayError::Registration(format!(
+                "regions must be at most {MAX_REGIONS} two-letter country codes (like RU, IR)"
+            )));
+        }
+        let key_text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.to_bytes());
+        let trusted = self.trusted_operators.contains(&key.to_bytes());
+        let mut d = self.distributor.lock().await;
+        let (state, newly_active) = {
+            let mut registered = self.registered.lock().expect("registrations lock");
+            let entry = registered.get(&link.host);
+            if let Some(old) = entry
+                && old.operator_key != key_text
+            {
+                return Err(RelayError::Registration(format!(
+                    "{} is registered by another operator key",
+                    link.host
+                )));
+            }
+            let old_state = entry.map(|r| r.state.clone());
+            let state = match old_state.as_deref() {
+                Some("retired") => "retired",
+                Some("active") => "active",
+                _ if trusted => "active",
+                _ => "pending",
+            };
+            let registration = Registration {
+                link: link.to_string(),
+                operator_key: key_text,
+                capacity: msg.capacity,
+                regions: msg.regions.clone(),
+                state: state.into(),
+                registered_ms: entry.map_or(now_ms, |r| r.registered_ms),
+                health: entry.and_then(|r| r.health.clone()),
+            };
+            let changed_link = entry.is_some_and(|r| r.link != registration.link);
+            registered.insert(link.host.clone(), registration);
+            (
+                state,
+                state == "active" && (old_state.as_deref() != Some("active") || changed_link),
+            )
+        };
+        if newly_active {
+            self.activate(&mut d, &link.host)?;
+        }
+        self.save(&d).await?;
+        Ok((state.into(), registration_message(state)))
+    }
+
+    /// Puts a registered relay in the catalog and the distributor.
+    fn activate(&self, d: &mut Distributor, host: &str) -> Result<(), RelayError> {
+        let r = self
+            .registered
+            .lock()
+            .expect("registrations lock")
+            .get(host)
+            .cloned()
+            .ok_or(RelayError::UnknownRelay)?;
+        let id = registered_relay_id(host);
+        {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            catalog.by_link.retain(|_, v| *v != id);
+            catalog.by_link.insert(r.link.clone(), id);
+            catalog.listed.insert(id, registered_listing(host, &r));
+        }
+        let known = d.relay_health().iter().any(|h| h.relay == id);
+        if !known {
+            let network = NetworkId(hash64(b"postern relay network v1\0", host.as_bytes()));
+            d.add_relay(id, network, now())?;
+            tracing::info!(relay = %host, "registered relay added");
+        }
+        Ok(())
+    }
+
+    /// A registered relay's health report; answers with its state.
+    pub async fn health(
+        &self,
+        msg: &postern_proto::pb::RelayHealthReport,
+        now_ms: i64,
+    ) -> Result<(String, String), RelayError> {
+        use base64::Engine;
+        let key = postern_proto::relay_auth::verify_health(msg, u64::try_from(now_ms).unwrap_or(0))
+            .map_err(|e| RelayError::Registration(e.to_string()))?;
+        let key_text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.to_bytes());
+        let d = self.distributor.lock().await;
+        let state = {
+            let mut registered = self.registered.lock().expect("registrations lock");
+            let r = registered
+                .get_mut(&msg.host)
+                .filter(|r| r.operator_key == key_text)
+                .ok_or(RelayError::UnknownRelay)?;
+            r.health = Some(ReportedHealth {
+                at_ms: now_ms,
+                connections_open: msg.connections_open,
+                sessions_total: msg.sessions_total,
+                bytes_up: msg.bytes_up,
+                bytes_down: msg.bytes_down,
+                auth_failures: msg.auth_failures,
+                replays: msg.replays,
+            });
+            r.state.clone()
+        };
+        self.save(&d).await?;
+        let message = registration_message(&state);
+        Ok((state, message))
+    }
+
+    /// An operator approves a pending registered relay: it is handed out
+    /// from now on.
+    pub async fn approve(&self, host: &str) -> Result<(), RelayError> {
+        let mut d = self.distributor.lock().await;
+        {
+            let mut registered = self.registered.lock().expect("registrations lock");
+            let r = registered.get_mut(host).ok_or(RelayError::UnknownRelay)?;
+            if r.state == "retired" {
+                return Err(RelayError::Registration(
+                    "a retired relay cannot come back; it must register under another address"
+                        .into(),
+                ));
+            }
+            r.state = "active".into();
+        }
+        self.activate(&mut d, host)?;
+        self.save(&d).await?;
+        Ok(())
+    }
+
+    /// An operator retires a registered relay: members are no longer given
+    /// it (those holding it get replacements as the rules allow), and the
+    /// relay learns it on its next report and sends everything to its
+    /// cover. Returns how many members held it.
+    pub async fn retire(&self, host: &str) -> Result<usize, RelayError> {
+        let mut d = self.distributor.lock().await;
+        {
+            let mut registered = self.registered.lock().expect("registrations lock");
+            let r = registered.get_mut(host).ok_or(RelayError::UnknownRelay)?;
+            r.state = "retired".into();
+        }
+        let id = registered_relay_id(host);
+        let held = if d.relay_health().iter().any(|h| h.relay == id && !h.retired) {
+            d.retire_relay(id, now())?.len()
+        } else {
+            0
+        };
+        self.catalog
+            .write()
+            .expect("catalog lock")
+            .by_link
+            .retain(|_, v| *v != id);
+        self.save(&d).await?;
+        tracing::info!(relay = %host, held, "registered relay retired");
+        Ok(held)
+    }
+}
+
+fn registration_message(state: &str) -> String {
+    match state {
+        "active" => "registered; members are given this relay".into(),
+        "pending" => {
+            "registered; waiting for an operator to approve this relay's operator key".into()
+        }
+        _ => "this relay is retired: send every connection to the cover site".into(),
+    }
+}
+
 /// Why a relay request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -418,6 +781,9 @@ pub enum RelayError {
     /// The link is not a configured relay.
     #[error("this link is not a relay this server gave out")]
     UnknownRelay,
+    /// A relay's registration or health report was refused.
+    #[error("{0}")]
+    Registration(String),
     /// The state could not be saved.
     #[error(transparent)]
     Store(#[from] anyhow::Error),

@@ -273,6 +273,8 @@ impl Service {
             Some(Req::CreateInvite(_)) => self.create_invite(session).await,
             Some(Req::FetchDirectory(_)) => self.fetch_directory(),
             Some(Req::ReportRoutes(r)) => self.report_routes(session, r).await,
+            Some(Req::RegisterRelay(r)) => self.register_relay(r).await,
+            Some(Req::RelayHealth(r)) => self.relay_health(r).await,
         };
         if let Err(Refusal(e)) = &result
             && e.code == ErrorCode::RateLimited as i32
@@ -502,6 +504,26 @@ impl Service {
     async fn report_blocked(&self, s: &SessionInfo, r: pb::ReportBlocked) -> Handled<Resp> {
         let account = self.relay_member(s).await?;
         Ok(relays_response(self.relays.report(account, &r.link).await?))
+    }
+
+    /// A volunteer's relay registers: signed by its operator key, no
+    /// account involved.
+    async fn register_relay(&self, r: pb::RegisterRelay) -> Handled<Resp> {
+        let (state, message) = self.relays.register(&r, now_ms()).await?;
+        Ok(Resp::RelayState(pb::RelayState { state, message }))
+    }
+
+    async fn relay_health(&self, r: pb::RelayHealthReport) -> Handled<Resp> {
+        let (state, message) = match self.relays.health(&r, now_ms()).await {
+            Err(RelayError::UnknownRelay) => {
+                return Err(refuse(
+                    ErrorCode::UnknownRelay,
+                    "this relay is not registered (or by another operator key); register first",
+                ));
+            }
+            other => other?,
+        };
+        Ok(Resp::RelayState(pb::RelayState { state, message }))
     }
 
     /// Public: any session may ask, registered or not (a new device needs
@@ -795,6 +817,7 @@ impl From<RelayError> for Refusal {
                 "you have no invitations left; more come as your trust level rises",
             ),
             RelayError::Policy(D::UnknownInvite) => invite_invalid(),
+            RelayError::Registration(message) => refuse(ErrorCode::BadRequest, message),
             RelayError::Store(e) => {
                 tracing::error!(error = %e, "relay request failed");
                 refuse(ErrorCode::Internal, "the server failed; try again")

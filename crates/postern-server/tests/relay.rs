@@ -30,7 +30,8 @@ async fn next_text(listener: &mut postern_client::Listener) -> String {
 async fn a_member_whose_only_route_is_a_relay_talks_and_the_relay_sees_only_ciphertext() {
     let t = TestServer::start().await;
     let cover = postern_relay::testing::start_cover().await;
-    let seen: Arc<Mutex<Vec<(Direction, Vec<u8>)>>> = Arc::default();
+    type Seen = Arc<Mutex<Vec<(Direction, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
     let tap: Tap = {
         let seen = seen.clone();
         Arc::new(move |dir, bytes: &[u8]| seen.lock().unwrap().push((dir, bytes.to_vec())))
@@ -83,15 +84,21 @@ async fn a_member_whose_only_route_is_a_relay_talks_and_the_relay_sees_only_ciph
     let secret_text = "meet me at the old bridge at noon";
     let reply_text = "the old bridge it is";
     let mut bob_events = bob.listen();
-    conn.send_text(&Target::Contact(Recipient::Username("bob".into())), secret_text)
-        .await
-        .unwrap();
+    conn.send_text(
+        &Target::Contact(Recipient::Username("bob".into())),
+        secret_text,
+    )
+    .await
+    .unwrap();
     assert_eq!(next_text(&mut bob_events).await, secret_text);
 
     let mut bob_conn = bob.connect().await.unwrap();
     let mut alice_events = alice.listen();
     bob_conn
-        .send_text(&Target::Contact(Recipient::Username("alice".into())), reply_text)
+        .send_text(
+            &Target::Contact(Recipient::Username("alice".into())),
+            reply_text,
+        )
         .await
         .unwrap();
     assert_eq!(next_text(&mut alice_events).await, reply_text);
@@ -111,7 +118,12 @@ async fn a_member_whose_only_route_is_a_relay_talks_and_the_relay_sees_only_ciph
         .filter(|(d, _)| *d == Direction::ToClient)
         .flat_map(|(_, b)| b.clone())
         .collect();
-    assert!(up.len() > 1000 && down.len() > 1000, "{} / {}", up.len(), down.len());
+    assert!(
+        up.len() > 1000 && down.len() > 1000,
+        "{} / {}",
+        up.len(),
+        down.len()
+    );
     for (what, needle) in [
         ("the message", secret_text.as_bytes()),
         ("the reply", reply_text.as_bytes()),
@@ -129,4 +141,193 @@ async fn a_member_whose_only_route_is_a_relay_talks_and_the_relay_sees_only_ciph
     let m = relay.metrics();
     assert!(m.relayed.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     assert_eq!(m.splices_for("bad_authenticator"), 0);
+}
+
+/// Starts a relay in front of a fresh cover for `t`'s server, with the
+/// operator key made from `seed`, reporting every second.
+async fn relay_for(
+    t: &TestServer,
+    name: &str,
+    seed: [u8; 32],
+) -> (postern_relay::RunningRelay, postern_relay::testing::Cover) {
+    use base64::Engine;
+    let cover = postern_relay::testing::start_cover().await;
+    let data_dir = t.dir.path().join(name);
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(
+        data_dir.join("operator-key"),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed),
+    )
+    .unwrap();
+    let relay = postern_relay::start(
+        RelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cover: cover.addr.to_string(),
+            sni: postern_relay::testing::SNI.into(),
+            server: t.server.link.to_string(),
+            data_dir,
+            name: Some(name.into()),
+            regions: vec!["RU".into(), "BY".into()],
+            report_interval_secs: 1,
+            ..RelayConfig::default()
+        },
+        Hooks::default(),
+    )
+    .await
+    .unwrap();
+    (relay, cover)
+}
+
+async fn wait_state(relay: &postern_relay::RunningRelay, want: &str) {
+    for _ in 0..100 {
+        if relay.server_state() == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the relay never became {want}: {}", relay.server_state());
+}
+
+fn operator_public(seed: [u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_register_report_get_handed_out_and_retire_to_their_cover() {
+    let trusted = [1u8; 32];
+    let t =
+        TestServer::start_with(|cfg| cfg.relay_operators = vec![operator_public(trusted)]).await;
+    let (good, _c1) = relay_for(&t, "trusted-relay", trusted).await;
+    let (other, _c2) = relay_for(&t, "stranger-relay", [2u8; 32]).await;
+    assert_eq!(good.operator_key(), operator_public(trusted));
+    wait_state(&good, "active").await;
+    wait_state(&other, "pending").await;
+
+    // The operators' view: both registered, health reported, no secrets.
+    let status = t.server.relays().status().await;
+    let host = good.link().host.clone();
+    let reg = status.registered.iter().find(|r| r.host == host).unwrap();
+    assert_eq!(reg.state, "active");
+    assert_eq!(reg.regions, ["RU", "BY"]);
+    assert!(reg.health.is_some());
+    let json = serde_json::to_string(&status).unwrap();
+    for relay in [&good, &other] {
+        use base64::Engine;
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(relay.link().secret);
+        assert!(
+            !json.contains(&secret),
+            "the operators' view shows no relay secret"
+        );
+    }
+
+    // A new member is given the active relay, not the pending one.
+    let (alice, alice_conn) = t.member("alice", "+14155552671").await;
+    let held = alice_conn.fetch_relays().await.unwrap();
+    assert_eq!(held.links, [good.link().to_string()]);
+    alice.set_assigned_relays(&held.links).unwrap();
+    assert_eq!(alice.relays().unwrap().len(), 1);
+
+    // An operator approves the stranger's relay; a newcomer may get either.
+    t.server.relays().approve(&other.link().host).await.unwrap();
+    wait_state(&other, "active").await;
+
+    // Retired: the relay learns it and becomes just its cover site.
+    t.server.relays().retire(&host).await.unwrap();
+    wait_state(&good, "retired").await;
+    let candidate = postern_client::connectivity::Candidate::from_relay(good.link(), 0).unwrap();
+    let err = alice
+        .probe(&candidate, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.0,
+        postern_transport::carrier::Failure::NotRelay,
+        "{err:?}"
+    );
+    assert!(good.metrics().splices_for("retired") >= 1);
+    let (cert, page) =
+        postern_relay::testing::fetch_page(good.local_addr(), postern_relay::testing::SNI)
+            .await
+            .unwrap();
+    assert!(!cert.is_empty() && page.contains("ordinary site"));
+    // A retired relay cannot come back by registering again, nor be approved.
+    assert!(t.server.relays().approve(&host).await.is_err());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(good.server_state(), "retired");
+}
+
+#[tokio::test]
+async fn forged_or_foreign_relay_registrations_are_refused() {
+    use postern_proto::pb;
+    use postern_proto::pb::request::Kind as Req;
+    let t = TestServer::start().await;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let now = u64::try_from(postern_client::now_ms()).unwrap();
+    let link = |server_key: [u8; 32], host: &str| postern_proto::link::RelayLink {
+        host: host.into(),
+        sni: "www.example.org".into(),
+        secret: [1; 32],
+        server_key: Some(server_key),
+        name: None,
+    };
+    let ours = t.server.link.noise_key;
+    let mut raw = t.raw().await;
+    let signed = |l: postern_proto::link::RelayLink, ts: u64, key: &ed25519_dalek::SigningKey| {
+        let mut m = pb::RegisterRelay {
+            link: l.to_string(),
+            capacity: 10,
+            timestamp_ms: ts,
+            ..Default::default()
+        };
+        postern_proto::relay_auth::sign_registration(key, &mut m);
+        m
+    };
+    let good = signed(link(ours, "192.0.2.1:443"), now, &key);
+    let mut tampered = good.clone();
+    tampered.capacity = 1_000_000;
+    let cases = [
+        ("a tampered registration", tampered),
+        (
+            "another server's relay",
+            signed(link([9; 32], "192.0.2.2:443"), now, &key),
+        ),
+        (
+            "a stale registration",
+            signed(link(ours, "192.0.2.3:443"), now - 3_600_000, &key),
+        ),
+    ];
+    for (what, msg) in cases {
+        let resp = raw.call(Req::RegisterRelay(msg)).await;
+        assert_eq!(
+            common::error_code(&resp),
+            pb::ErrorCode::BadRequest,
+            "{what}: {resp:?}"
+        );
+    }
+    // The genuine one is accepted (pending: the key is not trusted)...
+    match raw.call(Req::RegisterRelay(good)).await {
+        pb::response::Kind::RelayState(s) => assert_eq!(s.state, "pending"),
+        other => panic!("{other:?}"),
+    }
+    // ...and nobody else can take its host over or report for it.
+    let thief = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let stolen = signed(link(ours, "192.0.2.1:443"), now, &thief);
+    let resp = raw.call(Req::RegisterRelay(stolen)).await;
+    assert_eq!(common::error_code(&resp), pb::ErrorCode::BadRequest);
+    let mut health = pb::RelayHealthReport {
+        host: "192.0.2.1:443".into(),
+        timestamp_ms: now,
+        ..Default::default()
+    };
+    postern_proto::relay_auth::sign_health(&thief, &mut health);
+    let resp = raw.call(Req::RelayHealth(health)).await;
+    assert_eq!(common::error_code(&resp), pb::ErrorCode::UnknownRelay);
+    let status = t.server.relays().status().await;
+    assert_eq!(status.registered.len(), 1);
+    assert_eq!(status.registered[0].capacity, 10);
 }

@@ -18,7 +18,8 @@ pub struct RelayRunArgs {
     /// A TOML config file (keys as the flags, with `_`: listen, public,
     /// cover, sni, server, data_dir, name, metrics, metrics_public,
     /// max_connections, window_secs, handshake_timeout_secs,
-    /// cover_refresh_secs, replay_max_entries). Flags override it.
+    /// cover_refresh_secs, replay_max_entries, register, capacity,
+    /// regions, report_interval_secs). Flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where to listen (default 0.0.0.0:443).
@@ -53,6 +54,16 @@ pub struct RelayRunArgs {
     /// Most connections at once (default 16384).
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Countries the relay means to serve, comma-separated two-letter
+    /// codes (told to the server's distributor).
+    #[arg(long, value_delimiter = ',', value_name = "CC,CC")]
+    pub regions: Vec<String>,
+    /// Connections offered to the server (default: --max-connections).
+    #[arg(long)]
+    pub capacity: Option<usize>,
+    /// Do not register with the server nor report health.
+    #[arg(long)]
+    pub no_register: bool,
     /// Also print the relay link as a QR code.
     #[arg(long)]
     pub qr: bool,
@@ -92,6 +103,19 @@ impl RelayRunArgs {
         if let Some(v) = self.max_connections {
             c.max_connections = v;
         }
+        if !self.regions.is_empty() {
+            c.regions = self
+                .regions
+                .iter()
+                .map(|r| r.trim().to_ascii_uppercase())
+                .collect();
+        }
+        if let Some(v) = self.capacity {
+            c.capacity = Some(v);
+        }
+        if self.no_register {
+            c.register = false;
+        }
         Ok(c)
     }
 }
@@ -125,6 +149,10 @@ pub async fn run(args: RelayRunArgs) -> anyhow::Result<()> {
     raise_fd_limit(config.max_connections);
     let relay = postern_relay::start(config, postern_relay::Hooks::default()).await?;
     println!("Relay listening on {}", relay.local_addr());
+    println!(
+        "Operator key (give it to the server's operators to have this relay trusted): {}",
+        relay.operator_key()
+    );
     if let Some(m) = relay.metrics_addr() {
         println!("Metrics: http://{m}/metrics");
     }
