@@ -2,10 +2,19 @@
 //! hellos, authentic and fresh?
 //!
 //! The authenticator lives in `legacy_session_id`, which a real Chrome fills
-//! with 32 random bytes: `HMAC-SHA256(auth_key, record with the session id
-//! zeroed) XOR (0^24 ‖ unix seconds as u64 BE)`. Only the first 24 bytes are
-//! compared (in constant time); the last 8 carry the timestamp, masked by
-//! the rest of the MAC so the whole field still looks uniformly random.
+//! with 32 random bytes. With `auth_key` derived from the secret (HKDF,
+//! label `postern cloak v1 auth`), `H = HMAC-SHA256(auth_key, hello record
+//! with the session id zeroed)` and `t` the client's unix time in seconds:
+//!
+//! ```text
+//! session_id = HMAC-SHA256(auth_key, H ‖ t as u64 BE)[..24] ‖ (t as u64 BE XOR H[24..32])
+//! ```
+//!
+//! The relay recovers `t` from the last 8 bytes, recomputes the first 24 and
+//! compares them in constant time. Unlike a plain `H XOR (0^24 ‖ t)`, this
+//! also authenticates the timestamp: flipping any bit of the hello, the
+//! timestamp bytes included, fails. Both halves look uniformly random to
+//! anyone without the secret.
 //!
 //! This module never answers the peer: every [`Reject`] means "splice to
 //! the cover", and it must decide that from the bytes alone, without
@@ -19,7 +28,7 @@ use crate::Secret;
 use crate::hello::{self, MAX_RECORD_BODY, SESSION_ID_OFFSET, X25519};
 
 /// HKDF label of the key that authenticates client hellos.
-pub(crate) const AUTH_LABEL: &[u8] = b"postern cloak v1 auth";
+const AUTH_LABEL: &[u8] = b"postern cloak v1 auth";
 /// Smallest hello record body we ever send (a Chrome hello with its
 /// post-quantum share is about 1.9 KB; anything under 512 bytes is not ours).
 const MIN_HELLO_BODY: usize = 512;
@@ -90,7 +99,7 @@ impl Reject {
 #[derive(Clone, Debug)]
 pub struct Verified {
     /// The authenticator (first 24 bytes of the session id): the key for the
-    /// relay's replay cache.
+    /// relay's replay cache. It covers the whole hello and its timestamp.
     pub tag: [u8; 24],
     /// The client's clock when it sent the hello (unix seconds).
     pub timestamp: u64,
@@ -156,13 +165,37 @@ pub fn peek(buf: &[u8]) -> Peek {
     }
 }
 
-/// The HMAC over a hello record with its session id taken as zero.
-pub(crate) fn hello_mac(auth_key: &[u8; 32], record: &[u8]) -> [u8; 32] {
+/// `H`: the HMAC over a hello record with its session id taken as zero.
+fn hello_mac(auth_key: &[u8; 32], record: &[u8]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(auth_key).expect("HMAC takes any key length");
     mac.update(&record[..SESSION_ID_OFFSET]);
     mac.update(&[0; 32]);
     mac.update(&record[SESSION_ID_OFFSET + 32..]);
     mac.finalize().into_bytes().into()
+}
+
+/// The first 24 bytes of the session id: `HMAC(auth_key, H ‖ t)`.
+fn timestamp_tag(auth_key: &[u8; 32], h: &[u8; 32], timestamp: u64) -> [u8; 24] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(auth_key).expect("HMAC takes any key length");
+    mac.update(h);
+    mac.update(&timestamp.to_be_bytes());
+    let full = mac.finalize().into_bytes();
+    let mut tag = [0; 24];
+    tag.copy_from_slice(&full[..24]);
+    tag
+}
+
+/// The session id that authenticates `record` (whose own session id is
+/// ignored) as sent at `timestamp` by a holder of `secret`.
+pub(crate) fn authenticator(secret: &Secret, record: &[u8], timestamp: u64) -> [u8; 32] {
+    let key = secret.derive(AUTH_LABEL);
+    let h = hello_mac(&key, record);
+    let mut session_id = [0; 32];
+    session_id[..24].copy_from_slice(&timestamp_tag(&key, &h, timestamp));
+    for (i, t) in timestamp.to_be_bytes().into_iter().enumerate() {
+        session_id[24 + i] = t ^ h[24 + i];
+    }
+    session_id
 }
 
 /// Verifies a complete hello record (exactly the `len` bytes [`peek`]
@@ -191,25 +224,25 @@ pub fn verify(
         return Err(Reject::WrongSni);
     }
 
-    let mac = hello_mac(&secret.derive(AUTH_LABEL), record);
+    let key = secret.derive(AUTH_LABEL);
+    let h = hello_mac(&key, record);
     let session_id: [u8; 32] = record[SESSION_ID_OFFSET..SESSION_ID_OFFSET + 32]
         .try_into()
         .expect("peek checked the session id length");
-    if !bool::from(session_id[..24].ct_eq(&mac[..24])) {
-        return Err(Reject::BadAuthenticator);
-    }
     let mut stamp = [0; 8];
     for (i, b) in stamp.iter_mut().enumerate() {
-        *b = session_id[24 + i] ^ mac[24 + i];
+        *b = session_id[24 + i] ^ h[24 + i];
     }
     let timestamp = u64::from_be_bytes(stamp);
+    let tag = timestamp_tag(&key, &h, timestamp);
+    if !bool::from(session_id[..24].ct_eq(&tag)) {
+        return Err(Reject::BadAuthenticator);
+    }
     let skew = i128::from(timestamp) - i128::from(now_unix);
     if skew.unsigned_abs() > u128::from(window_secs) {
         let skew_secs = skew.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         return Err(Reject::Stale { skew_secs });
     }
-    let mut tag = [0; 24];
-    tag.copy_from_slice(&mac[..24]);
     Ok(Verified {
         tag,
         timestamp,

@@ -27,7 +27,7 @@ use subtle::ConstantTimeEq;
 use x25519_dalek::{EphemeralSecret, PublicKey};
 use zeroize::Zeroizing;
 
-use crate::auth::{AUTH_LABEL, Verified, hello_mac};
+use crate::auth::{Verified, authenticator};
 use crate::hello::{self, MLKEM768_CT_LEN, RANDOM_OFFSET, SESSION_ID_OFFSET, X25519MLKEM768};
 use crate::record::{Opener, Sealer, Session, TAG_LEN};
 use crate::shape::{self, CCS, CoverShape};
@@ -131,11 +131,7 @@ pub fn client_start(
     rng: &mut (impl RngCore + CryptoRng),
 ) -> (ClientPending, Vec<u8>) {
     let hello::BuiltHello { mut record, x25519 } = hello::build(&cfg.sni, rng);
-    let mac = hello_mac(&cfg.secret.derive(AUTH_LABEL), &record);
-    let mut session_id = mac;
-    for (b, t) in session_id[24..].iter_mut().zip(now_unix.to_be_bytes()) {
-        *b ^= t;
-    }
+    let session_id = authenticator(&cfg.secret, &record, now_unix);
     record[SESSION_ID_OFFSET..SESSION_ID_OFFSET + 32].copy_from_slice(&session_id);
     let pending = ClientPending {
         secret: cfg.secret.clone(),
