@@ -126,7 +126,9 @@ fn extension_bodies_match_chromium_where_chromium_is_constant() {
     let mine = bodies(&ours());
     let mut constant = 0;
     for (id, body) in &a {
-        if b[id] == *body {
+        // Both captures happen to share their supported_versions GREASE
+        // value (a 1-in-16 chance); that body is not constant in Chrome.
+        if b[id] == *body && *id != 0x002b {
             constant += 1;
             assert_eq!(mine[id], *body, "extension {id:#06x}");
         }
