@@ -66,6 +66,12 @@ impl<S> CloakStream<S> {
         &self.inner
     }
 
+    /// The underlying stream, mutably (writing to it directly corrupts the
+    /// session).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// Bytes currently held in this stream's buffers (for memory budgets).
     pub fn buffered_capacity(&self) -> usize {
         self.rbuf.capacity() + self.wbuf.capacity() + self.plain.len()
