@@ -132,11 +132,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CloakStream<S> {
                     Err(io::ErrorKind::UnexpectedEof.into())
                 });
             }
-            let missing = if this.rbuf.len() >= 5 {
-                5 + usize::from(u16::from_be_bytes([this.rbuf[3], this.rbuf[4]])) - this.rbuf.len()
-            } else {
-                5 - this.rbuf.len()
+            let record_len = match this.rbuf.get(3..5) {
+                Some(len) => 5 + usize::from(u16::from_be_bytes([len[0], len[1]])),
+                None => 5,
             };
+            let missing = record_len.saturating_sub(this.rbuf.len());
             let old = this.rbuf.len();
             this.rbuf.resize(old + missing.max(READ_CHUNK), 0);
             let mut rb = ReadBuf::new(&mut this.rbuf[old..]);
