@@ -284,18 +284,17 @@ pub fn mlkem_coefficients(ek: &[u8]) -> impl Iterator<Item = u16> + '_ {
 }
 
 /// An ECH GREASE extension body as BoringSSL makes it: outer type, HKDF-SHA256
-/// and AES-128-GCM, a random config id, a random 32-byte `enc`, and a random
-/// payload of one of Chrome's lengths.
-fn ech_grease(rng: &mut impl RngCore, e: &mut Vec<u8>) {
+/// and AES-128-GCM, a random config id, an `enc` that is a fresh X25519
+/// public key (random bytes would have their top bit set half the time,
+/// which a real key never has), and a random payload of one of Chrome's
+/// lengths.
+fn ech_grease(rng: &mut (impl RngCore + CryptoRng), e: &mut Vec<u8>) {
     e.push(0);
     put_u16(e, 0x0001);
     put_u16(e, 0x0001);
     e.push(rng.next_u32() as u8);
-    prefixed(e, 2, |e| {
-        let at = e.len();
-        e.resize(at + 32, 0);
-        rng.fill_bytes(&mut e[at..]);
-    });
+    let enc = PublicKey::from(&EphemeralSecret::random_from_rng(&mut *rng));
+    prefixed(e, 2, |e| e.extend_from_slice(enc.as_bytes()));
     let len = ECH_PAYLOAD_LENS[rng.gen_range(0..ECH_PAYLOAD_LENS.len())];
     prefixed(e, 2, |e| {
         let at = e.len();
@@ -343,6 +342,9 @@ pub struct ClientHelloInfo {
     /// The length of the ECH payload, if an `encrypted_client_hello`
     /// extension of the outer type is present.
     pub ech_payload_len: Option<usize>,
+    /// The ECH `enc` (the HPKE encapsulated key) of an outer-type
+    /// `encrypted_client_hello` extension.
+    pub ech_enc: Option<Vec<u8>>,
 }
 
 impl ClientHelloInfo {
@@ -463,7 +465,7 @@ pub fn parse_client_hello(record: &[u8]) -> Result<ClientHelloInfo, CloakError> 
             ext::ENCRYPTED_CLIENT_HELLO => {
                 if body.u8()? == 0 {
                     body.take(2 + 2 + 1)?;
-                    body.prefixed16()?;
+                    info.ech_enc = Some(body.prefixed16()?.rest().to_vec());
                     info.ech_payload_len = Some(body.prefixed16()?.rest().len());
                 }
                 body.rest();

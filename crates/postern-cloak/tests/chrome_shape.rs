@@ -184,6 +184,43 @@ fn nothing_chrome_varies_is_constant() {
 }
 
 #[test]
+fn same_length_as_chromium_for_the_same_ech_length() {
+    for i in 0..2 {
+        let theirs = chromium(i);
+        let ech = parse_client_hello(&theirs)
+            .unwrap()
+            .ech_payload_len
+            .unwrap();
+        let ours = loop {
+            let ours = ours();
+            if parse_client_hello(&ours).unwrap().ech_payload_len == Some(ech) {
+                break ours;
+            }
+        };
+        assert_eq!(ours.len(), theirs.len());
+    }
+}
+
+#[test]
+fn x25519_keys_look_like_real_ones() {
+    // An X25519 public key is below 2^255: its top bit is always clear.
+    // Chromium's ECH GREASE `enc` is a real key too.
+    let top_bit_clear = |k: &[u8]| k.len() == 32 && k[31] & 0x80 == 0;
+    for i in 0..2 {
+        let theirs = parse_client_hello(&chromium(i)).unwrap();
+        assert!(top_bit_clear(theirs.ech_enc.as_deref().unwrap()));
+    }
+    for _ in 0..64 {
+        let info = parse_client_hello(&ours()).unwrap();
+        assert!(top_bit_clear(info.ech_enc.as_deref().unwrap()));
+        assert!(top_bit_clear(info.key_share(X25519).unwrap()));
+        assert!(top_bit_clear(
+            &info.key_share(X25519MLKEM768).unwrap()[1184..]
+        ));
+    }
+}
+
+#[test]
 fn mlkem_coefficients_are_in_range() {
     for _ in 0..32 {
         let info = parse_client_hello(&ours()).unwrap();
