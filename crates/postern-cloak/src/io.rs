@@ -27,8 +27,9 @@ const WRITE_BATCH: usize = 2 * MAX_RECORD_PAYLOAD;
 /// A flushed write buffer bigger than this is released, so an idle stream
 /// keeps at most this much.
 const KEEP_WRITE_CAPACITY: usize = 4096;
-/// The relay's whole flight must fit in this.
-const MAX_FLIGHT: usize = 64 * 1024;
+/// The relay's whole flight must fit in this (a ServerHello and up to 16
+/// full records, the most a learned cover shape has).
+const MAX_FLIGHT: usize = 17 * 16 * 1024 + 2048;
 
 /// A cloak session over a byte stream: what you write is sealed into
 /// application-data records, what you read is opened from them.

@@ -89,6 +89,41 @@
 //!    wraps a session around any tokio stream; [`client_connect`] does the
 //!    client's whole handshake.
 //!
+//! The whole exchange, in memory (the relay daemon does the same around a
+//! socket, and splices to the cover on any `Reject`):
+//!
+//! ```
+//! use postern_cloak::*;
+//! use rand::rngs::OsRng;
+//!
+//! let secret = Secret::generate(&mut OsRng);
+//! let cfg = ClientConfig { secret: secret.clone(), sni: "example.org".into() };
+//! let now = 1_800_000_000;
+//!
+//! // Client: the hello.
+//! let (mut client, hello) = client_start(&cfg, now, &mut OsRng);
+//!
+//! // Relay: peek until a whole hello is there, verify, answer.
+//! let Peek::Complete { len } = peek(&hello) else { panic!("splice to the cover") };
+//! let verified = verify(&secret, "example.org", &hello[..len], now, 30).expect("authentic");
+//! // (check verified.tag against the replay cache here)
+//! let (flight, mut relay) = respond(&secret, &verified, &CoverShape::fallback(), &mut OsRng);
+//!
+//! // Client: the flight; it answers with its confirmation.
+//! let Step::Done { value: (mut client_session, reply), .. } =
+//!     client.on_server_bytes(&flight)? else { panic!("read more") };
+//!
+//! // Relay: the confirmation; both sides now hold a session.
+//! let Step::Done { value: mut relay_session, .. } =
+//!     relay.on_client_bytes(&reply)? else { panic!("read more") };
+//!
+//! let mut wire = Vec::new();
+//! client_session.sealer.seal(b"a Noise message", &mut wire)?;
+//! let mut buf = bytes::BytesMut::from(&wire[..]);
+//! assert_eq!(relay_session.opener.open(&mut buf)?.unwrap(), &b"a Noise message"[..]);
+//! # Ok::<(), CloakError>(())
+//! ```
+//!
 //! Everything but [`io`] is sans-IO: feed bytes, get bytes and verdicts
 //! back, so the same code runs under the relay, the client, the tests and
 //! the fuzzers.
