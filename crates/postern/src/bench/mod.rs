@@ -29,6 +29,7 @@ use tokio::sync::{Mutex, Semaphore};
 mod failover;
 mod mls;
 mod mqtt;
+mod relay;
 
 /// What to measure.
 #[derive(clap::Subcommand)]
@@ -48,6 +49,9 @@ pub enum BenchCommand {
     /// A reconnect storm: many registered clients connecting at once;
     /// accept rate and server memory.
     Storm(StormArgs),
+    /// Throughput through the relay against socat and shadowsocks-rust,
+    /// and the relay's memory per idle connection with many open.
+    Relay(relay::RelayArgs),
 }
 
 /// The traffic of one delivery run; `bench delivery` and `bench mqtt` take
@@ -320,13 +324,18 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Mls(a) => tokio::task::spawn_blocking(move || mls::run(a)).await?,
         BenchCommand::Failover(a) => failover::failover(a).await,
         BenchCommand::Storm(a) => storm(a).await,
+        BenchCommand::Relay(a) => relay::run(a).await,
     }
 }
 
-/// Raises this process's open-file limit to its hard limit; many sockets.
+/// Raises this process's open-file limit: to 65,536 if it may raise the
+/// hard limit (root), else to the hard limit. Many sockets.
 pub fn raise_fd_limit() {
     if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
-        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+        let want = hard.max(65_536);
+        if rlimit::Resource::NOFILE.set(want, want).is_err() {
+            let _ = rlimit::Resource::NOFILE.set(hard, hard);
+        }
     }
 }
 

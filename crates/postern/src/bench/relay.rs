@@ -1,0 +1,382 @@
+//! `postern bench relay`: bulk throughput through the relay against a
+//! plain TCP forwarder (socat) and shadowsocks-rust in the same run, then
+//! the relay's memory per idle established connection with many open.
+//!
+//! Every forwarder runs as its own process in front of the same sink (a
+//! TCP listener in this process that counts what arrives and answers with
+//! the count). The relay is `postern relay` (this binary) with a local
+//! HTTPS cover; its client — the cloak handshake and records — runs in
+//! this process, as shadowsocks' client (`sslocal`, a separate process)
+//! does its encryption for it. Throughput is bytes from the first write to
+//! the sink's acknowledgement of the last byte.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use super::{free_port, rss_kib};
+
+/// Options of `postern bench relay`.
+#[derive(clap::Args)]
+pub struct RelayArgs {
+    /// MiB sent through each forwarder per run.
+    #[arg(long, default_value_t = 256)]
+    mib: u64,
+    /// Runs per forwarder (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Idle connections to hold open through the relay for the memory
+    /// figure (each is a completed cloak handshake with a connection on to
+    /// the server side).
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// The socat binary.
+    #[arg(long, default_value = "socat")]
+    socat: String,
+    /// A directory holding shadowsocks-rust's `ssserver` and `sslocal`
+    /// (`cargo install shadowsocks-rust --locked --root DIR` puts them in
+    /// DIR/bin); skipped with a note if absent.
+    #[arg(long, value_name = "DIR")]
+    shadowsocks: Option<PathBuf>,
+}
+
+/// The sink: counts each connection's bytes until EOF, answers with the
+/// count (8 bytes, big-endian) and keeps the connection until the peer
+/// closes.
+async fn sink() -> anyhow::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut n = 0u64;
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(got) => n += got as u64,
+                        Err(_) => return,
+                    }
+                }
+                let _ = s.write_all(&n.to_be_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Sends `bytes` over `stream`, half-closes, and waits for the sink's
+/// count; returns the elapsed time.
+async fn push<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    bytes: u64,
+) -> anyhow::Result<Duration> {
+    let chunk = vec![0x5au8; 64 * 1024];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        stream.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    stream.shutdown().await?;
+    let mut count = [0u8; 8];
+    stream
+        .read_exact(&mut count)
+        .await
+        .context("the sink's acknowledgement did not come back")?;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(
+        u64::from_be_bytes(count) == bytes,
+        "the sink got {} bytes of {bytes}",
+        u64::from_be_bytes(count)
+    );
+    Ok(elapsed)
+}
+
+/// A child process killed on drop.
+struct Child(tokio::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+async fn wait_listening(addr: &str) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nothing listens on {addr}")
+}
+
+/// `postern relay` in front of a local cover, forwarding to `sink`;
+/// returns the child, its address and the relay secret.
+async fn start_relay(
+    dir: &Path,
+    sink: std::net::SocketAddr,
+    cover: std::net::SocketAddr,
+) -> anyhow::Result<(Child, String, postern_cloak::ClientConfig)> {
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    // The relay never checks the server's key (it forwards bytes); any key
+    // makes a valid link.
+    let server = format!("postern://server?v=1&tcp={sink}&key={}", "A".repeat(43));
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["relay", "--listen", &listen, "--cover"])
+        .arg(cover.to_string())
+        .args(["--sni", postern_relay::testing::SNI, "--server", &server])
+        .arg("--data-dir")
+        .arg(dir.join("relay"))
+        .args(["--no-register", "--max-connections", "30000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start `postern relay`")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let link = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.starts_with("postern://relay?") {
+                return anyhow::Ok(line);
+            }
+        }
+        bail!("the relay exited without printing its link")
+    })
+    .await
+    .context("the relay did not start in 30 s")??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let link: postern_proto::link::RelayLink = link.parse()?;
+    let cfg = postern_cloak::ClientConfig {
+        secret: postern_cloak::Secret::from_bytes(link.secret),
+        sni: link.sni.clone(),
+    };
+    Ok((Child(child), listen, cfg))
+}
+
+async fn cloak_connect(
+    addr: &str,
+    cfg: &postern_cloak::ClientConfig,
+) -> anyhow::Result<postern_cloak::io::CloakStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    postern_cloak::io::client_connect(tcp, cfg, Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow::anyhow!("cloak handshake: {e}"))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn mib_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1_048_576.0 / d.as_secs_f64()
+}
+
+/// `postern bench relay`
+pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.runs > 0 && a.mib > 0, "--runs and --mib must be at least 1");
+    let bytes = a.mib * 1_048_576;
+    let dir = tempfile::tempdir()?;
+    let sink = sink().await?;
+    let cover = postern_relay::testing::start_cover().await;
+    let mut results: Vec<(String, Option<Duration>, String)> = Vec::new();
+
+    eprintln!("Throughput: {} MiB per run, {} runs each, one stream.", a.mib, a.runs);
+    // Direct, for reference: what loopback alone costs.
+    let mut runs = Vec::new();
+    for _ in 0..a.runs {
+        runs.push(push(TcpStream::connect(sink).await?, bytes).await?);
+    }
+    results.push(("direct (no forwarder)".into(), Some(median(runs)), String::new()));
+
+    // socat, a plain TCP forwarder.
+    let port = free_port()?;
+    let socat = tokio::process::Command::new(&a.socat)
+        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+        .arg(format!("TCP:{sink}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    match socat {
+        Ok(child) => {
+            let _child = Child(child);
+            let addr = format!("127.0.0.1:{port}");
+            wait_listening(&addr).await?;
+            let mut runs = Vec::new();
+            for _ in 0..a.runs {
+                runs.push(push(TcpStream::connect(&addr).await?, bytes).await?);
+            }
+            results.push(("socat (plain TCP forwarder)".into(), Some(median(runs)), String::new()));
+        }
+        Err(e) => results.push(("socat".into(), None, format!("skipped: cannot run {}: {e}", a.socat))),
+    }
+
+    // shadowsocks-rust: sslocal (tunnel) -> ssserver -> sink.
+    let ss_bin = |name: &str| {
+        a.shadowsocks.as_ref().map(|d| {
+            let in_bin = d.join("bin").join(name);
+            if in_bin.exists() { in_bin } else { d.join(name) }
+        })
+    };
+    match (ss_bin("ssserver"), ss_bin("sslocal")) {
+        (Some(server), Some(local)) if server.exists() && local.exists() => {
+            let (sp, lp) = (free_port()?, free_port()?);
+            let method = "chacha20-ietf-poly1305";
+            let ssserver = tokio::process::Command::new(&server)
+                .args(["-s", &format!("127.0.0.1:{sp}"), "-m", method, "-k", "bench-password"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start ssserver")?;
+            let sslocal = tokio::process::Command::new(&local)
+                .args(["-s", &format!("127.0.0.1:{sp}"), "-m", method, "-k", "bench-password"])
+                .args(["-b", &format!("127.0.0.1:{lp}"), "--protocol", "tunnel"])
+                .args(["--forward-addr", &sink.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start sslocal")?;
+            let (_s, _l) = (Child(ssserver), Child(sslocal));
+            let addr = format!("127.0.0.1:{lp}");
+            wait_listening(&format!("127.0.0.1:{sp}")).await?;
+            wait_listening(&addr).await?;
+            let mut runs = Vec::new();
+            for _ in 0..a.runs {
+                runs.push(push(TcpStream::connect(&addr).await?, bytes).await?);
+            }
+            results.push((
+                format!("shadowsocks-rust ({method}, sslocal+ssserver)"),
+                Some(median(runs)),
+                String::new(),
+            ));
+        }
+        _ => results.push((
+            "shadowsocks-rust".into(),
+            None,
+            "skipped: pass --shadowsocks DIR (see --help)".into(),
+        )),
+    }
+
+    // The relay.
+    let (relay, relay_addr, cfg) = start_relay(dir.path(), sink, cover.addr).await?;
+    let relay_pid = relay.0.id().context("the relay exited")?;
+    let mut runs = Vec::new();
+    for _ in 0..a.runs {
+        runs.push(push(cloak_connect(&relay_addr, &cfg).await?, bytes).await?);
+    }
+    let relay_time = median(runs);
+    results.push(("postern relay (cloak, client in-process)".into(), Some(relay_time), String::new()));
+
+    let find = |prefix: &str| {
+        results
+            .iter()
+            .find(|(n, t, _)| n.starts_with(prefix) && t.is_some())
+            .and_then(|(_, t, _)| *t)
+    };
+    for (name, t, note) in &results {
+        match t {
+            Some(t) => println!("  {name:<48} {:>8.1} MiB/s", mib_per_s(bytes, *t)),
+            None => println!("  {name:<48} {note}"),
+        }
+    }
+    let ratio = |other: Option<Duration>| {
+        other.map(|o| o.as_secs_f64() / relay_time.as_secs_f64())
+    };
+    if let Some(r) = ratio(find("socat")) {
+        println!("  relay / socat throughput: {r:.2}× (target ≥ 0.80)");
+    }
+    if let Some(r) = ratio(find("shadowsocks")) {
+        println!("  relay / shadowsocks-rust throughput: {r:.2}× (target ≥ 1.00)");
+    }
+
+    // Memory per idle established connection, and many at once.
+    eprintln!("Opening {} idle connections through the relay…", a.idle);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(relay_pid).context("reading the relay's memory needs Linux /proc")?;
+    let gate = Arc::new(Semaphore::new(256));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..a.idle {
+        let gate = gate.clone();
+        let (addr, cfg) = (relay_addr.clone(), cfg.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let mut s = cloak_connect(&addr, &cfg).await?;
+            // A byte through to the server side, so the session is
+            // established end to end.
+            s.write_all(b"x").await?;
+            s.flush().await?;
+            anyhow::Ok(s)
+        });
+    }
+    let mut open = Vec::with_capacity(a.idle);
+    let mut failed = 0usize;
+    let start = Instant::now();
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok(s) => open.push(s),
+            Err(e) => {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("  a connection failed: {e:#}");
+                }
+            }
+        }
+        if open.len().is_multiple_of(2000) && !open.is_empty() {
+            eprintln!("  {} open", open.len());
+        }
+    }
+    let opened_in = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(relay_pid).context("the relay exited")?;
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / open.len().max(1) as f64;
+    println!(
+        "  idle connections open at once through the relay: {} ({} failed), opened in {:.1} s ({:.0}/s)",
+        open.len(),
+        failed,
+        opened_in.as_secs_f64(),
+        open.len() as f64 / opened_in.as_secs_f64()
+    );
+    println!(
+        "  relay memory: {before} KiB before, {after} KiB with them open: {:.1} KiB per idle connection (target ≤ 32 KiB)",
+        per / 1024.0
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "relay",
+            "mib": a.mib,
+            "runs": a.runs,
+            "throughput_mib_s": results.iter().filter_map(|(n, t, _)| t.map(|t| (n.clone(), mib_per_s(bytes, t)))).collect::<std::collections::BTreeMap<_, _>>(),
+            "relay_over_socat": ratio(find("socat")),
+            "relay_over_shadowsocks": ratio(find("shadowsocks")),
+            "idle_open": open.len(),
+            "idle_failed": failed,
+            "relay_rss_before_kib": before,
+            "relay_rss_after_kib": after,
+            "relay_bytes_per_idle_connection": per,
+        })
+    );
+    drop(open);
+    drop(relay);
+    Ok(())
+}
