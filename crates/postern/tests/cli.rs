@@ -609,3 +609,111 @@ fn http_get(s: &ServerProc, path: &str) -> String {
     );
     body.to_owned()
 }
+
+/// A volunteer runs `postern relay` in front of a cover site; a member
+/// adds, lists, tests and removes it; `relay doctor` says what is wrong.
+#[test]
+fn a_relay_from_the_command_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProc::start(dir.path());
+    // The cover site: an HTTPS server in this test's own runtime.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cover = rt.block_on(postern_relay::testing::start_cover());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let link_file = s.link_file();
+    let relay_args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "--listen".into(),
+            listen.clone(),
+            "--cover".into(),
+            cover.addr.to_string(),
+            "--sni".into(),
+            postern_relay::testing::SNI.into(),
+            "--server".into(),
+            link_file.to_str().unwrap().into(),
+            "--data-dir".into(),
+            dir.path().join("relay").to_str().unwrap().into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+
+    // Missing settings are named.
+    let out = Command::new(BIN)
+        .args(["relay", "--listen", &listen])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no cover site"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut relay = Command::new(BIN)
+        .arg("relay")
+        .args(relay_args(&["--qr", "--name", "cli-relay"]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(relay.stdout.take().unwrap()).lines();
+    let link = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.starts_with("postern://relay?"))
+        .expect("the relay prints its link");
+    assert!(link.contains("&name=cli-relay"), "{link}");
+    // The QR code follows the link.
+    let qr: String = lines.by_ref().take(5).map(|l| l.unwrap()).collect();
+    assert!(
+        qr.contains('▀') || qr.contains('▄') || qr.contains('█'),
+        "{qr}"
+    );
+    std::thread::spawn(move || for _ in lines {});
+
+    let alice = dir.path().join("alice");
+    member(&s, &alice, "+14155552671", "alice");
+    assert!(ok(&alice, &["relay", "list"]).contains("No relays"));
+    assert!(ok(&alice, &["relay", "add", &link]).contains("Added relay cli-relay"));
+    let listed = ok(&alice, &["relay", "list"]);
+    assert!(
+        listed.contains("cli-relay") && listed.contains("not tried yet"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("secret="),
+        "list never shows the secret: {listed}"
+    );
+    let tested = ok(&alice, &["relay", "test"]);
+    assert!(tested.starts_with("ok    cli-relay"), "{tested}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&alice, &["relay", "list", "--json"])).unwrap();
+    assert_eq!(json[0]["name"], "cli-relay");
+    assert_eq!(json[0]["source"], "manual");
+
+    // Doctor: the cover and the server are fine; the cover's name does not
+    // resolve to this relay (it is a made-up name), which it says how to fix.
+    let out = Command::new(BIN)
+        .args(["relay", "doctor"])
+        .args(relay_args(&[]))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("ok    the cover"), "{report}");
+    assert!(report.contains("ok    something listens"), "{report}");
+    assert!(report.contains("ok    the server answers"), "{report}");
+    assert!(
+        report.contains("FAIL  www.example.org resolves"),
+        "{report}"
+    );
+    assert!(!out.status.success());
+
+    let gone = postern(&alice, &["relay", "remove", "nowhere:1"]);
+    assert!(!gone.status.success());
+    assert!(ok(&alice, &["relay", "remove", "cli-relay"]).contains("Removed 1"));
+    assert!(ok(&alice, &["relay", "list"]).contains("No relays"));
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
