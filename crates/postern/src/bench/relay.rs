@@ -191,20 +191,30 @@ fn mib_per_s(bytes: u64, d: Duration) -> f64 {
 
 /// `postern bench relay`
 pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.runs > 0 && a.mib > 0, "--runs and --mib must be at least 1");
+    anyhow::ensure!(
+        a.runs > 0 && a.mib > 0,
+        "--runs and --mib must be at least 1"
+    );
     let bytes = a.mib * 1_048_576;
     let dir = tempfile::tempdir()?;
     let sink = sink().await?;
     let cover = postern_relay::testing::start_cover().await;
     let mut results: Vec<(String, Option<Duration>, String)> = Vec::new();
 
-    eprintln!("Throughput: {} MiB per run, {} runs each, one stream.", a.mib, a.runs);
+    eprintln!(
+        "Throughput: {} MiB per run, {} runs each, one stream.",
+        a.mib, a.runs
+    );
     // Direct, for reference: what loopback alone costs.
     let mut runs = Vec::new();
     for _ in 0..a.runs {
         runs.push(push(TcpStream::connect(sink).await?, bytes).await?);
     }
-    results.push(("direct (no forwarder)".into(), Some(median(runs)), String::new()));
+    results.push((
+        "direct (no forwarder)".into(),
+        Some(median(runs)),
+        String::new(),
+    ));
 
     // socat, a plain TCP forwarder.
     let port = free_port()?;
@@ -224,16 +234,28 @@ pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
             for _ in 0..a.runs {
                 runs.push(push(TcpStream::connect(&addr).await?, bytes).await?);
             }
-            results.push(("socat (plain TCP forwarder)".into(), Some(median(runs)), String::new()));
+            results.push((
+                "socat (plain TCP forwarder)".into(),
+                Some(median(runs)),
+                String::new(),
+            ));
         }
-        Err(e) => results.push(("socat".into(), None, format!("skipped: cannot run {}: {e}", a.socat))),
+        Err(e) => results.push((
+            "socat".into(),
+            None,
+            format!("skipped: cannot run {}: {e}", a.socat),
+        )),
     }
 
     // shadowsocks-rust: sslocal (tunnel) -> ssserver -> sink.
     let ss_bin = |name: &str| {
         a.shadowsocks.as_ref().map(|d| {
             let in_bin = d.join("bin").join(name);
-            if in_bin.exists() { in_bin } else { d.join(name) }
+            if in_bin.exists() {
+                in_bin
+            } else {
+                d.join(name)
+            }
         })
     };
     match (ss_bin("ssserver"), ss_bin("sslocal")) {
@@ -241,14 +263,28 @@ pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
             let (sp, lp) = (free_port()?, free_port()?);
             let method = "chacha20-ietf-poly1305";
             let ssserver = tokio::process::Command::new(&server)
-                .args(["-s", &format!("127.0.0.1:{sp}"), "-m", method, "-k", "bench-password"])
+                .args([
+                    "-s",
+                    &format!("127.0.0.1:{sp}"),
+                    "-m",
+                    method,
+                    "-k",
+                    "bench-password",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
                 .context("cannot start ssserver")?;
             let sslocal = tokio::process::Command::new(&local)
-                .args(["-s", &format!("127.0.0.1:{sp}"), "-m", method, "-k", "bench-password"])
+                .args([
+                    "-s",
+                    &format!("127.0.0.1:{sp}"),
+                    "-m",
+                    method,
+                    "-k",
+                    "bench-password",
+                ])
                 .args(["-b", &format!("127.0.0.1:{lp}"), "--protocol", "tunnel"])
                 .args(["--forward-addr", &sink.to_string()])
                 .stdout(Stdio::null())
@@ -285,7 +321,11 @@ pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
         runs.push(push(cloak_connect(&relay_addr, &cfg).await?, bytes).await?);
     }
     let relay_time = median(runs);
-    results.push(("postern relay (cloak, client in-process)".into(), Some(relay_time), String::new()));
+    results.push((
+        "postern relay (cloak, client in-process)".into(),
+        Some(relay_time),
+        String::new(),
+    ));
 
     let find = |prefix: &str| {
         results
@@ -299,9 +339,7 @@ pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
             None => println!("  {name:<48} {note}"),
         }
     }
-    let ratio = |other: Option<Duration>| {
-        other.map(|o| o.as_secs_f64() / relay_time.as_secs_f64())
-    };
+    let ratio = |other: Option<Duration>| other.map(|o| o.as_secs_f64() / relay_time.as_secs_f64());
     if let Some(r) = ratio(find("socat")) {
         println!("  relay / socat throughput: {r:.2}× (target ≥ 0.80)");
     }
