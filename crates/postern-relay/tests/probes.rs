@@ -282,3 +282,57 @@ async fn the_replay_cache_survives_a_restart() {
         1
     );
 }
+
+#[tokio::test]
+async fn metrics_are_served_on_loopback_only() {
+    let cover = testing::start_cover().await;
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cover: cover.addr.to_string(),
+        sni: SNI.into(),
+        server: format!(
+            "postern://server?v=1&tcp={}&key={}",
+            server.local_addr().unwrap(),
+            base64_key([3; 32])
+        ),
+        data_dir: dir.path().join("relay"),
+        register: false,
+        metrics: Some("0.0.0.0:0".parse().unwrap()),
+        ..RelayConfig::default()
+    };
+    let refused = postern_relay::start(config.clone(), Hooks::default()).await;
+    let err = refused.err().expect("a public metrics port is refused");
+    assert!(err.to_string().contains("not on loopback"), "{err}");
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let relay = postern_relay::start(config, Hooks::default())
+        .await
+        .unwrap();
+    probe(
+        relay.local_addr(),
+        b"GET / HTTP/1.0\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    let page = probe(
+        relay.metrics_addr().unwrap(),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    let text = String::from_utf8(page.bytes).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("postern_relay_connections_total 1"), "{text}");
+    assert!(
+        text.contains("postern_relay_cover_splices_total{reason=\"not_tls\"} 1"),
+        "{text}"
+    );
+    let other = probe(
+        relay.metrics_addr().unwrap(),
+        b"GET / HTTP/1.1\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&other.bytes).starts_with("HTTP/1.1 404"));
+}
