@@ -386,44 +386,6 @@ impl Client {
         f(&mut lock(&self.inner.home))
     }
 
-    /// The TCP endpoints to try, in order: those of the current verified
-    /// directory by priority, then the link's (which always work as a last
-    /// resort, even if the directory lists none). Endpoints of equal
-    /// priority — several server nodes — are rotated by this device's key,
-    /// so devices spread over the nodes, each always starting at the same
-    /// one and moving round to the next when it goes away.
-    pub fn tcp_candidates(&self) -> Vec<String> {
-        let spread = usize::from(self.inner.noise.public[0]);
-        let mut addrs: Vec<String> = Vec::new();
-        if let Ok(Some(d)) = self.directory() {
-            let tcp: Vec<_> = d
-                .directory()
-                .endpoints_by_priority()
-                .into_iter()
-                .filter(|e| e.carrier == postern_proto::directory::Carrier::Tcp)
-                .collect();
-            for group in tcp.chunk_by(|a, b| a.priority == b.priority) {
-                let start = spread % group.len();
-                addrs.extend(
-                    group
-                        .iter()
-                        .cycle()
-                        .skip(start)
-                        .take(group.len())
-                        .map(|e| e.addr()),
-                );
-            }
-        }
-        let link = &self.inner.link.tcp;
-        let start = spread % link.len().max(1);
-        for a in link.iter().cycle().skip(start).take(link.len()) {
-            if !addrs.contains(a) {
-                addrs.push(a.clone());
-            }
-        }
-        addrs
-    }
-
     /// Sets how this client notices dead routes and races for new ones.
     pub fn set_connectivity(&self, c: Connectivity) {
         *lock(&self.inner.connectivity) = c;
