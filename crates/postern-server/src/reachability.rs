@@ -27,6 +27,7 @@ const CLASSES: &[&str] = &[
     "tls-alert",
     "freeze",
     "certificate-mismatch",
+    "not-relay",
     "closed",
     "other",
 ];

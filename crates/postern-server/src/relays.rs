@@ -453,6 +453,40 @@ impl Relays {
         Ok(self.holding(&d, member, assignment.relays, assignment.level, t))
     }
 
+    /// A member's client found the relay at `host` (`HOST:PORT`, from a
+    /// `cloak://HOST:PORT` route in its blocked-route report) blocked: the
+    /// same as [`Relays::report`] for the relay it was given there.
+    /// Returns whether the report counted: relays the member added by hand,
+    /// or was not given, are ignored (the distributor only weighs reports
+    /// about relays it handed out).
+    pub async fn report_route(&self, account: AccountId, host: &str) -> Result<bool, RelayError> {
+        let relay = {
+            let catalog = self.catalog.read().expect("catalog lock");
+            catalog.by_link.iter().find_map(|(link, id)| {
+                link.parse::<postern_proto::link::RelayLink>()
+                    .ok()
+                    .filter(|l| l.host == host)
+                    .map(|_| *id)
+            })
+        };
+        let Some(relay) = relay else {
+            return Ok(false);
+        };
+        let mut d = self.distributor.lock().await;
+        let member = member_id(account);
+        match d.report_blocked(member, relay, now()) {
+            Ok(decisions) => {
+                self.log(&decisions);
+                self.save(&d).await?;
+                Ok(true)
+            }
+            Err(DistributorError::NotAssigned { .. }) | Err(DistributorError::UnknownMember(_)) => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A new invitation from the member.
     pub async fn create_invite(&self, account: AccountId) -> Result<InviteCode, RelayError> {
         let mut d = self.distributor.lock().await;

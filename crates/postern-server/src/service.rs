@@ -549,6 +549,21 @@ impl Service {
         let country = relays::phone_country(&account.phone);
         let hour = u64::try_from(now_ms() / 3_600_000).unwrap_or(0);
         self.reachability.report(country.as_str(), &r, hour);
+        // Relays the member was given and cannot reach: the distributor's
+        // blocking reports, as `relay report` makes them by hand. A relay
+        // that answered but not as itself (`not-relay`: the member's clock
+        // is off, or the secret changed) is not evidence of a block.
+        for route in r
+            .routes
+            .iter()
+            .take(crate::reachability::MAX_ROUTES_PER_REPORT)
+        {
+            if let Some(host) = route.route.strip_prefix("cloak://")
+                && route.failure != "not-relay"
+            {
+                self.relays.report_route(me.account, host).await?;
+            }
+        }
         Ok(Resp::Ok(pb::Ok {}))
     }
 

@@ -331,3 +331,85 @@ async fn forged_or_foreign_relay_registrations_are_refused() {
     assert_eq!(status.registered.len(), 1);
     assert_eq!(status.registered[0].capacity, 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_a_member_cannot_reach_is_reported_to_the_distributor() {
+    use postern_censor::{Censor, Rule};
+    let trusted = [1u8; 32];
+    let t =
+        TestServer::start_with(|cfg| cfg.relay_operators = vec![operator_public(trusted)]).await;
+    let (given, _c1) = relay_for(&t, "relay-a", trusted).await;
+    wait_state(&given, "active").await;
+    // A relay of alice's own, unknown to the server's distributor.
+    let cover = postern_relay::testing::start_cover().await;
+    let own = postern_relay::start(
+        RelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cover: cover.addr.to_string(),
+            sni: postern_relay::testing::SNI.into(),
+            server: t.server.link.to_string(),
+            data_dir: t.dir.path().join("own-relay"),
+            register: false,
+            ..RelayConfig::default()
+        },
+        Hooks::default(),
+    )
+    .await
+    .unwrap();
+
+    // Alice reaches the server through a censor, which later blocks it.
+    let censor = Censor::new();
+    let direct = censor.tcp(t.server.client_addr).await.unwrap();
+    let link = ServerLink {
+        tcp: vec![direct.to_string()],
+        noise_key: t.server.link.noise_key,
+        ..ServerLink::default()
+    };
+    let alice = Client::setup(&t.dir.path().join("alice"), &link).unwrap();
+    let mut conn = alice.connect().await.unwrap();
+    let phone = "+14155552671";
+    conn.request_code(phone).await.unwrap();
+    conn.register(phone, &t.code(phone), Some("alice"), "test")
+        .await
+        .unwrap();
+    let held = conn.fetch_relays().await.unwrap();
+    assert_eq!(held.links, [given.link().to_string()]);
+    alice.set_assigned_relays(&held.links).unwrap();
+    // Relays are raced in the order they were added: the given one first.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    alice.add_relay(own.link()).unwrap();
+    drop(conn);
+
+    // The censor blocks the server and the relay she was given goes away.
+    censor.set(t.server.client_addr, Rule::Reset);
+    let given_host = given.link().host.clone();
+    given.stop().await;
+    let conn = alice.connect().await.unwrap();
+    assert_eq!(
+        alice.route_in_use().unwrap(),
+        Some(format!("cloak://{}", own.local_addr()))
+    );
+    // The report went out on connecting; the distributor counts it (she is
+    // the relay's only holder, so her report confirms the block in her
+    // country).
+    let mut blocked = None;
+    for _ in 0..50 {
+        let status = t.server.relays().status().await;
+        blocked = status
+            .relays
+            .iter()
+            .find(|r| r.name == "registered:relay-a")
+            .map(|r| r.blocked_in.clone());
+        if blocked.as_ref().is_some_and(|b| !b.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let blocked = blocked.expect("the registered relay is listed");
+    assert!(
+        blocked.contains_key("US"),
+        "{blocked:?} ({given_host}); alice's routes: {:?}",
+        alice.routes().unwrap()
+    );
+    drop(conn);
+}
