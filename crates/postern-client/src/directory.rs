@@ -217,16 +217,12 @@ impl Client {
                 continue;
             }
             let sources = self.sources(channel);
-            if channel == Channel::Relay && only.is_some() {
-                // The hook for relays: once the client can reach the server
-                // through a relay (the cloak client, with the relay daemon),
-                // this channel is `Channel::Carrier` over that route.
+            if channel == Channel::Relay && sources.is_empty() && only.is_some() {
                 report.attempts.push(Attempt {
                     channel,
                     source: "relays".into(),
                     error: Some(
-                        "relays cannot carry the directory yet: this client has no relay \
-                         carrier (it comes with the relay daemon)"
+                        "this home holds no relay for this server (`postern relay add LINK`)"
                             .into(),
                     ),
                 });
@@ -285,7 +281,13 @@ impl Client {
                 .map(|u| format!("{}/directory", u.trim_end_matches('/')))
                 .collect(),
             Channel::Carrier => vec!["the server".into()],
-            Channel::Relay => Vec::new(),
+            Channel::Relay => self
+                .relays()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.link.server_key.is_none_or(|k| k == link.noise_key))
+                .map(|r| r.link.host)
+                .collect(),
             Channel::Dns => link
                 .dns
                 .iter()
@@ -309,8 +311,28 @@ impl Client {
                     _ => Err("the server answered FetchDirectory with something else".into()),
                 }
             }
-            // `sources` yields none for relays yet (see `fetch_directory`).
-            Channel::Relay => Err("relays cannot carry the directory yet".into()),
+            Channel::Relay => {
+                let relay = self
+                    .relays()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|r| r.link.host == source)
+                    .ok_or("the relay is no longer held")?;
+                let candidate = crate::connectivity::Candidate::from_relay(&relay.link, 0)
+                    .ok_or("the relay link has no usable address")?;
+                let conn = self
+                    .connect_via(&candidate, crate::CONNECT_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match conn
+                    .call(Req::FetchDirectory(pb::FetchDirectory {}))
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Resp::SignedDirectory(d) => Ok(d.note.to_vec()),
+                    _ => Err("the server answered FetchDirectory with something else".into()),
+                }
+            }
             Channel::Dns => {
                 let (doh, name) = self.link().dns.clone().ok_or("no DNS location")?;
                 doh_txt(&doh, &name).await

@@ -579,6 +579,43 @@ impl Client {
         Ok((conn, failures))
     }
 
+    /// Connects over one route only (no race, nothing recorded in the
+    /// home): the directory's relay channel uses it.
+    pub async fn connect_via(
+        &self,
+        candidate: &Candidate,
+        timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let hello = pb::ClientHello {
+            version: PROTOCOL_VERSION,
+            software: concat!("postern/", env!("CARGO_PKG_VERSION")).into(),
+        };
+        let stream = postern_transport::carrier::dial(&candidate.target(), timeout).await?;
+        let counter = stream.counter();
+        let (conn, server_hello) = postern_transport::client_handshake(
+            stream,
+            &self.inner.noise,
+            &self.inner.link.noise_key,
+            &hello,
+            timeout,
+        )
+        .await?;
+        if let Some(e) = server_hello.error {
+            return Err(server_error(e));
+        }
+        let device = server_hello
+            .device
+            .as_ref()
+            .and_then(|d| DeviceAddr::try_from(d).ok());
+        Ok(Connection::start(
+            self.clone(),
+            conn,
+            device,
+            candidate.route(),
+            counter,
+        ))
+    }
+
     /// Tries one route (dial, carrier handshake, Noise handshake with the
     /// server) without using it; returns how long it took, or the failure's
     /// class and message. `relay test` uses it.

@@ -1,6 +1,6 @@
 //! The signed directory end to end: an operator signs it offline, the
 //! server publishes it (and reloads it), and clients fetch it through every
-//! channel — the server's HTTP API, a carrier connection, DNS TXT records
+//! channel — the server's HTTP API, a carrier connection, a relay, DNS TXT records
 //! from a DNS-over-HTTPS responder, a static mirror — falling back from one
 //! to the next, and refuse every directory the rule refuses.
 //!
@@ -248,7 +248,7 @@ async fn every_channel_delivers_the_directory() {
             "every listed route, whatever its carrier"
         );
     }
-    // Relays cannot carry it yet: said so, not pretended.
+    // Without a relay the relay channel says so...
     let client = home(&s, "relay", link);
     let report = client.fetch_directory(Some(Channel::Relay)).await;
     assert!(report.success().is_none());
@@ -257,8 +257,41 @@ async fn every_channel_delivers_the_directory() {
             .error
             .as_ref()
             .unwrap()
-            .contains("relays cannot carry")
+            .contains("holds no relay"),
+        "{:?}",
+        report.attempts
     );
+    // ...and through a relay it delivers, even with the server's own
+    // routes dead.
+    let cover = postern_relay::testing::start_cover().await;
+    let relay = postern_relay::start(
+        postern_relay::RelayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cover: cover.addr.to_string(),
+            sni: postern_relay::testing::SNI.into(),
+            server: link.to_string(),
+            data_dir: s.t.dir.path().join("relay-data"),
+            register: false,
+            ..postern_relay::RelayConfig::default()
+        },
+        postern_relay::Hooks::default(),
+    )
+    .await
+    .unwrap();
+    let dead = free_port();
+    let censored = ServerLink {
+        tcp: vec![dead.to_string()],
+        http: Some(format!("http://{dead}")),
+        ..link.clone()
+    };
+    let client = home(&s, "relayed", &censored);
+    client.add_relay(relay.link()).unwrap();
+    let report = client.fetch_directory(Some(Channel::Relay)).await;
+    let ok = report
+        .success()
+        .unwrap_or_else(|| panic!("relay: {:?}", report.attempts));
+    assert_eq!(ok.channel, Channel::Relay);
+    assert_eq!(client.directory().unwrap().unwrap().directory().version, 1);
 }
 
 #[tokio::test]
