@@ -24,6 +24,7 @@ mod conn;
 pub mod directory;
 mod http;
 pub mod hub;
+pub mod legal;
 pub mod phone;
 pub mod ratelimit;
 pub mod reachability;
@@ -285,12 +286,32 @@ impl Server {
                 .await
                 .context("cannot start relay distribution")?,
         );
+        let vault = Arc::new(legal::Vault::open(&cfg.legal, &cfg.data_dir)?);
+        if vault.is_development() {
+            tracing::warn!(
+                "no [[legal.custodians]] configured: phone numbers and connection addresses are \
+                 sealed to a development custodian whose key is in the data directory; \
+                 configure real custodians before production"
+            );
+        }
+        let migrated = vault
+            .seal_legacy(store_dyn.as_ref())
+            .await
+            .context("cannot move clear phone numbers into the vault")?;
+        if migrated > 0 {
+            tracing::warn!(
+                accounts = migrated,
+                "sealed phone numbers stored in clear into the vault; the database file may keep \
+                 old copies in free pages until it is vacuumed (SQLite: VACUUM while stopped)"
+            );
+        }
         let service = Arc::new(
             Service::new(
                 store_dyn.clone(),
                 sms,
                 hub.clone(),
                 relays,
+                vault.clone(),
                 cfg.limits.clone(),
                 cfg.message_ttl,
             )
@@ -333,6 +354,11 @@ impl Server {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
+        tasks.spawn(legal::retention_loop(
+            store_dyn.clone(),
+            vault,
+            stop.clone(),
+        ));
         tasks.spawn(purge_loop(store_dyn, stop));
         // Written last: once it exists, everything else (the log's vkey
         // included) is in place and the server is serving.

@@ -479,7 +479,11 @@ pub async fn whoami(home: &Path, json: bool) -> anyhow::Result<()> {
         println!("{v}");
     } else {
         println!("account:  {}", me.account);
-        println!("phone:    {}", me.phone);
+        if me.phone.is_empty() {
+            println!("phone:    (not known on this device; the server keeps no clear copy)");
+        } else {
+            println!("phone:    {}", me.phone);
+        }
         println!(
             "username: {}",
             me.username
