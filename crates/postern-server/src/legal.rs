@@ -24,7 +24,7 @@
 //! `log_client_ips` is on, in `conn`) a client address.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -266,7 +266,7 @@ pub async fn retention_loop(
 
 /// Reads a 32-byte secret (64 hex digits) from `path`, or creates it
 /// (mode 0600).
-fn load_or_create_secret(path: &PathBuf) -> anyhow::Result<[u8; 32]> {
+pub(crate) fn load_or_create_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
     match std::fs::read_to_string(path).map(zeroize::Zeroizing::new) {
         Ok(text) => {
             let mut secret = [0u8; 32];

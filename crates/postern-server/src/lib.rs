@@ -19,12 +19,14 @@
 #![warn(missing_docs)]
 
 mod carriers;
+pub mod cases;
 pub mod config;
 mod conn;
 pub mod directory;
 mod http;
 pub mod hub;
 pub mod legal;
+mod operator;
 pub mod phone;
 pub mod ratelimit;
 pub mod reachability;
@@ -342,11 +344,20 @@ impl Server {
             tasks.spawn(wake_loop(events, hub, cfg.node.poll_interval, stop.clone()));
         }
         let mut http_stop = stop.clone();
+        let cases = Arc::new(cases::Cases::open(
+            &cfg.legal,
+            &cfg.data_dir,
+            store_dyn.clone(),
+            vault.clone(),
+            log.as_ref().map(|l| l.log.clone()),
+        )?);
+        let operator = Arc::new(operator::Operator::new(&cfg.legal.operators, cases)?);
         let router = http::router(
             shared.clone(),
             log.as_ref().map(|l| l.log.dir()),
             published.clone(),
-        );
+        )
+        .merge(operator::router(operator));
         tasks.spawn(async move {
             let serve = axum::serve(http_listener, router)
                 .with_graceful_shutdown(async move { stopped(&mut http_stop).await });

@@ -10,6 +10,7 @@ mod client_cmd;
 mod custodian;
 mod demo;
 mod directory_cmd;
+mod legal_cmd;
 mod serve;
 mod sim;
 mod transparency;
@@ -230,6 +231,12 @@ enum Command {
     Custodian {
         #[command(subcommand)]
         what: custodian::CustodianCommand,
+    },
+    /// The operator's lawful-request commands (operator API): submit,
+    /// list, show, approve, bundle for custodians, disclose.
+    Legal {
+        #[command(subcommand)]
+        what: legal_cmd::LegalCommand,
     },
     /// Verify or monitor a transparency log; write and check offline proofs.
     Transparency {
@@ -466,6 +473,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => demo::run().await,
         Command::Witness(args) => witness::run(args).await,
         Command::Custodian { what } => custodian::run(what),
+        Command::Legal { what } => legal_cmd::run(what).await,
         Command::Transparency { what } => transparency::run(what).await,
         Command::Bench { what } => bench::run(what).await,
         Command::Sim(args) => sim::run(args),
