@@ -138,7 +138,7 @@ impl Vault {
             .zip(&escrow.shares)
             .map(|(c, s)| (c.public_key, Bytes::from(s.encode())))
             .collect();
-        shares.sort_by(|a, b| a.0.cmp(&b.0));
+        shares.sort_by_key(|s| s.0);
         Ok(VaultEntry {
             account,
             phone_index: self.phone_key(phone),
