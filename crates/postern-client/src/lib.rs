@@ -985,6 +985,21 @@ impl Connection {
         }
     }
 
+    /// Disclosures of this account's data the member may now be told of
+    /// (lawful requests whose gag lapsed, or that had none), oldest first.
+    pub async fn notices(&self) -> Result<Vec<pb::DisclosureNotice>, ClientError> {
+        match self.call(Req::FetchNotices(pb::FetchNotices {})).await? {
+            Resp::Notices(n) => {
+                let mut list = n.notices;
+                list.sort_by_key(|n| n.disclosed_at_ms);
+                Ok(list)
+            }
+            _ => Err(ClientError::Protocol(
+                "unexpected answer to a notice request",
+            )),
+        }
+    }
+
     /// Who this device is. The phone number comes from this home (the
     /// server does not keep it in clear); empty on a linked device.
     pub async fn whoami(&self) -> Result<Whoami, ClientError> {

@@ -30,7 +30,7 @@ use postern_legal::request::{MAX_REQUEST_BYTES, Request, Target};
 use postern_legal::vault::{SealedRecord, VaultPublicKey};
 use postern_proto::ids::AccountId;
 use postern_store::Store;
-use postern_tlog::entry::Outcome;
+use postern_tlog::entry::{Entry, Outcome};
 use postern_tlog::{DirFetch, ProofBundle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -67,10 +67,15 @@ pub struct CaseState {
     pub reasons: Vec<String>,
     /// The accounts granted (32 hex digits each).
     pub accounts: Vec<String>,
+    /// The data categories granted (`phone_number`, `connection_ips`).
+    pub categories: Vec<String>,
     /// The decision's index in the transparency log.
     pub log_index: u64,
     /// When the gag lapses (UNIX seconds), if there is one.
     pub gag_until: Option<u64>,
+    /// When the sealed entry's opening was appended to the log, once the
+    /// gag lapsed.
+    pub opened_at: Option<u64>,
     /// Operators who approved (public keys, hex).
     pub approvals: Vec<String>,
     /// When it was disclosed (UNIX seconds).
@@ -282,8 +287,14 @@ impl Cases {
                 .map(|r| r.name().to_owned())
                 .collect(),
             accounts: decision.accounts.iter().map(hex::encode).collect(),
+            categories: decision
+                .categories
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect(),
             log_index,
             gag_until: (request.gag_days > 0).then(|| now + u64::from(request.gag_days) * 86_400),
+            opened_at: None,
             approvals: Vec::new(),
             disclosed_at: None,
         };
@@ -500,6 +511,72 @@ impl Cases {
         self.save(&state)?;
         tracing::info!(accounts = vaults.len(), "lawful request disclosed");
         Ok(package)
+    }
+}
+
+impl Cases {
+    /// Appends the opening of every sealed case whose gag has lapsed, so
+    /// that reports count its details; returns how many.
+    pub async fn open_lapsed_gags(&self, now: u64) -> Result<usize, CaseError> {
+        let _guard = self.lock.lock().await;
+        let mut opened = 0;
+        for mut state in self.list()? {
+            if state.opened_at.is_some() || state.gag_until.is_none_or(|g| g > now) {
+                continue;
+            }
+            let text = std::fs::read_to_string(self.dir.join(&state.id).join("bundle.json"))
+                .context("cannot read the case's bundle")?;
+            let bundle = Bundle::parse(text.as_bytes()).context("the stored bundle")?;
+            let opening = bundle
+                .opening
+                .as_deref()
+                .context("a gagged case without an opening")?;
+            let entry = Entry::decode(&hex::decode(opening).context("the stored opening")?)
+                .context("the stored opening")?;
+            self.log()?
+                .append(&entry)
+                .await
+                .map_err(|e| CaseError::Unavailable(format!("the transparency log failed: {e}")))?;
+            state.opened_at = Some(now);
+            self.save(&state)?;
+            opened += 1;
+        }
+        Ok(opened)
+    }
+
+    /// What `account` may be told: its disclosures whose gag has lapsed
+    /// (or that had none).
+    pub fn notices(&self, account: AccountId, now: u64) -> Result<Vec<CaseState>, CaseError> {
+        let me = hex::encode(account.0);
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|c| {
+                c.disclosed_at.is_some()
+                    && c.gag_until.is_none_or(|g| g <= now)
+                    && c.accounts.contains(&me)
+            })
+            .collect())
+    }
+}
+
+/// Every minute, appends the openings of lapsed gags.
+pub async fn gag_loop(cases: Arc<Cases>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match cases.open_lapsed_gags(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(cases = n, "gags lapsed; openings appended to the log"),
+            Err(e) => tracing::warn!(error = %e, "appending lapsed gags' openings failed"),
+        }
     }
 }
 

@@ -105,6 +105,7 @@ pub struct RunningServer {
     store: OpenStore,
     shared: Arc<Shared>,
     log: Option<transparency::Hosted>,
+    cases: Arc<cases::Cases>,
 }
 
 impl Server {
@@ -307,6 +308,13 @@ impl Server {
                  old copies in free pages until it is vacuumed (SQLite: VACUUM while stopped)"
             );
         }
+        let cases = Arc::new(cases::Cases::open(
+            &cfg.legal,
+            &cfg.data_dir,
+            store_dyn.clone(),
+            vault.clone(),
+            log.as_ref().map(|l| l.log.clone()),
+        )?);
         let service = Arc::new(
             Service::new(
                 store_dyn.clone(),
@@ -318,6 +326,7 @@ impl Server {
                 cfg.message_ttl,
             )
             .with_mls_ciphersuite(suite)
+            .with_cases(cases.clone())
             .with_directory(published.clone())
             .with_reachability(Arc::new(reachability::Reachability::new(link.endpoints()))),
         );
@@ -344,14 +353,10 @@ impl Server {
             tasks.spawn(wake_loop(events, hub, cfg.node.poll_interval, stop.clone()));
         }
         let mut http_stop = stop.clone();
-        let cases = Arc::new(cases::Cases::open(
-            &cfg.legal,
-            &cfg.data_dir,
-            store_dyn.clone(),
-            vault.clone(),
-            log.as_ref().map(|l| l.log.clone()),
+        let operator = Arc::new(operator::Operator::new(
+            &cfg.legal.operators,
+            cases.clone(),
         )?);
-        let operator = Arc::new(operator::Operator::new(&cfg.legal.operators, cases)?);
         let router = http::router(
             shared.clone(),
             log.as_ref().map(|l| l.log.dir()),
@@ -365,6 +370,7 @@ impl Server {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
+        tasks.spawn(cases::gag_loop(cases.clone(), stop.clone()));
         tasks.spawn(legal::retention_loop(
             store_dyn.clone(),
             vault,
@@ -391,6 +397,7 @@ impl Server {
             store,
             shared,
             log,
+            cases,
         })
     }
 }
@@ -427,6 +434,11 @@ impl RunningServer {
     /// does not host it (`transparency.enabled = false`).
     pub fn transparency(&self) -> Option<&TransparencyLog> {
         self.log.as_ref().map(|l| &l.log)
+    }
+
+    /// The lawful-request cases this server keeps.
+    pub fn cases(&self) -> &Arc<cases::Cases> {
+        &self.cases
     }
 
     /// Drains the node, then [shuts down](Self::shutdown): stops

@@ -71,6 +71,7 @@ pub struct Service {
     relay_requests: RateLimiter<AccountId>,
     relays: Arc<Relays>,
     vault: Arc<Vault>,
+    cases: Option<Arc<crate::cases::Cases>>,
     reachability: Arc<crate::reachability::Reachability>,
     group_locks: mls::GroupLocks,
     mls_ciphersuite: u16,
@@ -181,6 +182,7 @@ impl Service {
             relay_requests: RateLimiter::new(limits.relay_requests_per_account_per_hour, hour),
             relays,
             vault,
+            cases: None,
             reachability: Arc::new(crate::reachability::Reachability::new([])),
             group_locks: mls::GroupLocks::default(),
             mls_ciphersuite: postern_proto::mls::CIPHERSUITES[0].0,
@@ -208,6 +210,12 @@ impl Service {
     /// Tells clients to use this MLS ciphersuite (an RFC 9420 number).
     pub fn with_mls_ciphersuite(mut self, suite: u16) -> Self {
         self.mls_ciphersuite = suite;
+        self
+    }
+
+    /// Answers `FetchNotices` from these lawful-request cases.
+    pub fn with_cases(mut self, cases: Arc<crate::cases::Cases>) -> Self {
+        self.cases = Some(cases);
         self
     }
 
@@ -296,6 +304,7 @@ impl Service {
             Some(Req::CreateInvite(_)) => self.create_invite(session).await,
             Some(Req::FetchDirectory(_)) => self.fetch_directory(),
             Some(Req::ReportRoutes(r)) => self.report_routes(session, r).await,
+            Some(Req::FetchNotices(_)) => self.fetch_notices(session),
         };
         if let Err(Refusal(e)) = &result
             && e.code == ErrorCode::RateLimited as i32
@@ -569,6 +578,33 @@ impl Service {
         let hour = u64::try_from(now_ms() / 3_600_000).unwrap_or(0);
         self.reachability.report(country.as_str(), &r, hour);
         Ok(Resp::Ok(pb::Ok {}))
+    }
+
+    /// The member's disclosure notices: cases that disclosed its data and
+    /// whose gag lapsed.
+    fn fetch_notices(&self, s: &SessionInfo) -> Handled<Resp> {
+        let me = authed(s)?;
+        let Some(cases) = &self.cases else {
+            return Ok(Resp::Notices(pb::Notices::default()));
+        };
+        let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let list = cases.notices(me.account, now).map_err(|e| {
+            tracing::error!(error = %e, "reading disclosure notices failed");
+            refuse(ErrorCode::Internal, "the server failed; try again")
+        })?;
+        Ok(Resp::Notices(pb::Notices {
+            notices: list
+                .into_iter()
+                .map(|c| pb::DisclosureNotice {
+                    disclosed_at_ms: i64::try_from(c.disclosed_at.unwrap_or(0))
+                        .unwrap_or(i64::MAX)
+                        .saturating_mul(1000),
+                    categories: c.categories,
+                    jurisdiction: c.jurisdiction,
+                    log_index: c.log_index,
+                })
+                .collect(),
+        }))
     }
 
     async fn create_invite(&self, s: &SessionInfo) -> Handled<Resp> {

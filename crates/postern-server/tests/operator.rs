@@ -390,6 +390,107 @@ async fn requests_are_signed_decided_logged_once_approved_and_disclosed_exactly(
         .await;
     assert_eq!(status, 409, "disclosed once: {e}");
 
+    // The member is told (no gag), the other member is not.
+    let notices = members[0].connect().await.unwrap().notices().await.unwrap();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].categories, ["phone_number", "connection_ips"]);
+    assert_eq!(notices[0].jurisdiction, "DE");
+    assert_eq!(notices[0].log_index, case["log_index"].as_u64().unwrap());
+    let other = members[1].connect().await.unwrap().notices().await.unwrap();
+    assert!(other.is_empty());
+
+    // A gagged request: logged sealed, disclosed, and told only once the
+    // gag lapses, when its opening joins the log.
+    let gagged = request_toml("DE", r#""phone_number""#, &format!("phone = \"{OTHER}\"")).replace(
+        "legal_basis = \"terrorism\"\n",
+        "legal_basis = \"terrorism\"\ngag_days = 30\n",
+    );
+    let (status, g) = api
+        .submit(&alice_op, &gagged, "order.pdf", "de-order.p7s")
+        .await;
+    assert_eq!(
+        (status, g["outcome"].as_str()),
+        (201, Some("granted")),
+        "{g}"
+    );
+    let gid = g["id"].as_str().unwrap().to_owned();
+    for op in [&alice_op, &bob_op] {
+        api.call(
+            op,
+            "POST",
+            &format!("/operator/requests/{gid}/approve"),
+            json!({}),
+        )
+        .await;
+    }
+    let (status, gb) = api
+        .call(
+            &bob_op,
+            "GET",
+            &format!("/operator/requests/{gid}/bundle"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{gb}");
+    let gbundle = Bundle::parse(gb.to_string().as_bytes()).unwrap();
+    let released: Vec<String> = [0usize, 1]
+        .iter()
+        .map(|&i| {
+            let approval = gbundle
+                .check(&records[i].public_key, &policy, None)
+                .unwrap();
+            approval
+                .shares
+                .iter()
+                .map(|(a, w)| {
+                    let r = custodian_keys[i]
+                        .release(&approval.request_id, a, w, &approval.disclosure_key)
+                        .unwrap();
+                    format!("{}\n", hex::encode(r.encode()))
+                })
+                .collect()
+        })
+        .collect();
+    let (status, e) = api
+        .call(
+            &alice_op,
+            "POST",
+            &format!("/operator/requests/{gid}/disclose"),
+            json!({ "released": released }),
+        )
+        .await;
+    assert_eq!(status, 200, "{e}");
+    assert!(
+        members[1]
+            .connect()
+            .await
+            .unwrap()
+            .notices()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let other_account = members[1]
+        .connect()
+        .await
+        .unwrap()
+        .whoami()
+        .await
+        .unwrap()
+        .account;
+    let cases = server.cases();
+    assert_eq!(cases.open_lapsed_gags(now()).await.unwrap(), 0, "not yet");
+    let lapsed = now() + 31 * 86_400;
+    assert!(cases.notices(other_account, now()).unwrap().is_empty());
+    assert_eq!(cases.notices(other_account, lapsed).unwrap().len(), 1);
+    assert_eq!(cases.open_lapsed_gags(lapsed).await.unwrap(), 1);
+    assert_eq!(
+        cases.open_lapsed_gags(lapsed).await.unwrap(),
+        0,
+        "opened once"
+    );
+    let logged_before_refusals = 3; // the grant, the sealed request, its opening
+
     // Each refusal, recorded with its reason.
     let de_phone = format!("phone = \"{TARGET}\"");
     let both = r#""phone_number", "connection_ips""#;
@@ -448,9 +549,15 @@ async fn requests_are_signed_decided_logged_once_approved_and_disclosed_exactly(
     }
     let (status, all) = api.call(&alice_op, "GET", list, Value::Null).await;
     assert_eq!(status, 200);
-    assert_eq!(all.as_array().unwrap().len(), 1 + refusals.len());
-    // One log entry per case: nothing twice, nothing for bad input.
-    assert_eq!(log_size(&data_dir, &policy), 1 + refusals.len() as u64);
+    assert_eq!(all.as_array().unwrap().len(), 2 + refusals.len());
+    // One log entry per case (and the opening): nothing twice, nothing
+    // for bad input.
+    let expected = logged_before_refusals + refusals.len() as u64;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log_size(&data_dir, &policy) < expected && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(log_size(&data_dir, &policy), expected);
     drop(members);
     server.shutdown().await;
 }

@@ -201,6 +201,13 @@ enum Command {
         #[command(subcommand)]
         what: directory_cmd::DirectoryCommand,
     },
+    /// Show whether your data was disclosed to an authority (lawful
+    /// requests whose gag has lapsed): the date and what.
+    Notices {
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Invite someone: they register with `--invite CODE`.
     Invite {
         #[command(subcommand)]
@@ -466,6 +473,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             RelayAction::Report { link } => client_cmd::relay_report(&home, &link).await,
         },
         Command::Directory { what } => directory_cmd::run(&home, what).await,
+        Command::Notices { json } => client_cmd::notices(&home, json).await,
         Command::Invite { action } => match action {
             InviteAction::Create => client_cmd::invite_create(&home).await,
         },

@@ -348,6 +348,14 @@ fn a_request_goes_from_submission_to_disclosure_and_into_a_verifiable_report() {
     assert_eq!(inner["accounts"][0]["phone_number"], PHONE);
     assert_eq!(inner["accounts"][0]["connections"][0]["ip"], "127.0.0.1");
 
+    // The member is told: no gag on this request.
+    let told = ok(&["--home", &home, "notices"]);
+    assert!(
+        told.contains("Your data was disclosed on")
+            && told.contains("phone number, connection ips"),
+        "{told}"
+    );
+
     // A court of another jurisdiction: refused, and said why.
     let out = op_ok(
         2,
