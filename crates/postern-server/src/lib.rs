@@ -379,8 +379,11 @@ impl Server {
         tasks.spawn(purge_loop(store_dyn, stop));
         // Written last: once it exists, everything else (the log's vkey
         // included) is in place and the server is serving.
+        // Replaced whole (rename), so a reader never sees it half written.
         let link_path = cfg.data_dir.join("server-link.txt");
-        std::fs::write(&link_path, format!("{link}\n"))
+        let tmp = cfg.data_dir.join("server-link.txt.tmp");
+        std::fs::write(&tmp, format!("{link}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &link_path))
             .with_context(|| format!("cannot write {}", link_path.display()))?;
 
         Ok(RunningServer {

@@ -451,6 +451,14 @@ async fn requests_are_signed_decided_logged_once_approved_and_disclosed_exactly(
                 .collect()
         })
         .collect();
+    // A bundle whose decision is not what the log holds at that proof:
+    // no custodian releases anything for it.
+    let mut missing = bundle.clone();
+    missing.proof = gbundle.proof.clone();
+    assert!(matches!(
+        missing.check(&records[0].public_key, &policy, None),
+        Err(postern_legal::bundle::BundleError::NotInLog(_))
+    ));
     let (status, e) = api
         .call(
             &alice_op,

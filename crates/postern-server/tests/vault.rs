@@ -344,6 +344,19 @@ async fn pg_run(base: &str, schema: &str) {
     let mut needles = phone_forms(ALICE);
     needles.extend(phone_forms(BOB));
     needles.extend(ip_forms(CLIENT_IP));
+    // pg_dump's text form of the schema, when the tool is installed…
+    match std::process::Command::new("pg_dump")
+        .args(["--data-only", "--schema", schema, "--dbname", base])
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            assert!(out.stdout.len() > 1000, "pg_dump wrote the data");
+            assert_absent("pg_dump", &out.stdout, &needles);
+        }
+        Ok(out) => panic!("pg_dump failed: {}", String::from_utf8_lossy(&out.stderr)),
+        Err(_) => eprintln!("pg_dump is not installed; reading the columns only"),
+    }
+    // …and every text and bytea value, as bytes (pg_dump shows bytea as hex).
     let mut db = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
     let columns: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT table_name::text, column_name::text, data_type::text \
