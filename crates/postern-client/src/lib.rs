@@ -264,7 +264,8 @@ pub struct Whoami {
     pub account: AccountId,
     /// This device's number.
     pub device_id: u32,
-    /// E.164.
+    /// E.164, as this home remembers it from registration (the server
+    /// keeps no clear copy); empty on a linked device.
     pub phone: String,
     /// Username, if set.
     pub username: Option<String>,
@@ -760,9 +761,15 @@ impl Client {
         self.with_home(|h| -> Result<(), ClientError> {
             h.set("account_id", &addr.account.0)?;
             h.set("device_id", addr.device.to_string().as_bytes())?;
-            h.set("phone", r.phone.as_bytes())?;
+            // The server keeps no clear copy of the number: this home is
+            // where the member's own number is remembered. A linked device
+            // gets none (its first device knows it).
+            let phone = (!r.phone.is_empty()).then_some(r.phone.as_str());
+            if let Some(phone) = phone {
+                h.set("phone", phone.as_bytes())?;
+            }
             h.set("username", r.username.as_bytes())?;
-            h.remember_contact(addr.account, Some(&r.phone), Some(&r.username))
+            h.remember_contact(addr.account, phone, Some(&r.username))
         })?;
         *lock(&self.inner.device) = Some(addr);
         Ok(addr)
@@ -1077,14 +1084,36 @@ impl Connection {
         }
     }
 
-    /// Who this device is.
+    /// Disclosures of this account's data the member may now be told of
+    /// (lawful requests whose gag lapsed, or that had none), oldest first.
+    pub async fn notices(&self) -> Result<Vec<pb::DisclosureNotice>, ClientError> {
+        match self.call(Req::FetchNotices(pb::FetchNotices {})).await? {
+            Resp::Notices(n) => {
+                let mut list = n.notices;
+                list.sort_by_key(|n| n.disclosed_at_ms);
+                Ok(list)
+            }
+            _ => Err(ClientError::Protocol(
+                "unexpected answer to a notice request",
+            )),
+        }
+    }
+
+    /// Who this device is. The phone number comes from this home (the
+    /// server does not keep it in clear); empty on a linked device.
     pub async fn whoami(&self) -> Result<Whoami, ClientError> {
         match self.call(Req::Whoami(pb::Whoami {})).await? {
             Resp::Account(a) => Ok(Whoami {
                 account: AccountId::from_slice(&a.account_id)
                     .ok_or(ClientError::Protocol("bad account id"))?,
                 device_id: a.device_id,
-                phone: a.phone,
+                phone: if a.phone.is_empty() {
+                    self.client
+                        .with_home(|h| h.get_text("phone"))?
+                        .unwrap_or_default()
+                } else {
+                    a.phone
+                },
                 username: (!a.username.is_empty()).then_some(a.username),
                 devices: a.devices,
             }),

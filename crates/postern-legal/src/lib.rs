@@ -15,6 +15,8 @@
 //!   witness-cosigned checkpoint, matching the request, order and accounts.
 //! - [`disclosure`]: rebuilding the granted accounts' keys from k released
 //!   shares, opening only what was granted, and the signed package.
+//! - [`operator`]: signed operator requests (Ed25519 over method, path,
+//!   body hash, time and nonce) and the server's gate for them.
 //! - [`policy`]: the published policy (TOML) and the engine deciding
 //!   granted, partly granted or refused, with reason codes.
 //! - [`report`]: the semiannual transparency report, computed from the
@@ -30,6 +32,7 @@ pub mod bundle;
 pub mod custodian;
 pub mod date;
 pub mod disclosure;
+pub mod operator;
 pub mod order;
 pub mod policy;
 pub mod report;

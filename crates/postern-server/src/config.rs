@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub node: NodeConfig,
     /// The signed directory the server publishes (`[directory]`).
     pub directory: DirectoryConfig,
+    /// The PII vault and lawful requests (`[legal]`).
+    pub legal: LegalConfig,
 }
 
 /// One server node among several sharing a PostgreSQL store.
@@ -185,6 +187,57 @@ impl Default for ServerConfig {
             distributor: postern_distributor::Config::default(),
             node: NodeConfig::default(),
             directory: DirectoryConfig::default(),
+            legal: LegalConfig::default(),
+        }
+    }
+}
+
+/// The PII vault and the lawful-request process (`[legal]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LegalConfig {
+    /// The custodians each account's vault key is split among
+    /// (`[[legal.custodians]]`: `name`, `jurisdiction`, `public_key`, as
+    /// `postern custodian init` prints them). None: a development
+    /// custodian whose key the server keeps in `DATA_DIR`, with a warning.
+    pub custodians: Vec<postern_legal::custodian::CustodianRecord>,
+    /// How many custodians must approve a disclosure (k). Default: a
+    /// majority of the custodians.
+    pub threshold: Option<usize>,
+    /// The key of the phone-number index (64 hex digits in a 0600 file;
+    /// created if missing). Default `DATA_DIR/phone-index.key`. Nodes
+    /// sharing a store must share this file: lookups by phone, per-number
+    /// code limits and uniqueness all depend on it.
+    pub phone_index_key: Option<PathBuf>,
+    /// How long each connection's sealed source address is kept, in
+    /// seconds (default 30 days); older records are deleted.
+    #[serde(with = "humantime_secs")]
+    pub ip_retention: Duration,
+    /// Log each client connection's source address (off by default). Logs
+    /// are outside the vault: keep them no longer than `ip_retention`.
+    pub log_client_ips: bool,
+    /// The published policy (TOML); default: `postern_legal`'s
+    /// `DEFAULT_POLICY`.
+    pub policy: Option<PathBuf>,
+    /// Operators allowed to use the operator API, by Ed25519 public key
+    /// (64 hex digits); two distinct ones must approve a request.
+    pub operators: Vec<String>,
+    /// Trusted court certificates per jurisdiction:
+    /// `{ DE = "/etc/postern/courts/de.pem" }`.
+    pub trust_anchors: std::collections::BTreeMap<String, PathBuf>,
+}
+
+impl Default for LegalConfig {
+    fn default() -> Self {
+        LegalConfig {
+            custodians: Vec::new(),
+            threshold: None,
+            phone_index_key: None,
+            ip_retention: Duration::from_secs(30 * 24 * 3600),
+            log_client_ips: false,
+            policy: None,
+            operators: Vec::new(),
+            trust_anchors: Default::default(),
         }
     }
 }
@@ -498,6 +551,23 @@ mod tests {
         assert_eq!(cfg.directory.reload_interval, Duration::from_secs(5));
         assert!(ServerConfig::default().directory.enabled);
         assert!(toml::from_str::<ServerConfig>("[directory]\nfiel = \"x\"").is_err());
+    }
+
+    #[test]
+    fn the_legal_table_lists_custodians() {
+        let cfg = ServerConfig::default();
+        assert!(cfg.legal.custodians.is_empty());
+        assert_eq!(cfg.legal.ip_retention, Duration::from_secs(30 * 24 * 3600));
+        assert!(!cfg.legal.log_client_ips);
+        let cfg = toml_from_str(&format!(
+            "[legal]\nthreshold = 2\nip_retention = 86400\n\
+             [[legal.custodians]]\nname = \"A\"\njurisdiction = \"CH\"\npublic_key = \"{}\"\n",
+            "ab".repeat(32)
+        ));
+        assert_eq!(cfg.legal.custodians.len(), 1);
+        assert_eq!(cfg.legal.threshold, Some(2));
+        assert_eq!(cfg.legal.ip_retention, Duration::from_secs(86400));
+        assert!(toml::from_str::<ServerConfig>("[legal]\nretention = 1").is_err());
     }
 
     fn toml_from_str(s: &str) -> ServerConfig {

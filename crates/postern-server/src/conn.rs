@@ -1,6 +1,10 @@
 //! One client connection: handshake, request dispatch, and pushing queued
 //! messages to a subscribed device.
 //!
+//! Each authenticated connection's source address and time go to the
+//! account's sealed IP log in the vault; the address is logged only when
+//! the operator set `[legal] log_client_ips`.
+//!
 //! Everything for one connection runs in one task: reading frames, running
 //! up to `max_inflight_requests` requests concurrently, fetching queued
 //! messages when woken, and writing responses and pushes in batches. Bad
@@ -122,14 +126,23 @@ where
         mls_ciphersuite: u32::from(service.mls_ciphersuite()),
     };
     match pending.accept(&accept).await {
-        Ok(conn) => Some((
-            conn,
-            SessionInfo {
-                device,
-                noise_key: hello.remote_static,
-                peer_ip: peer.ip(),
-            },
-        )),
+        Ok(conn) => {
+            if service.vault().log_client_ips() {
+                tracing::info!(peer = %peer.ip(), device = ?device.map(|d| d.to_string()), "connection");
+            }
+            // The vault's IP log: sealed to the account's key, never in clear.
+            if let Some(device) = device {
+                service.record_connection(device.account, peer.ip()).await;
+            }
+            Some((
+                conn,
+                SessionInfo {
+                    device,
+                    noise_key: hello.remote_static,
+                    peer_ip: peer.ip(),
+                },
+            ))
+        }
         Err(e) => {
             tracing::debug!(error = %e, "handshake failed");
             None

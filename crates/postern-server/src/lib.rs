@@ -19,11 +19,14 @@
 #![warn(missing_docs)]
 
 mod carriers;
+pub mod cases;
 pub mod config;
 mod conn;
 pub mod directory;
 mod http;
 pub mod hub;
+pub mod legal;
+mod operator;
 pub mod phone;
 pub mod ratelimit;
 pub mod reachability;
@@ -102,6 +105,7 @@ pub struct RunningServer {
     store: OpenStore,
     shared: Arc<Shared>,
     log: Option<transparency::Hosted>,
+    cases: Arc<cases::Cases>,
 }
 
 impl Server {
@@ -291,16 +295,44 @@ impl Server {
             .await
             .context("cannot start relay distribution")?,
         );
+        let vault = Arc::new(legal::Vault::open(&cfg.legal, &cfg.data_dir)?);
+        if vault.is_development() {
+            tracing::warn!(
+                "no [[legal.custodians]] configured: phone numbers and connection addresses are \
+                 sealed to a development custodian whose key is in the data directory; \
+                 configure real custodians before production"
+            );
+        }
+        let migrated = vault
+            .seal_legacy(store_dyn.as_ref())
+            .await
+            .context("cannot move clear phone numbers into the vault")?;
+        if migrated > 0 {
+            tracing::warn!(
+                accounts = migrated,
+                "sealed phone numbers stored in clear into the vault; the database file may keep \
+                 old copies in free pages until it is vacuumed (SQLite: VACUUM while stopped)"
+            );
+        }
+        let cases = Arc::new(cases::Cases::open(
+            &cfg.legal,
+            &cfg.data_dir,
+            store_dyn.clone(),
+            vault.clone(),
+            log.as_ref().map(|l| l.log.clone()),
+        )?);
         let service = Arc::new(
             Service::new(
                 store_dyn.clone(),
                 sms,
                 hub.clone(),
                 relays,
+                vault.clone(),
                 cfg.limits.clone(),
                 cfg.message_ttl,
             )
             .with_mls_ciphersuite(suite)
+            .with_cases(cases.clone())
             .with_directory(published.clone())
             .with_reachability(Arc::new(reachability::Reachability::new(link.endpoints()))),
         );
@@ -327,11 +359,16 @@ impl Server {
             tasks.spawn(wake_loop(events, hub, cfg.node.poll_interval, stop.clone()));
         }
         let mut http_stop = stop.clone();
+        let operator = Arc::new(operator::Operator::new(
+            &cfg.legal.operators,
+            cases.clone(),
+        )?);
         let router = http::router(
             shared.clone(),
             log.as_ref().map(|l| l.log.dir()),
             published.clone(),
-        );
+        )
+        .merge(operator::router(operator));
         tasks.spawn(async move {
             let serve = axum::serve(http_listener, router)
                 .with_graceful_shutdown(async move { stopped(&mut http_stop).await });
@@ -339,11 +376,20 @@ impl Server {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
+        tasks.spawn(cases::gag_loop(cases.clone(), stop.clone()));
+        tasks.spawn(legal::retention_loop(
+            store_dyn.clone(),
+            vault,
+            stop.clone(),
+        ));
         tasks.spawn(purge_loop(store_dyn, stop));
         // Written last: once it exists, everything else (the log's vkey
         // included) is in place and the server is serving.
+        // Replaced whole (rename), so a reader never sees it half written.
         let link_path = cfg.data_dir.join("server-link.txt");
-        std::fs::write(&link_path, format!("{link}\n"))
+        let tmp = cfg.data_dir.join("server-link.txt.tmp");
+        std::fs::write(&tmp, format!("{link}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &link_path))
             .with_context(|| format!("cannot write {}", link_path.display()))?;
 
         Ok(RunningServer {
@@ -360,6 +406,7 @@ impl Server {
             store,
             shared,
             log,
+            cases,
         })
     }
 }
@@ -402,6 +449,11 @@ impl RunningServer {
     /// does not host it (`transparency.enabled = false`).
     pub fn transparency(&self) -> Option<&TransparencyLog> {
         self.log.as_ref().map(|l| &l.log)
+    }
+
+    /// The lawful-request cases this server keeps.
+    pub fn cases(&self) -> &Arc<cases::Cases> {
+        &self.cases
     }
 
     /// Drains the node, then [shuts down](Self::shutdown): stops

@@ -5,7 +5,9 @@
 //! shell around it, so the rules here are tested without a network.
 //!
 //! It must never log phone numbers, codes or payloads, and never look inside
-//! a payload.
+//! a payload. Phone numbers are looked up by their keyed hash and sealed
+//! into the vault at registration ([`crate::legal`]); nothing here stores
+//! one in clear.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,13 +17,16 @@ use postern_distributor::InviteCode;
 use postern_proto::ids::{AccountId, DeviceAddr};
 use postern_proto::keys::verify_device_binding;
 use postern_proto::pb::{self, ErrorCode, request::Kind as Req, response::Kind as Resp};
-use postern_store::{Account, Device, Enqueued, NewDevice, NewMessage, Store, StoreError};
+use postern_store::{
+    Account, Device, Enqueued, NewAccount, NewDevice, NewMessage, Store, StoreError,
+};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Limits;
 use crate::hub::Hub;
+use crate::legal::{self, Vault};
 use crate::phone;
 use crate::ratelimit::{LogThrottle, RateLimiter};
 use crate::relays::{self, Holding, RelayError, Relays};
@@ -65,6 +70,8 @@ pub struct Service {
     key_package_claims: RateLimiter<DeviceAddr>,
     relay_requests: RateLimiter<AccountId>,
     relays: Arc<Relays>,
+    vault: Arc<Vault>,
+    cases: Option<Arc<crate::cases::Cases>>,
     reachability: Arc<crate::reachability::Reachability>,
     group_locks: mls::GroupLocks,
     mls_ciphersuite: u16,
@@ -133,10 +140,12 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn code_hash(phone: &str, code: &str) -> [u8; 32] {
+/// Keyed through the phone key, so that a database copy cannot be searched
+/// for a number by hashing candidates with every code.
+fn code_hash(phone_key: &[u8; 32], code: &str) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(b"postern code v1\0");
-    h.update(phone.as_bytes());
+    h.update(b"postern code v2\0");
+    h.update(phone_key);
     h.update([0]);
     h.update(code.as_bytes());
     h.finalize().into()
@@ -151,12 +160,14 @@ fn token_hash(token: &[u8]) -> [u8; 32] {
 
 impl Service {
     /// A service over `store`, sending codes through `sms`, waking
-    /// connections through `hub` and handing out `relays`.
+    /// connections through `hub`, handing out `relays` and sealing phone
+    /// numbers and connections into `vault`.
     pub fn new(
         store: Arc<dyn Store>,
         sms: Arc<dyn SmsGateway>,
         hub: Arc<Hub>,
         relays: Arc<Relays>,
+        vault: Arc<Vault>,
         limits: Limits,
         message_ttl: Duration,
     ) -> Self {
@@ -170,6 +181,8 @@ impl Service {
             ),
             relay_requests: RateLimiter::new(limits.relay_requests_per_account_per_hour, hour),
             relays,
+            vault,
+            cases: None,
             reachability: Arc::new(crate::reachability::Reachability::new([])),
             group_locks: mls::GroupLocks::default(),
             mls_ciphersuite: postern_proto::mls::CIPHERSUITES[0].0,
@@ -200,6 +213,12 @@ impl Service {
         self
     }
 
+    /// Answers `FetchNotices` from these lawful-request cases.
+    pub fn with_cases(mut self, cases: Arc<crate::cases::Cases>) -> Self {
+        self.cases = Some(cases);
+        self
+    }
+
     /// Answers `FetchDirectory` with what `published` holds.
     pub fn with_directory(mut self, published: Option<Arc<crate::directory::Published>>) -> Self {
         self.directory = published;
@@ -224,6 +243,18 @@ impl Service {
     /// The relays and their distributor.
     pub fn relays(&self) -> &Arc<Relays> {
         &self.relays
+    }
+
+    /// The PII vault.
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// Appends a connection of `account` from `ip` to its sealed IP log.
+    pub async fn record_connection(&self, account: AccountId, ip: IpAddr) {
+        self.vault
+            .record_connection(self.store.as_ref(), account, ip, now_ms())
+            .await;
     }
 
     /// The limits in force.
@@ -275,6 +306,7 @@ impl Service {
             Some(Req::ReportRoutes(r)) => self.report_routes(session, r).await,
             Some(Req::RegisterRelay(r)) => self.register_relay(r).await,
             Some(Req::RelayHealth(r)) => self.relay_health(r).await,
+            Some(Req::FetchNotices(_)) => self.fetch_notices(session),
         };
         if let Err(Refusal(e)) = &result
             && e.code == ErrorCode::RateLimited as i32
@@ -296,21 +328,17 @@ impl Service {
         self.code_requests_by_ip
             .check(&s.peer_ip, Instant::now())
             .map_err(|w| rate_limited("code requests from your network", w))?;
+        let key = self.vault.phone_key(&phone);
         let now = now_ms();
         let interval = ms(self.limits.code_interval);
-        if self
-            .store
-            .codes_issued_since(&phone, now - interval)
-            .await?
-            > 0
-        {
+        if self.store.codes_issued_since(&key, now - interval).await? > 0 {
             return Err(rate_limited(
                 "codes for this number",
                 self.limits.code_interval,
             ));
         }
         let hour = ms(Duration::from_secs(3600));
-        if self.store.codes_issued_since(&phone, now - hour).await?
+        if self.store.codes_issued_since(&key, now - hour).await?
             >= self.limits.codes_per_phone_per_hour
         {
             return Err(rate_limited(
@@ -321,8 +349,8 @@ impl Service {
         let code = format!("{:06}", rand::rngs::OsRng.gen_range(0..1_000_000u32));
         self.store
             .issue_code(
-                &phone,
-                code_hash(&phone, &code),
+                &key,
+                code_hash(&key, &code),
                 now,
                 now + ms(self.limits.code_ttl),
             )
@@ -342,9 +370,13 @@ impl Service {
 
     /// Checks `code` for `phone` without using it up; returns the code's
     /// id for [`Service::consume`]. A wrong guess counts against the code.
-    async fn check_code(&self, phone: &str, code: &str) -> Handled<i64> {
+    async fn check_code(&self, phone_key: &[u8; 32], code: &str) -> Handled<i64> {
         let invalid = || refuse(ErrorCode::CodeInvalid, "wrong code");
-        let stored = self.store.latest_code(phone).await?.ok_or_else(invalid)?;
+        let stored = self
+            .store
+            .latest_code(phone_key)
+            .await?
+            .ok_or_else(invalid)?;
         if stored.used_at.is_some() {
             return Err(code_used());
         }
@@ -360,7 +392,7 @@ impl Service {
                 "too many wrong codes; request a new one",
             ));
         }
-        let given = code_hash(phone, code.trim());
+        let given = code_hash(phone_key, code.trim());
         if !bool::from(given.ct_eq(&stored.code_hash)) {
             self.store.record_failed_attempt(stored.id).await?;
             return Err(invalid());
@@ -426,7 +458,8 @@ impl Service {
         self.verify_attempts_by_ip
             .check(&s.peer_ip, Instant::now())
             .map_err(|w| rate_limited("attempts from your network", w))?;
-        let code_id = self.check_code(&phone, &r.code).await?;
+        let key = self.vault.phone_key(&phone);
+        let code_id = self.check_code(&key, &r.code).await?;
         // Held until the new member is in the distributor, so that two
         // registrations cannot both pass the check of one invitation.
         let mut distributor = self.relays.lock().await;
@@ -435,7 +468,7 @@ impl Service {
         {
             return Err(invite_invalid());
         }
-        if self.store.account_by_phone(&phone).await?.is_some() {
+        if self.store.account_by_phone_key(&key).await?.is_some() {
             return Err(StoreError::PhoneTaken.into());
         }
         if let Some(name) = &username
@@ -443,17 +476,24 @@ impl Service {
         {
             return Err(StoreError::UsernameTaken.into());
         }
+        let id = AccountId::random();
+        let vault = self.vault.escrow(id, &phone).map_err(|e| {
+            tracing::error!(error = %e, "sealing a phone number into the vault failed");
+            refuse(ErrorCode::Internal, "the server failed; try again")
+        })?;
+        let country = legal::country_of(&phone);
         self.consume(code_id).await?;
-        let (account, device) = self
-            .store
-            .create_account(&phone, username.as_deref(), device, now_ms())
-            .await?;
+        let new = NewAccount {
+            id,
+            phone_key: key,
+            country: country.as_str().to_owned(),
+            username,
+            vault: Some(vault),
+        };
+        let (account, device) = self.store.create_account(new, device, now_ms()).await?;
+        self.record_connection(account.id, s.peer_ip).await;
         let member = relays::member_id(account.id);
-        let (country, network, t) = (
-            relays::phone_country(&phone),
-            relays::client_network(s.peer_ip),
-            relays::now(),
-        );
+        let (network, t) = (relays::client_network(s.peer_ip), relays::now());
         let joined = match invite {
             Some(code) => distributor.redeem_invite(code, member, country, network, t),
             None => distributor.register_member(member, country, network, t),
@@ -472,7 +512,9 @@ impl Service {
         }
         drop(distributor);
         tracing::info!(device = %device.addr, invited = invite.is_some(), "account registered");
-        Ok(registered(account, &device))
+        // The number the client just sent, normalized, for it to keep: the
+        // server has no clear copy to answer with later.
+        Ok(registered(account, &device, phone))
     }
 
     /// Authenticates a relay request, applies the per-account limit, and
@@ -489,9 +531,17 @@ impl Service {
                 .account(me.account)
                 .await?
                 .ok_or(StoreError::UnknownAccount)?;
-            self.relays
-                .join(me.account, &account.phone, s.peer_ip)
-                .await?;
+            let mut d = self.relays.lock().await;
+            match d.register_member(
+                relays::member_id(me.account),
+                legal::stored_country(&account.country),
+                relays::client_network(s.peer_ip),
+                relays::now(),
+            ) {
+                Ok(()) | Err(postern_distributor::DistributorError::MemberExists(_)) => {}
+                Err(e) => return Err(RelayError::Policy(e).into()),
+            }
+            self.relays.save(&d).await.map_err(RelayError::Store)?;
         }
         Ok(me.account)
     }
@@ -546,7 +596,7 @@ impl Service {
             .account(me.account)
             .await?
             .ok_or(StoreError::UnknownAccount)?;
-        let country = relays::phone_country(&account.phone);
+        let country = legal::stored_country(&account.country);
         let hour = u64::try_from(now_ms() / 3_600_000).unwrap_or(0);
         self.reachability.report(country.as_str(), &r, hour);
         // Relays the member was given and cannot reach: the distributor's
@@ -565,6 +615,33 @@ impl Service {
             }
         }
         Ok(Resp::Ok(pb::Ok {}))
+    }
+
+    /// The member's disclosure notices: cases that disclosed its data and
+    /// whose gag lapsed.
+    fn fetch_notices(&self, s: &SessionInfo) -> Handled<Resp> {
+        let me = authed(s)?;
+        let Some(cases) = &self.cases else {
+            return Ok(Resp::Notices(pb::Notices::default()));
+        };
+        let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let list = cases.notices(me.account, now).map_err(|e| {
+            tracing::error!(error = %e, "reading disclosure notices failed");
+            refuse(ErrorCode::Internal, "the server failed; try again")
+        })?;
+        Ok(Resp::Notices(pb::Notices {
+            notices: list
+                .into_iter()
+                .map(|c| pb::DisclosureNotice {
+                    disclosed_at_ms: i64::try_from(c.disclosed_at.unwrap_or(0))
+                        .unwrap_or(i64::MAX)
+                        .saturating_mul(1000),
+                    categories: c.categories,
+                    jurisdiction: c.jurisdiction,
+                    log_index: c.log_index,
+                })
+                .collect(),
+        }))
     }
 
     async fn create_invite(&self, s: &SessionInfo) -> Handled<Resp> {
@@ -614,7 +691,7 @@ impl Service {
             .await?
             .ok_or(StoreError::UnknownAccount)?;
         tracing::info!(device = %device.addr, "device linked");
-        Ok(registered(account, &device))
+        Ok(registered(account, &device, String::new()))
     }
 
     async fn set_username(&self, s: &SessionInfo, r: pb::SetUsername) -> Handled<Resp> {
@@ -641,7 +718,8 @@ impl Service {
         let devices = self.store.devices(me.account).await?;
         Ok(Resp::Account(pb::Account {
             account_id: account.id.0.to_vec().into(),
-            phone: account.phone,
+            // Not kept in clear: the client shows the number it registered.
+            phone: String::new(),
             username: account.username.unwrap_or_default(),
             device_id: me.device,
             devices: devices.into_iter().map(device_info).collect(),
@@ -657,7 +735,9 @@ impl Service {
             Some(Who::Phone(p)) => {
                 let phone = phone::normalize(&p)
                     .map_err(|e| refuse(ErrorCode::InvalidPhone, e.to_string()))?;
-                self.store.account_by_phone(&phone).await?
+                self.store
+                    .account_by_phone_key(&self.vault.phone_key(&phone))
+                    .await?
             }
             Some(Who::Username(u)) => {
                 let name = username::normalize(&u).map_err(|_| unknown())?;
@@ -771,11 +851,12 @@ fn device_info(d: Device) -> pb::DeviceInfo {
 }
 
 /// The answer to a registration or device link, and the device the session
-/// is now authenticated as.
-fn registered(account: Account, device: &Device) -> (Resp, DeviceAddr) {
+/// is now authenticated as. `phone` is the number just registered, or empty
+/// (a linked device: the server has no clear copy).
+fn registered(account: Account, device: &Device, phone: String) -> (Resp, DeviceAddr) {
     let answer = Resp::Registered(pb::Registered {
         device: Some(device.addr.into()),
-        phone: account.phone,
+        phone,
         username: account.username.unwrap_or_default(),
     });
     (answer, device.addr)

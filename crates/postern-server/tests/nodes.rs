@@ -36,6 +36,8 @@ fn node_config(
     cfg.sms.outbox = Some(dir.join("outbox.jsonl"));
     cfg.store = Some(store.to_owned());
     cfg.node.name = Some(name.to_owned());
+    // Nodes of one deployment share the phone-index key.
+    cfg.legal.phone_index_key = Some(dir.join("phone-index.key"));
     cfg.node.nats = Some(nats.to_owned());
     cfg.node.poll_interval = POLL;
     cfg.node.drain_timeout = Duration::from_secs(10);

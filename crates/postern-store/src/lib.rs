@@ -1,7 +1,10 @@
 //! Postern's durable state, behind one trait per concern.
 //!
 //! - [`AccountStore`]: accounts, their devices, usernames, device-link tokens;
-//! - [`CodeStore`]: one-time registration codes (stored hashed);
+//!   accounts are found by a keyed hash of their phone number, never by
+//!   the number, which the store does not hold in clear;
+//! - [`CodeStore`]: one-time registration codes (stored hashed, under the
+//!   same keyed hash of the number);
 //! - [`QueueStore`]: per-device message queues with sequence numbers,
 //!   idempotent sends, acks and expiry;
 //! - [`GroupStore`]: what the MLS delivery service keeps per group — its
@@ -83,12 +86,41 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Account {
     /// Random identifier.
     pub id: AccountId,
-    /// E.164 phone number.
-    pub phone: String,
+    /// The country of its phone number (ISO 3166-1 alpha-2, `ZZ` when
+    /// unknown): all the server keeps of the number in clear.
+    pub country: String,
     /// Optional unique username, without '@'.
     pub username: Option<String>,
     /// When the account was created.
     pub created_at: Millis,
+}
+
+/// An account to create.
+#[derive(Clone, Debug)]
+pub struct NewAccount {
+    /// Its identifier, chosen by the caller (the vault's records are bound
+    /// to it before the account exists).
+    pub id: AccountId,
+    /// A keyed hash of its phone number (the server's phone index), unique.
+    pub phone_key: [u8; 32],
+    /// The phone number's country (see [`Account::country`]).
+    pub country: String,
+    /// Optional unique username, without '@'.
+    pub username: Option<String>,
+    /// The vault entry sealing its phone number, stored in the same
+    /// transaction (its `account` must be `id`).
+    pub vault: Option<VaultEntry>,
+}
+
+/// An account stored before phone numbers left the clear: its id and
+/// number, for the server to seal into the vault once
+/// ([`AccountStore::seal_legacy_phone`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyPhone {
+    /// The account.
+    pub account: AccountId,
+    /// Its E.164 number, as stored in clear.
+    pub phone: String,
 }
 
 /// A device to add to an account.
@@ -120,14 +152,14 @@ pub struct Device {
 /// Accounts, devices, usernames and device-link tokens.
 #[async_trait]
 pub trait AccountStore: Send + Sync {
-    /// Creates an account with its first device (device id 1).
+    /// Creates an account with its first device (device id 1), and its
+    /// vault entry if it has one, in one transaction.
     ///
     /// Fails with [`StoreError::PhoneTaken`], [`StoreError::UsernameTaken`]
     /// or [`StoreError::DeviceKeyTaken`]; nothing is created then.
     async fn create_account(
         &self,
-        phone: &str,
-        username: Option<&str>,
+        account: NewAccount,
         device: NewDevice,
         now: Millis,
     ) -> Result<(Account, Device)>;
@@ -143,8 +175,22 @@ pub trait AccountStore: Send + Sync {
     /// The account with this id.
     async fn account(&self, id: AccountId) -> Result<Option<Account>>;
 
-    /// The account registered with this E.164 number.
-    async fn account_by_phone(&self, phone: &str) -> Result<Option<Account>>;
+    /// The account whose phone key ([`NewAccount::phone_key`]) this is.
+    async fn account_by_phone_key(&self, phone_key: &[u8; 32]) -> Result<Option<Account>>;
+
+    /// Accounts whose phone number is still stored in clear (databases
+    /// from before the vault), at most `limit`.
+    async fn legacy_phones(&self, limit: u32) -> Result<Vec<LegacyPhone>>;
+
+    /// Replaces a legacy account's clear number by its phone key and
+    /// country and stores its vault entry, in one transaction.
+    async fn seal_legacy_phone(
+        &self,
+        account: AccountId,
+        phone_key: [u8; 32],
+        country: &str,
+        vault: Option<VaultEntry>,
+    ) -> Result<()>;
 
     /// The account holding this username.
     async fn account_by_username(&self, username: &str) -> Result<Option<Account>>;
@@ -196,23 +242,25 @@ pub struct StoredCode {
     pub failed_attempts: u32,
 }
 
-/// One-time registration codes.
+/// One-time registration codes, kept under a phone key (a keyed hash of
+/// the number the server chooses; never the number itself).
 #[async_trait]
 pub trait CodeStore: Send + Sync {
-    /// Records a newly issued code for `phone`.
+    /// Records a newly issued code for `phone_key`.
     async fn issue_code(
         &self,
-        phone: &str,
+        phone_key: &[u8; 32],
         code_hash: [u8; 32],
         now: Millis,
         expires_at: Millis,
     ) -> Result<()>;
 
-    /// How many codes were issued for `phone` at or after `since` (rate limit).
-    async fn codes_issued_since(&self, phone: &str, since: Millis) -> Result<u32>;
+    /// How many codes were issued for `phone_key` at or after `since`
+    /// (rate limit).
+    async fn codes_issued_since(&self, phone_key: &[u8; 32], since: Millis) -> Result<u32>;
 
-    /// The most recently issued code for `phone`.
-    async fn latest_code(&self, phone: &str) -> Result<Option<StoredCode>>;
+    /// The most recently issued code for `phone_key`.
+    async fn latest_code(&self, phone_key: &[u8; 32]) -> Result<Option<StoredCode>>;
 
     /// Marks the code used; returns false if it was already used (a
     /// concurrent registration won), so each code registers once.

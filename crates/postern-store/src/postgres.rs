@@ -61,8 +61,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 
 use crate::{
     Account, AccountId, AccountStore, CodeStore, Device, DeviceAddr, DistributorStore, Enqueued,
-    Millis, NewDevice, NewMessage, QueueStore, Result, SealedConnection, StoreError, StoredCode,
-    StoredMessage, VaultEntry, VaultStore,
+    LegacyPhone, Millis, NewAccount, NewDevice, NewMessage, QueueStore, Result, SealedConnection,
+    StoreError, StoredCode, StoredMessage, VaultEntry, VaultStore,
 };
 use bytes::Bytes;
 
@@ -310,7 +310,7 @@ fn signed(n: u64) -> i64 {
 fn account_from(row: &PgRow) -> Result<Account, sqlx::Error> {
     Ok(Account {
         id: account_id(row, "id")?,
-        phone: row.try_get("phone")?,
+        country: row.try_get("country")?,
         username: row.try_get("username")?,
         created_at: row.try_get("created_at")?,
     })
@@ -373,17 +373,17 @@ impl PgStore {
 impl AccountStore for PgStore {
     async fn create_account(
         &self,
-        phone: &str,
-        username: Option<&str>,
+        new: NewAccount,
         device: NewDevice,
         now: Millis,
     ) -> Result<(Account, Device)> {
         let account = Account {
-            id: AccountId::random(),
-            phone: phone.to_owned(),
-            username: username.map(str::to_owned),
+            id: new.id,
+            country: new.country.clone(),
+            username: new.username.clone(),
             created_at: now,
         };
+        let (phone_key, vault) = (hex::encode(new.phone_key), &new.vault);
         let device = Device {
             addr: DeviceAddr {
                 account: account.id,
@@ -396,17 +396,22 @@ impl AccountStore for PgStore {
         };
         let (a, d) = (&account, &device);
         self.transaction(|conn| {
-            let (a, d) = (a.clone(), d.clone());
+            let (a, d, phone_key, vault) = (a.clone(), d.clone(), phone_key.clone(), vault.clone());
             Box::pin(async move {
                 sqlx::query(
-                    "INSERT INTO accounts (id, phone, username, created_at) VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO accounts (id, phone_key, country, username, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(&a.id.0[..])
-                .bind(&a.phone)
+                .bind(&phone_key)
+                .bind(&a.country)
                 .bind(&a.username)
                 .bind(a.created_at)
                 .execute(&mut *conn)
                 .await?;
+                if let Some(v) = &vault {
+                    insert_vault(conn, v).await?;
+                }
                 sqlx::query(
                     "INSERT INTO devices \
                      (account_id, device_id, name, identity_key, noise_key, created_at) \
@@ -477,26 +482,78 @@ impl AccountStore for PgStore {
     }
 
     async fn account(&self, id: AccountId) -> Result<Option<Account>> {
-        let row = sqlx::query("SELECT id, phone, username, created_at FROM accounts WHERE id = $1")
-            .bind(&id.0[..])
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+        let row =
+            sqlx::query("SELECT id, country, username, created_at FROM accounts WHERE id = $1")
+                .bind(&id.0[..])
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
         row.as_ref().map(account_from).transpose().map_err(db)
     }
 
-    async fn account_by_phone(&self, phone: &str) -> Result<Option<Account>> {
+    async fn account_by_phone_key(&self, phone_key: &[u8; 32]) -> Result<Option<Account>> {
         self.account_where(
-            "SELECT id, phone, username, created_at FROM accounts WHERE phone = $1",
-            phone,
+            "SELECT id, country, username, created_at FROM accounts WHERE phone_key = $1",
+            &hex::encode(phone_key),
         )
+        .await
+    }
+
+    async fn legacy_phones(&self, limit: u32) -> Result<Vec<LegacyPhone>> {
+        sqlx::query("SELECT id, phone_key FROM accounts WHERE phone_key LIKE '+%' LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| {
+                Ok(LegacyPhone {
+                    account: account_id(r, "id")?,
+                    phone: r.try_get("phone_key")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db)
+    }
+
+    async fn seal_legacy_phone(
+        &self,
+        account: AccountId,
+        phone_key: [u8; 32],
+        country: &str,
+        vault: Option<VaultEntry>,
+    ) -> Result<()> {
+        let (phone_key, vault) = (hex::encode(phone_key), &vault);
+        self.transaction(|conn| {
+            let (phone_key, country, vault) =
+                (phone_key.clone(), country.to_owned(), vault.clone());
+            Box::pin(async move {
+                let changed = sqlx::query(
+                    "UPDATE accounts SET phone_key = $1, country = $2 \
+                     WHERE id = $3 AND phone_key LIKE '+%'",
+                )
+                .bind(&phone_key)
+                .bind(&country)
+                .bind(&account.0[..])
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    return Err(StoreError::UnknownAccount.into());
+                }
+                if let Some(v) = &vault {
+                    insert_vault(conn, v).await?;
+                }
+                Ok(())
+            })
+        })
         .await
     }
 
     /// Usernames match regardless of case, through the index on lower().
     async fn account_by_username(&self, username: &str) -> Result<Option<Account>> {
         self.account_where(
-            "SELECT id, phone, username, created_at FROM accounts \
+            "SELECT id, country, username, created_at FROM accounts \
              WHERE lower(username) = lower($1)",
             username,
         )
@@ -592,15 +649,16 @@ impl AccountStore for PgStore {
 impl CodeStore for PgStore {
     async fn issue_code(
         &self,
-        phone: &str,
+        phone_key: &[u8; 32],
         code_hash: [u8; 32],
         now: Millis,
         expires_at: Millis,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO codes (phone, code_hash, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO codes (phone_key, code_hash, issued_at, expires_at) \
+             VALUES ($1, $2, $3, $4)",
         )
-        .bind(phone)
+        .bind(hex::encode(phone_key))
         .bind(&code_hash[..])
         .bind(now)
         .bind(expires_at)
@@ -610,23 +668,24 @@ impl CodeStore for PgStore {
         Ok(())
     }
 
-    async fn codes_issued_since(&self, phone: &str, since: Millis) -> Result<u32> {
-        let count: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM codes WHERE phone = $1 AND issued_at >= $2")
-                .bind(phone)
-                .bind(since)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db)?;
+    async fn codes_issued_since(&self, phone_key: &[u8; 32], since: Millis) -> Result<u32> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM codes WHERE phone_key = $1 AND issued_at >= $2",
+        )
+        .bind(hex::encode(phone_key))
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
-    async fn latest_code(&self, phone: &str) -> Result<Option<StoredCode>> {
+    async fn latest_code(&self, phone_key: &[u8; 32]) -> Result<Option<StoredCode>> {
         let row = sqlx::query(
             "SELECT id, code_hash, issued_at, expires_at, used_at, failed_attempts \
-             FROM codes WHERE phone = $1 ORDER BY issued_at DESC, id DESC LIMIT 1",
+             FROM codes WHERE phone_key = $1 ORDER BY issued_at DESC, id DESC LIMIT 1",
         )
-        .bind(phone)
+        .bind(hex::encode(phone_key))
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
@@ -676,32 +735,7 @@ impl VaultStore for PgStore {
         let e = &entry;
         self.transaction(|conn| {
             let e = e.clone();
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO vault_accounts \
-                     (account_id, phone_index, public_key, sealed_phone, threshold) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&e.account.0[..])
-                .bind(&e.phone_index[..])
-                .bind(&e.public_key[..])
-                .bind(&e.sealed_phone[..])
-                .bind(i32::try_from(e.threshold).unwrap_or(i32::MAX))
-                .execute(&mut *conn)
-                .await?;
-                for (custodian, wrapped) in &e.shares {
-                    sqlx::query(
-                        "INSERT INTO vault_shares (account_id, custodian, wrapped) \
-                         VALUES ($1, $2, $3)",
-                    )
-                    .bind(&e.account.0[..])
-                    .bind(&custodian[..])
-                    .bind(&wrapped[..])
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                Ok(())
-            })
+            Box::pin(async move { insert_vault(conn, &e).await })
         })
         .await
     }
@@ -925,4 +959,32 @@ impl DistributorStore for PgStore {
         .map_err(db)?;
         Ok(())
     }
+}
+
+/// Inserts an account's vault row and its shares, inside the caller's
+/// transaction.
+async fn insert_vault(conn: &mut PgConnection, e: &VaultEntry) -> Result<(), Failure> {
+    sqlx::query(
+        "INSERT INTO vault_accounts \
+         (account_id, phone_index, public_key, sealed_phone, threshold) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&e.account.0[..])
+    .bind(&e.phone_index[..])
+    .bind(&e.public_key[..])
+    .bind(&e.sealed_phone[..])
+    .bind(i32::try_from(e.threshold).unwrap_or(i32::MAX))
+    .execute(&mut *conn)
+    .await?;
+    for (custodian, wrapped) in &e.shares {
+        sqlx::query(
+            "INSERT INTO vault_shares (account_id, custodian, wrapped) VALUES ($1, $2, $3)",
+        )
+        .bind(&e.account.0[..])
+        .bind(&custodian[..])
+        .bind(&wrapped[..])
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }

@@ -40,8 +40,8 @@ use sqlx::{Connection, Row};
 
 use crate::{
     Account, AccountId, AccountStore, CodeStore, Device, DeviceAddr, DistributorStore, Enqueued,
-    Millis, NewDevice, NewMessage, QueueStore, Result, SealedConnection, StoreError, StoredCode,
-    StoredMessage, VaultEntry, VaultStore,
+    LegacyPhone, Millis, NewAccount, NewDevice, NewMessage, QueueStore, Result, SealedConnection,
+    StoreError, StoredCode, StoredMessage, VaultEntry, VaultStore,
 };
 use writer::{Command, Writer};
 
@@ -253,7 +253,7 @@ fn account_id(row: &SqliteRow, column: &str) -> Result<AccountId> {
 fn account_from(row: &SqliteRow) -> Result<Account> {
     Ok(Account {
         id: account_id(row, "id")?,
-        phone: row.try_get("phone").map_err(db)?,
+        country: row.try_get("country").map_err(db)?,
         username: row.try_get("username").map_err(db)?,
         created_at: row.try_get("created_at").map_err(db)?,
     })
@@ -322,18 +322,15 @@ impl SqliteStore {
 impl AccountStore for SqliteStore {
     async fn create_account(
         &self,
-        phone: &str,
-        username: Option<&str>,
+        account: NewAccount,
         device: NewDevice,
         now: Millis,
     ) -> Result<(Account, Device)> {
-        let id = AccountId::random();
+        let account = Box::new(account);
         self.inner
             .writer
             .call(|reply| Command::CreateAccount {
-                id,
-                phone: phone.to_owned(),
-                username: username.map(str::to_owned),
+                account,
                 device,
                 now,
                 reply,
@@ -359,25 +356,63 @@ impl AccountStore for SqliteStore {
     }
 
     async fn account(&self, id: AccountId) -> Result<Option<Account>> {
-        let row = sqlx::query("SELECT id, phone, username, created_at FROM accounts WHERE id = ?")
-            .bind(&id.0[..])
-            .fetch_optional(&self.inner.reads)
-            .await
-            .map_err(db)?;
+        let row =
+            sqlx::query("SELECT id, country, username, created_at FROM accounts WHERE id = ?")
+                .bind(&id.0[..])
+                .fetch_optional(&self.inner.reads)
+                .await
+                .map_err(db)?;
         row.as_ref().map(account_from).transpose()
     }
 
-    async fn account_by_phone(&self, phone: &str) -> Result<Option<Account>> {
+    async fn account_by_phone_key(&self, phone_key: &[u8; 32]) -> Result<Option<Account>> {
         self.account_where(
-            "SELECT id, phone, username, created_at FROM accounts WHERE phone = ?",
-            phone,
+            "SELECT id, country, username, created_at FROM accounts WHERE phone_key = ?",
+            &hex::encode(phone_key),
         )
         .await
     }
 
+    async fn legacy_phones(&self, limit: u32) -> Result<Vec<LegacyPhone>> {
+        sqlx::query("SELECT id, phone_key FROM accounts WHERE phone_key LIKE '+%' LIMIT ?")
+            .bind(i64::from(limit))
+            .fetch_all(&self.inner.reads)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| {
+                Ok(LegacyPhone {
+                    account: account_id(r, "id")?,
+                    phone: r.try_get("phone_key").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn seal_legacy_phone(
+        &self,
+        account: AccountId,
+        phone_key: [u8; 32],
+        country: &str,
+        vault: Option<VaultEntry>,
+    ) -> Result<()> {
+        let country = country.to_owned();
+        let vault = vault.map(Box::new);
+        self.inner
+            .writer
+            .call(|reply| Command::SealLegacyPhone {
+                account,
+                phone_key,
+                country,
+                vault,
+                reply,
+            })
+            .await
+    }
+
     async fn account_by_username(&self, username: &str) -> Result<Option<Account>> {
         self.account_where(
-            "SELECT id, phone, username, created_at FROM accounts WHERE username = ?",
+            "SELECT id, country, username, created_at FROM accounts WHERE username = ?",
             username,
         )
         .await
@@ -462,7 +497,7 @@ impl AccountStore for SqliteStore {
 impl CodeStore for SqliteStore {
     async fn issue_code(
         &self,
-        phone: &str,
+        phone_key: &[u8; 32],
         code_hash: [u8; 32],
         now: Millis,
         expires_at: Millis,
@@ -470,7 +505,7 @@ impl CodeStore for SqliteStore {
         self.inner
             .writer
             .call(|reply| Command::IssueCode {
-                phone: phone.to_owned(),
+                phone_key: hex::encode(phone_key),
                 code_hash,
                 now,
                 expires_at,
@@ -479,10 +514,10 @@ impl CodeStore for SqliteStore {
             .await
     }
 
-    async fn codes_issued_since(&self, phone: &str, since: Millis) -> Result<u32> {
+    async fn codes_issued_since(&self, phone_key: &[u8; 32], since: Millis) -> Result<u32> {
         let count: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM codes WHERE phone = ? AND issued_at >= ?")
-                .bind(phone)
+            sqlx::query_scalar("SELECT COUNT(*) FROM codes WHERE phone_key = ? AND issued_at >= ?")
+                .bind(hex::encode(phone_key))
                 .bind(since)
                 .fetch_one(&self.inner.reads)
                 .await
@@ -490,12 +525,12 @@ impl CodeStore for SqliteStore {
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
-    async fn latest_code(&self, phone: &str) -> Result<Option<StoredCode>> {
+    async fn latest_code(&self, phone_key: &[u8; 32]) -> Result<Option<StoredCode>> {
         let row = sqlx::query(
             "SELECT id, code_hash, issued_at, expires_at, used_at, failed_attempts \
-             FROM codes WHERE phone = ? ORDER BY issued_at DESC, id DESC LIMIT 1",
+             FROM codes WHERE phone_key = ? ORDER BY issued_at DESC, id DESC LIMIT 1",
         )
-        .bind(phone)
+        .bind(hex::encode(phone_key))
         .fetch_optional(&self.inner.reads)
         .await
         .map_err(db)?;

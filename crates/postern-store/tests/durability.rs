@@ -108,7 +108,7 @@ fn kill_and_check(test: &str, location: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = open(location).await;
-        let bob = store.account_by_phone("+15550002").await.unwrap().unwrap();
+        let bob = store.account_by_phone_key(&[2; 32]).await.unwrap().unwrap();
         let bob = store.devices(bob.id).await.unwrap()[0].addr;
         let stored: HashSet<u128> = store
             .fetch(bob, 0, usize::MAX, usize::MAX)
@@ -122,14 +122,24 @@ fn kill_and_check(test: &str, location: &str) {
     });
 }
 
+fn new_account(n: u8) -> postern_store::NewAccount {
+    postern_store::NewAccount {
+        id: postern_store::AccountId::random(),
+        phone_key: [n; 32],
+        country: "ZZ".into(),
+        username: None,
+        vault: None,
+    }
+}
+
 async fn child(location: &str) {
     let store = open(location).await;
     let (_, alice) = store
-        .create_account("+15550001", None, device(1), 0)
+        .create_account(new_account(1), device(1), 0)
         .await
         .unwrap();
     let (bob, _) = store
-        .create_account("+15550002", None, device(2), 0)
+        .create_account(new_account(2), device(2), 0)
         .await
         .unwrap();
     let tasks = (0..8u128).map(|t| {

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use bytes::Bytes;
 use postern_store::{
     AccountId, AccountStore, CodeStore, CommitOutcome, Device, DeviceAddr, DistributorStore,
-    GroupStore, KeyPackageStore, NewCommit, NewDevice, NewMessage, QueueStore, Recipients,
-    SealedConnection, Store, StoreError, VaultEntry, VaultStore,
+    GroupStore, KeyPackageStore, NewAccount, NewCommit, NewDevice, NewMessage, QueueStore,
+    Recipients, SealedConnection, Store, StoreError, VaultEntry, VaultStore,
 };
 use support::{Backend, Postgres, Sqlite};
 
@@ -36,9 +36,27 @@ fn new_device(name: &str) -> NewDevice {
     }
 }
 
+/// A stand-in for the server's keyed phone hash: distinct for distinct
+/// numbers, which is all the store relies on.
+fn key(phone: &str) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..phone.len()].copy_from_slice(phone.as_bytes());
+    k
+}
+
+fn new_account(phone: &str, username: Option<&str>) -> NewAccount {
+    NewAccount {
+        id: AccountId::random(),
+        phone_key: key(phone),
+        country: "US".into(),
+        username: username.map(str::to_owned),
+        vault: None,
+    }
+}
+
 async fn account(store: &impl Store, phone: &str, devices: usize) -> Vec<Device> {
     let (_, first) = store
-        .create_account(phone, None, new_device("first"), NOW)
+        .create_account(new_account(phone, None), new_device("first"), NOW)
         .await
         .unwrap();
     let mut out = vec![first.clone()];
@@ -70,10 +88,10 @@ async fn accounts_are_created_and_found<B: Backend>(b: &B) {
     let store = b.open().await;
     let dev = new_device("laptop");
     let (account, device) = store
-        .create_account("+15550001", Some("alice"), dev.clone(), NOW)
+        .create_account(new_account("+15550001", Some("alice")), dev.clone(), NOW)
         .await
         .unwrap();
-    assert_eq!(account.phone, "+15550001");
+    assert_eq!(account.country, "US");
     assert_eq!(account.username.as_deref(), Some("alice"));
     assert_eq!(device.addr.device, 1);
     assert_eq!(device.noise_key, dev.noise_key);
@@ -83,7 +101,7 @@ async fn accounts_are_created_and_found<B: Backend>(b: &B) {
         Some(account.clone())
     );
     assert_eq!(
-        store.account_by_phone("+15550001").await.unwrap(),
+        store.account_by_phone_key(&key("+15550001")).await.unwrap(),
         Some(account.clone())
     );
     assert_eq!(
@@ -95,7 +113,10 @@ async fn accounts_are_created_and_found<B: Backend>(b: &B) {
         Some(account.clone()),
         "usernames ignore case"
     );
-    assert_eq!(store.account_by_phone("+15559999").await.unwrap(), None);
+    assert_eq!(
+        store.account_by_phone_key(&key("+15559999")).await.unwrap(),
+        None
+    );
     assert_eq!(store.account(AccountId([7; 16])).await.unwrap(), None);
     assert_eq!(
         store.devices(account.id).await.unwrap(),
@@ -112,34 +133,45 @@ async fn taken_phone_username_or_key_fail_with_typed_errors_and_create_nothing<B
     let store = b.open().await;
     let dev = new_device("a");
     store
-        .create_account("+15550001", Some("alice"), dev.clone(), NOW)
+        .create_account(new_account("+15550001", Some("alice")), dev.clone(), NOW)
         .await
         .unwrap();
 
     let err = store
-        .create_account("+15550001", None, new_device("b"), NOW)
+        .create_account(new_account("+15550001", None), new_device("b"), NOW)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::PhoneTaken), "{err:?}");
 
     let err = store
-        .create_account("+15550002", Some("Alice"), new_device("b"), NOW)
+        .create_account(
+            new_account("+15550002", Some("Alice")),
+            new_device("b"),
+            NOW,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::UsernameTaken), "{err:?}");
 
     // The account row would be fine; its device is not, so neither is kept.
     let err = store
-        .create_account("+15550003", Some("carol"), dev.clone(), NOW)
+        .create_account(new_account("+15550003", Some("carol")), dev.clone(), NOW)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::DeviceKeyTaken), "{err:?}");
-    assert_eq!(store.account_by_phone("+15550003").await.unwrap(), None);
+    assert_eq!(
+        store.account_by_phone_key(&key("+15550003")).await.unwrap(),
+        None
+    );
     assert_eq!(store.account_by_username("carol").await.unwrap(), None);
 
     // After all that, the phone is still free to register.
     store
-        .create_account("+15550003", Some("carol"), new_device("c"), NOW)
+        .create_account(
+            new_account("+15550003", Some("carol")),
+            new_device("c"),
+            NOW,
+        )
         .await
         .unwrap();
 }
@@ -259,28 +291,37 @@ async fn link_tokens_work_once_and_expire<B: Backend>(b: &B) {
 async fn codes_are_issued_counted_consumed_once_and_purged<B: Backend>(b: &B) {
     let store = b.open().await;
     let phone = "+15550001";
-    assert_eq!(store.latest_code(phone).await.unwrap(), None);
+    assert_eq!(store.latest_code(&key(phone)).await.unwrap(), None);
     store
-        .issue_code(phone, [1; 32], NOW, NOW + 600_000)
+        .issue_code(&key(phone), [1; 32], NOW, NOW + 600_000)
         .await
         .unwrap();
     store
-        .issue_code(phone, [2; 32], NOW + 1000, NOW + 601_000)
+        .issue_code(&key(phone), [2; 32], NOW + 1000, NOW + 601_000)
         .await
         .unwrap();
     store
-        .issue_code("+15550002", [3; 32], NOW + 2000, NOW + 602_000)
+        .issue_code(&key("+15550002"), [3; 32], NOW + 2000, NOW + 602_000)
         .await
         .unwrap();
 
-    assert_eq!(store.codes_issued_since(phone, NOW).await.unwrap(), 2);
-    assert_eq!(store.codes_issued_since(phone, NOW + 1).await.unwrap(), 1);
+    assert_eq!(store.codes_issued_since(&key(phone), NOW).await.unwrap(), 2);
     assert_eq!(
-        store.codes_issued_since(phone, NOW + 2000).await.unwrap(),
+        store
+            .codes_issued_since(&key(phone), NOW + 1)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .codes_issued_since(&key(phone), NOW + 2000)
+            .await
+            .unwrap(),
         0
     );
 
-    let code = store.latest_code(phone).await.unwrap().unwrap();
+    let code = store.latest_code(&key(phone)).await.unwrap().unwrap();
     assert_eq!(code.code_hash, [2; 32]);
     assert_eq!(code.issued_at, NOW + 1000);
     assert_eq!(code.expires_at, NOW + 601_000);
@@ -297,14 +338,14 @@ async fn codes_are_issued_counted_consumed_once_and_purged<B: Backend>(b: &B) {
     );
     assert!(a.unwrap() ^ b.unwrap());
     assert!(!store.consume_code(code.id, NOW + 6000).await.unwrap());
-    let code = store.latest_code(phone).await.unwrap().unwrap();
+    let code = store.latest_code(&key(phone)).await.unwrap().unwrap();
     assert_eq!(code.failed_attempts, 2);
     assert!(code.used_at.is_some());
 
     assert_eq!(store.purge_codes(NOW + 600_500).await.unwrap(), 1);
-    assert_eq!(store.codes_issued_since(phone, 0).await.unwrap(), 1);
+    assert_eq!(store.codes_issued_since(&key(phone), 0).await.unwrap(), 1);
     assert_eq!(store.purge_codes(NOW + HOUR).await.unwrap(), 2);
-    assert_eq!(store.latest_code(phone).await.unwrap(), None);
+    assert_eq!(store.latest_code(&key(phone)).await.unwrap(), None);
 }
 
 async fn a_message_reaches_every_device_with_increasing_sequence_numbers<B: Backend>(b: &B) {
@@ -601,7 +642,7 @@ async fn everything_is_there_after_reopening<B: Backend>(b: &B) {
             .await
             .unwrap();
         store
-            .issue_code("+15550003", [1; 32], NOW, NOW + HOUR)
+            .issue_code(&key("+15550003"), [1; 32], NOW, NOW + HOUR)
             .await
             .unwrap();
         store
@@ -616,7 +657,10 @@ async fn everything_is_there_after_reopening<B: Backend>(b: &B) {
         }
         store.ack(bob[0].addr, 1).await.unwrap();
         b.close(&store).await;
-        let err = store.account_by_phone("+15550001").await.unwrap_err();
+        let err = store
+            .account_by_phone_key(&key("+15550001"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Closed), "{err:?}");
         let err = store
             .enqueue(message(alice, bob[0].addr.account, 4, "x"))
@@ -635,7 +679,13 @@ async fn everything_is_there_after_reopening<B: Backend>(b: &B) {
         alice.account
     );
     assert_eq!(store.devices(bob[0].addr.account).await.unwrap(), bob);
-    assert!(store.latest_code("+15550003").await.unwrap().is_some());
+    assert!(
+        store
+            .latest_code(&key("+15550003"))
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(
         store.redeem_link_token([9; 32], NOW).await.unwrap(),
         Some(alice.account)
@@ -1109,6 +1159,40 @@ async fn vault_entries_and_connections_are_kept_found_and_purged<B: Backend>(b: 
     assert_eq!(store.connections(bob, 0, i64::MAX).await.unwrap().len(), 1);
 }
 
+async fn an_account_and_its_vault_are_created_together<B: Backend>(b: &B) {
+    let store = b.open().await;
+    let vault = |account, index: u8| VaultEntry {
+        account,
+        phone_index: [index; 32],
+        public_key: [index + 1; 32],
+        sealed_phone: Bytes::from(vec![index; 60]),
+        threshold: 1,
+        shares: vec![([1; 32], Bytes::from_static(b"share"))],
+    };
+    let mut new = new_account("+15550201", None);
+    new.vault = Some(vault(new.id, 20));
+    let (alice, _) = store
+        .create_account(new.clone(), new_device("a"), NOW)
+        .await
+        .unwrap();
+    assert_eq!(store.vault(alice.id).await.unwrap(), new.vault);
+    assert_eq!(
+        store.account_by_phone_index(&[20; 32]).await.unwrap(),
+        Some(alice.id)
+    );
+    // A vault entry that cannot be stored (its index is taken) keeps the
+    // account from being created.
+    let mut other = new_account("+15550202", None);
+    other.vault = Some(vault(other.id, 20));
+    let err = store
+        .create_account(other.clone(), new_device("b"), NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PhoneTaken), "{err:?}");
+    assert_eq!(store.account(other.id).await.unwrap(), None);
+    assert!(store.legacy_phones(10).await.unwrap().is_empty());
+}
+
 /// Instantiates each generic test body for SQLite and for PostgreSQL.
 macro_rules! store_tests {
     ($($name:ident),* $(,)?) => {
@@ -1134,6 +1218,7 @@ macro_rules! store_tests {
 
 store_tests!(
     accounts_are_created_and_found,
+    an_account_and_its_vault_are_created_together,
     taken_phone_username_or_key_fail_with_typed_errors_and_create_nothing,
     usernames_are_set_cleared_and_unique,
     devices_are_numbered_in_order,

@@ -223,6 +223,38 @@ pub async fn invite_create(home: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `postern notices`: lawful disclosures of this account's data that the
+/// member may now be told of.
+pub async fn notices(home: &Path, json: bool) -> anyhow::Result<()> {
+    let (_client, conn) = connect(home).await?;
+    let list = conn.notices().await?;
+    for n in &list {
+        let when =
+            postern_legal::date::format_date(u64::try_from(n.disclosed_at_ms / 1000).unwrap_or(0));
+        let what: Vec<String> = n.categories.iter().map(|c| c.replace('_', " ")).collect();
+        if json {
+            let v = serde_json::json!({
+                "disclosed_at": when,
+                "categories": n.categories,
+                "jurisdiction": n.jurisdiction,
+                "log_index": n.log_index,
+            });
+            println!("{v}");
+        } else {
+            println!(
+                "Your data was disclosed on {when}: {} (a request from {}, transparency log entry {}).",
+                what.join(", "),
+                n.jurisdiction,
+                n.log_index
+            );
+        }
+    }
+    if list.is_empty() && !json {
+        println!("No disclosures of your data that the server may tell you of.");
+    }
+    Ok(())
+}
+
 /// What `send`, `edit`, `delete` and `react` send.
 pub enum Outgoing {
     /// A text, perhaps answering a message (by id).
@@ -481,7 +513,11 @@ pub async fn whoami(home: &Path, json: bool) -> anyhow::Result<()> {
         println!("{v}");
     } else {
         println!("account:  {}", me.account);
-        println!("phone:    {}", me.phone);
+        if me.phone.is_empty() {
+            println!("phone:    (not known on this device; the server keeps no clear copy)");
+        } else {
+            println!("phone:    {}", me.phone);
+        }
         println!(
             "username: {}",
             me.username

@@ -10,6 +10,7 @@ mod client_cmd;
 mod custodian;
 mod demo;
 mod directory_cmd;
+mod legal_cmd;
 mod relay_cmd;
 mod serve;
 mod sim;
@@ -211,6 +212,13 @@ enum Command {
         #[command(subcommand)]
         what: directory_cmd::DirectoryCommand,
     },
+    /// Show whether your data was disclosed to an authority (lawful
+    /// requests whose gag has lapsed): the date and what.
+    Notices {
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Invite someone: they register with `--invite CODE`.
     Invite {
         #[command(subcommand)]
@@ -241,6 +249,12 @@ enum Command {
     Custodian {
         #[command(subcommand)]
         what: custodian::CustodianCommand,
+    },
+    /// The operator's lawful-request commands (operator API): submit,
+    /// list, show, approve, bundle for custodians, disclose.
+    Legal {
+        #[command(subcommand)]
+        what: legal_cmd::LegalCommand,
     },
     /// Verify or monitor a transparency log; write and check offline proofs.
     Transparency {
@@ -502,6 +516,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Some(RelayAction::Report { link }) => client_cmd::relay_report(&home, &link).await,
         },
         Command::Directory { what } => directory_cmd::run(&home, what).await,
+        Command::Notices { json } => client_cmd::notices(&home, json).await,
         Command::Invite { action } => match action {
             InviteAction::Create => client_cmd::invite_create(&home).await,
         },
@@ -509,6 +524,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => demo::run().await,
         Command::Witness(args) => witness::run(args).await,
         Command::Custodian { what } => custodian::run(what),
+        Command::Legal { what } => legal_cmd::run(what).await,
         Command::Transparency { what } => transparency::run(what).await,
         Command::Bench { what } => bench::run(what).await,
         Command::Sim(args) => sim::run(args),

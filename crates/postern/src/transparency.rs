@@ -1,14 +1,17 @@
-//! `postern transparency`: verify and monitor a transparency log, and
-//! write and check offline proofs. The checks are postern_tlog::client's;
-//! this prints verdicts for people.
+//! `postern transparency`: verify and monitor a transparency log, write
+//! and check offline proofs, and build and check the semiannual
+//! lawful-request reports. The checks are postern_tlog::client's and the
+//! reports postern_legal::report's; this prints verdicts for people.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use postern_legal::report::{Period, Report};
 use postern_tlog::client::{self, MonitorState, Verdict, VerifyError};
 use postern_tlog::entry::Tally;
 use postern_tlog::http::LogSource;
+use postern_tlog::note::{Algorithm, Note, Signer};
 use postern_tlog::{Policy, ProofBundle, Verifier};
 
 /// Whose signatures a checkpoint needs.
@@ -101,6 +104,38 @@ pub enum TransparencyCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Build the semiannual report from the log alone: JSON, an HTML page
+    /// with SVG charts, and a signed note naming the checkpoint it was
+    /// computed from.
+    Report {
+        #[command(flatten)]
+        log: LogArgs,
+        /// The half-year, like 2026-H2.
+        #[arg(long)]
+        period: String,
+        /// The operator's report-signing key (a signed-note key; created
+        /// on first use, its verifier key printed).
+        #[arg(long, value_name = "FILE")]
+        signing_key: PathBuf,
+        /// The directory for report-PERIOD.json, .html and .note.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Recompute a report from the log (up to the size it names) and say
+    /// whether it matches, field by field.
+    VerifyReport {
+        /// The report (report-PERIOD.json).
+        report: PathBuf,
+        #[command(flatten)]
+        log: LogArgs,
+        /// Also check the signed note (report-PERIOD.note) against the
+        /// operator's report key (VKEY).
+        #[arg(long, value_name = "FILE", requires = "report_key")]
+        note: Option<PathBuf>,
+        /// The operator's report verifier key.
+        #[arg(long, value_name = "VKEY")]
+        report_key: Option<String>,
+    },
     /// Check an offline proof against the log's and witnesses' keys,
     /// without contacting the log.
     CheckProof {
@@ -140,6 +175,18 @@ pub async fn run(cmd: TransparencyCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        TransparencyCommand::Report {
+            log,
+            period,
+            signing_key,
+            out,
+        } => report(&log, &period, &signing_key, &out).await,
+        TransparencyCommand::VerifyReport {
+            report,
+            log,
+            note,
+            report_key,
+        } => verify_report(&report, &log, note.as_deref(), report_key.as_deref()).await,
         TransparencyCommand::CheckProof { proof, entry, keys } => {
             let policy = keys.policy()?;
             let text = std::fs::read_to_string(&proof)
@@ -160,6 +207,145 @@ pub async fn run(cmd: TransparencyCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Verifies the log and returns its checkpoint and every entry.
+async fn entries(args: &LogArgs) -> anyhow::Result<(Verdict, Vec<Vec<u8>>)> {
+    let policy = args.keys.policy()?;
+    let mut all = Vec::new();
+    let verdict = client::verify_with(&args.source()?, &policy, None, |_, e| all.push(e.to_vec()))
+        .await
+        .context("the log does not verify; no report can be computed from it")?;
+    Ok((verdict, all))
+}
+
+fn period(text: &str) -> anyhow::Result<Period> {
+    text.parse::<Period>()
+        .map_err(|e| anyhow::anyhow!("--period: {e}"))
+}
+
+/// The signed note's text: the report's facts and the checkpoint they
+/// were computed from.
+fn note_text(report: &Report, origin: &str, root: &str) -> String {
+    let mut text: String = report
+        .to_text()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!("checkpoint {origin} {} {root}\n", report.log_size));
+    text
+}
+
+async fn report(
+    args: &LogArgs,
+    period_text: &str,
+    key_path: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let period = period(period_text)?;
+    let (verdict, all) = entries(args).await?;
+    let report = Report::compute(period, all.iter().map(Vec::as_slice));
+    let cp = &verdict.checkpoint;
+    let signer = Signer::load_or_generate(
+        key_path,
+        &format!("{}/reports", cp.origin),
+        Algorithm::Ed25519,
+    )
+    .with_context(|| {
+        format!(
+            "cannot load or create the report key {}",
+            key_path.display()
+        )
+    })?;
+    let mut note = Note::new(&note_text(&report, &cp.origin, &cp.root.to_string()))
+        .context("the report does not make a signed note")?;
+    note.sign(&signer, now());
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let stem = out.join(format!("report-{period}"));
+    for (ext, text) in [
+        ("json", report.to_json()),
+        ("html", report.to_html()),
+        ("note", note.to_string()),
+    ] {
+        let path = stem.with_extension(ext);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    print!("{}", report.to_text());
+    println!(
+        "Computed from {} at size {} (root {}).",
+        cp.origin, cp.size, cp.root
+    );
+    println!(
+        "Wrote {}.json, .html and .note; the note is signed by {}",
+        stem.display(),
+        signer.verifier().vkey()
+    );
+    Ok(())
+}
+
+async fn verify_report(
+    path: &Path,
+    args: &LogArgs,
+    note: Option<&Path>,
+    report_key: Option<&str>,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let claimed =
+        Report::from_json(&text).with_context(|| format!("{} is not a report", path.display()))?;
+    let period = period(&claimed.period)?;
+    let (verdict, all) = entries(args).await?;
+    let size = usize::try_from(claimed.log_size).unwrap_or(usize::MAX);
+    anyhow::ensure!(
+        size <= all.len(),
+        "the report claims {} entries, but the log has only {}",
+        claimed.log_size,
+        all.len()
+    );
+    let recomputed = Report::compute(period, all[..size].iter().map(Vec::as_slice));
+    let differences = recomputed.differences(&claimed);
+    if differences.is_empty() {
+        if let (Some(note_path), Some(vkey)) = (note, report_key) {
+            let verifier = Verifier::from_vkey(vkey)
+                .with_context(|| format!("--report-key {vkey:?} is not a verifier key"))?;
+            let bytes = read(&note_path.to_path_buf())?;
+            let signed = Note::parse(&bytes).with_context(|| format!("{}", note_path.display()))?;
+            signed
+                .verify(&[verifier])
+                .context("the report's note is not signed by that key")?;
+            let expected_prefix = note_text(&claimed, &verdict.checkpoint.origin, "");
+            let facts = expected_prefix
+                .rsplit_once("checkpoint ")
+                .map_or(expected_prefix.as_str(), |(f, _)| f);
+            anyhow::ensure!(
+                signed.text().starts_with(facts),
+                "the signed note says something other than {}",
+                path.display()
+            );
+            println!("The signed note matches the report and verifies.");
+        }
+        println!(
+            "MATCH: the {} report is what the log's first {} entries give ({} at size {} now).",
+            claimed.period, claimed.log_size, verdict.checkpoint.origin, verdict.checkpoint.size
+        );
+        Ok(())
+    } else {
+        for d in &differences {
+            println!("  {d}");
+        }
+        anyhow::bail!(
+            "MISMATCH: the report differs from the log in {} field(s)",
+            differences.len()
+        )
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {

@@ -31,7 +31,8 @@ use super::groups;
 use super::seq_param;
 use crate::{
     Account, AccountId, ClaimedKeyPackage, CommitOutcome, Device, DeviceAddr, Enqueued,
-    KeyPackageCount, Millis, NewCommit, NewDevice, NewMessage, Result, StoreError, VaultEntry,
+    KeyPackageCount, Millis, NewAccount, NewCommit, NewDevice, NewMessage, Result, StoreError,
+    VaultEntry,
 };
 
 /// A batch taking longer than this is logged: it delays every caller in it.
@@ -52,12 +53,17 @@ pub(crate) enum Command {
         reply: Reply<u64>,
     },
     CreateAccount {
-        id: AccountId,
-        phone: String,
-        username: Option<String>,
+        account: Box<NewAccount>,
         device: NewDevice,
         now: Millis,
         reply: Reply<(Account, Device)>,
+    },
+    SealLegacyPhone {
+        account: AccountId,
+        phone_key: [u8; 32],
+        country: String,
+        vault: Option<Box<VaultEntry>>,
+        reply: Reply<()>,
     },
     AddDevice {
         account: AccountId,
@@ -82,7 +88,7 @@ pub(crate) enum Command {
         reply: Reply<Option<AccountId>>,
     },
     IssueCode {
-        phone: String,
+        phone_key: String,
         code_hash: [u8; 32],
         now: Millis,
         expires_at: Millis,
@@ -494,15 +500,20 @@ async fn execute(conn: &mut SqliteConnection, cmd: Command) -> (Settle, Ended) {
         } => outcome(reply, ack(conn, device, up_to_seq).await),
         Command::PurgeExpired { now, reply } => outcome(reply, purge_expired(conn, now).await),
         Command::CreateAccount {
-            id,
-            phone,
-            username,
+            account,
             device,
             now,
             reply,
+        } => outcome(reply, create_account(conn, *account, device, now).await),
+        Command::SealLegacyPhone {
+            account,
+            phone_key,
+            country,
+            vault,
+            reply,
         } => outcome(
             reply,
-            create_account(conn, id, phone, username, device, now).await,
+            seal_legacy_phone(conn, account, phone_key, country, vault.map(|v| *v)).await,
         ),
         Command::AddDevice {
             account,
@@ -528,14 +539,14 @@ async fn execute(conn: &mut SqliteConnection, cmd: Command) -> (Settle, Ended) {
             outcome(reply, redeem_link_token(conn, hash, now).await)
         }
         Command::IssueCode {
-            phone,
+            phone_key,
             code_hash,
             now,
             expires_at,
             reply,
         } => outcome(
             reply,
-            issue_code(conn, phone, code_hash, now, expires_at).await,
+            issue_code(conn, phone_key, code_hash, now, expires_at).await,
         ),
         Command::ConsumeCode { id, now, reply } => {
             outcome(reply, consume_code(conn, id, now).await)
@@ -606,6 +617,7 @@ impl Command {
             Command::Ack { reply, .. } => failed(reply),
             Command::PurgeExpired { reply, .. } => failed(reply),
             Command::CreateAccount { reply, .. } => failed(reply),
+            Command::SealLegacyPhone { reply, .. } => failed(reply),
             Command::AddDevice { reply, .. } => failed(reply),
             Command::SetUsername { reply, .. } => failed(reply),
             Command::CreateLinkToken { reply, .. } => failed(reply),
@@ -668,19 +680,31 @@ async fn purge_expired(conn: &mut SqliteConnection, now: Millis) -> Result<u64, 
 
 async fn create_account(
     conn: &mut SqliteConnection,
-    id: AccountId,
-    phone: String,
-    username: Option<String>,
+    new: NewAccount,
     device: NewDevice,
     now: Millis,
 ) -> Result<(Account, Device), Failure> {
-    sqlx::query("INSERT INTO accounts (id, phone, username, created_at) VALUES (?, ?, ?, ?)")
-        .bind(&id.0[..])
-        .bind(&phone)
-        .bind(&username)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+    let NewAccount {
+        id,
+        phone_key,
+        country,
+        username,
+        vault,
+    } = new;
+    sqlx::query(
+        "INSERT INTO accounts (id, phone_key, country, username, created_at) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(&id.0[..])
+    .bind(hex::encode(phone_key))
+    .bind(&country)
+    .bind(&username)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    if let Some(vault) = vault {
+        put_vault(conn, vault).await?;
+    }
     sqlx::query(
         "INSERT INTO devices (account_id, device_id, name, identity_key, noise_key, created_at) \
          VALUES (?, 1, ?, ?, ?, ?)",
@@ -694,7 +718,7 @@ async fn create_account(
     .await?;
     let account = Account {
         id,
-        phone,
+        country,
         username,
         created_at: now,
     };
@@ -797,20 +821,47 @@ async fn redeem_link_token(
     Ok(Some(super::account_id(&row, "account_id")?))
 }
 
+async fn seal_legacy_phone(
+    conn: &mut SqliteConnection,
+    account: AccountId,
+    phone_key: [u8; 32],
+    country: String,
+    vault: Option<VaultEntry>,
+) -> Result<(), Failure> {
+    let changed = sqlx::query(
+        "UPDATE accounts SET phone_key = ?, country = ? WHERE id = ? AND phone_key LIKE '+%'",
+    )
+    .bind(hex::encode(phone_key))
+    .bind(&country)
+    .bind(&account.0[..])
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Err(StoreError::UnknownAccount.into());
+    }
+    if let Some(vault) = vault {
+        put_vault(conn, vault).await?;
+    }
+    Ok(())
+}
+
 async fn issue_code(
     conn: &mut SqliteConnection,
-    phone: String,
+    phone_key: String,
     code_hash: [u8; 32],
     now: Millis,
     expires_at: Millis,
 ) -> Result<(), Failure> {
-    sqlx::query("INSERT INTO codes (phone, code_hash, issued_at, expires_at) VALUES (?, ?, ?, ?)")
-        .bind(&phone)
-        .bind(&code_hash[..])
-        .bind(now)
-        .bind(expires_at)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO codes (phone_key, code_hash, issued_at, expires_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&phone_key)
+    .bind(&code_hash[..])
+    .bind(now)
+    .bind(expires_at)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -921,10 +972,10 @@ mod tests {
         conn
     }
 
-    fn issue(phone: &str) -> impl FnOnce(Reply<()>) -> Command {
-        let phone = phone.to_owned();
+    fn issue(phone_key: &str) -> impl FnOnce(Reply<()>) -> Command {
+        let phone_key = phone_key.to_owned();
         move |reply| Command::IssueCode {
-            phone,
+            phone_key,
             code_hash: [0; 32],
             now: 0,
             expires_at: 1,
@@ -959,9 +1010,13 @@ mod tests {
             expires_at: 1,
         };
         let account = |reply| Command::CreateAccount {
-            id: recipient,
-            phone: "+1".into(),
-            username: None,
+            account: Box::new(NewAccount {
+                id: recipient,
+                phone_key: [1; 32],
+                country: "ZZ".into(),
+                username: None,
+                vault: None,
+            }),
             device: NewDevice {
                 name: String::new(),
                 identity_key: [0; 32],
@@ -1002,7 +1057,7 @@ mod tests {
         writer.close().await;
 
         let mut conn = connection(&dir).await;
-        let phones: Vec<String> = sqlx::query_scalar("SELECT phone FROM codes")
+        let phones: Vec<String> = sqlx::query_scalar("SELECT phone_key FROM codes")
             .fetch_all(&mut conn)
             .await
             .unwrap();
