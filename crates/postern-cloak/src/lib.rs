@@ -44,7 +44,14 @@
 //!   algorithms that start with a GREASE value and the ML-DSA schemes
 //!   0x0904–0x0906. JA4 is therefore `t13d1517h2_8daaf6152771_cb7bf5808d99`
 //!   (ours and Chromium's alike). ALPS uses the new code point 0x44cd.
-//! - Added: [`Secret::generate`], [`Secret::from_bytes`],
+//! - [`CoverShape`] also has `ticket_lengths`: after
+//!   [`RelayPending::on_client_bytes`] is done, the relay should send
+//!   `shape.seal_tickets(&mut session.sealer, &mut out)` before anything
+//!   else, as a real server sends its NewSessionTickets then.
+//! - The client's confirmation record has the size of Chrome's Finished for
+//!   the cover's suite: 53 bytes, or 69 if the cover picks
+//!   TLS_AES_256_GCM_SHA384.
+//! - Added: [`Sealer::seal_padding`], [`Secret::generate`], [`Secret::from_bytes`],
 //!   [`Secret::as_bytes`], [`Secret::to_base64`] and `FromStr`;
 //!   [`MAX_HELLO_RECORD`]; [`ClientHelloInfo::key_share`], [`KeyShare`];
 //!   [`hello::is_grease`], [`hello::mlkem_coefficients`];
@@ -79,9 +86,12 @@
 //!    server confirmation, the others padding.
 //! 4. The client checks the proof (else [`CloakError::NotRelay`], and it
 //!    sends nothing more), derives the keys, opens the confirmation, and
-//!    answers with a ChangeCipherSpec and one 53-byte record (the size of
-//!    Chrome's Finished) carrying its own confirmation, which the relay
-//!    checks ([`RelayPending::on_client_bytes`]).
+//!    answers with a ChangeCipherSpec and one record the size of Chrome's
+//!    Finished for the cover's suite (53 bytes, 69 with SHA-384) carrying
+//!    its own confirmation, which the relay checks
+//!    ([`RelayPending::on_client_bytes`]). The relay then sends padding
+//!    records the size of the cover's session tickets
+//!    ([`CoverShape::seal_tickets`]).
 //! 5. Both sides now hold a [`Session`]: ChaCha20-Poly1305 per direction,
 //!    keys from HKDF-SHA256 with a salt derived from the secret over the
 //!    X25519 shared secret and the transcript hash, 64-bit record counters
@@ -117,10 +127,12 @@
 //! let Step::Done { value: mut relay_session, .. } =
 //!     relay.on_client_bytes(&reply)? else { panic!("read more") };
 //!
+//! // Relay: ticket-sized padding first, as the cover would send tickets.
 //! let mut wire = Vec::new();
-//! client_session.sealer.seal(b"a Noise message", &mut wire)?;
+//! CoverShape::fallback().seal_tickets(&mut relay_session.sealer, &mut wire)?;
+//! relay_session.sealer.seal(b"a Noise message", &mut wire)?;
 //! let mut buf = bytes::BytesMut::from(&wire[..]);
-//! assert_eq!(relay_session.opener.open(&mut buf)?.unwrap(), &b"a Noise message"[..]);
+//! assert_eq!(client_session.opener.open(&mut buf)?.unwrap(), &b"a Noise message"[..]);
 //! # Ok::<(), CloakError>(())
 //! ```
 //!

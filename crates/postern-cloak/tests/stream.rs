@@ -43,9 +43,17 @@ async fn relay_accept<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> Cloak
     loop {
         match pending.on_client_bytes(&rest).unwrap() {
             Step::NeedMore => assert_ne!(stream.read_buf(&mut rest).await.unwrap(), 0),
-            Step::Done { value, consumed } => {
+            Step::Done {
+                value: mut session,
+                consumed,
+            } => {
+                let mut tickets = Vec::new();
+                CoverShape::fallback()
+                    .seal_tickets(&mut session.sealer, &mut tickets)
+                    .unwrap();
+                stream.write_all(&tickets).await.unwrap();
                 let leftover = rest.split_off(consumed);
-                return CloakStream::new(stream, value, leftover);
+                return CloakStream::new(stream, session, leftover);
             }
         }
     }
