@@ -169,6 +169,8 @@ struct Flight {
     cipher_suite: u16,
     /// Bytes of the caller's buffer already processed.
     pos: usize,
+    /// Where the ServerHello ends (a ChangeCipherSpec may follow there).
+    server_hello_end: usize,
     records: usize,
     /// Padding records still expected after the confirmation.
     remaining: Option<u16>,
@@ -216,6 +218,7 @@ impl ClientPending {
                 keys,
                 cipher_suite: sh.cipher_suite,
                 pos: sh_len,
+                server_hello_end: sh_len,
                 records: 0,
                 remaining: None,
             }));
@@ -224,7 +227,7 @@ impl ClientPending {
             return Err(CloakError::Malformed("the handshake is already over"));
         };
         // The cover's optional ChangeCipherSpec right after the ServerHello.
-        if flight.records == 0 && buf.len() > flight.pos && buf[flight.pos] == 0x14 {
+        if flight.pos == flight.server_hello_end && buf.get(flight.pos) == Some(&0x14) {
             if buf.len() < flight.pos + CCS.len() {
                 return Ok(Step::NeedMore);
             }
