@@ -302,13 +302,16 @@ pub struct RelayPending {
 
 /// Answers a verified hello: returns the flight to send (ServerHello, CCS
 /// and application-data records, all in the cover's shape) and the state to
-/// feed the client's reply to.
+/// feed the client's reply to. A hand-built `shape` with a choice the
+/// client cannot follow (another group, a TLS 1.2 suite, a missing
+/// extension, more than 16 records) gets the fallback's choice there.
 pub fn respond(
     secret: &Secret,
     v: &Verified,
     shape: &CoverShape,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> (Vec<u8>, RelayPending) {
+    let shape = &shape.normalized();
     let ephemeral = EphemeralSecret::random_from_rng(&mut *rng);
     let public = PublicKey::from(&ephemeral);
     let mut share = Vec::with_capacity(MLKEM768_CT_LEN + 32);

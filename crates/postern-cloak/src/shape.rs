@@ -71,6 +71,28 @@ impl CoverShape {
         }
     }
 
+    /// This shape with anything the client could not accept replaced by the
+    /// fallback's choice (for shapes built by hand): a TLS 1.3 suite, an
+    /// X25519 group, both ServerHello extensions, at most 16 records.
+    pub(crate) fn normalized(&self) -> CoverShape {
+        let fallback = CoverShape::fallback();
+        let mut order = self.extension_order.clone();
+        order.sort_unstable();
+        let mut shape = self.clone();
+        if !matches!(shape.cipher_suite, 0x1301..=0x1303) {
+            shape.cipher_suite = fallback.cipher_suite;
+        }
+        if shape.group != X25519MLKEM768 {
+            shape.group = X25519;
+        }
+        if order != [EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE] {
+            shape.extension_order = fallback.extension_order;
+        }
+        shape.record_lengths.truncate(MAX_COVER_RECORDS);
+        shape.ticket_lengths.truncate(MAX_COVER_RECORDS);
+        shape
+    }
+
     /// Seals padding-only records of the cover's ticket lengths into `out`:
     /// the relay sends them as soon as the handshake is done (before any
     /// session data, as sealing advances the record counter). The client's
