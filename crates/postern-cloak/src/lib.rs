@@ -151,7 +151,9 @@
 //!   (random, session id, key shares, extension order, GREASE values, ECH
 //!   payload and its length). The relay's flight has the cover's
 //!   ServerHello shape and record lengths. Records after the handshake are
-//!   padded so that their sizes do not give away the Noise frames inside.
+//!   padded so that their sizes do not give away the Noise frames inside,
+//!   and a [`CloakStream`] shutting down sends a record the size of TLS
+//!   1.3's close_notify alert first, as browsers and servers do.
 //!   Not hidden: timing (the relay answers faster than a cover doing a
 //!   signature), TCP/IP-level fingerprints, traffic volume and direction
 //!   patterns, and that the relay's address serves no other clients.
