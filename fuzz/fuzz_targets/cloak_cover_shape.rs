@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         extension_order: vec![0x0033, 0x002b],
         change_cipher_spec: true,
         record_lengths: vec![32, 3000, 264, 53],
+        ticket_lengths: vec![234, 234],
     };
     let (mut genuine, _) = respond(&cfg.secret, &v, &hybrid, &mut rng);
     for (b, d) in genuine.iter_mut().zip(data) {

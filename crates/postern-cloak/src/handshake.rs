@@ -6,7 +6,7 @@
 //!       ◄─ ServerHello (cover's shape; random = HMAC proof), [CCS],
 //!          app-data records of the cover's lengths: one carries the
 //!          sealed server confirmation, the rest padding
-//! CCS, one 53-byte app-data record (client confirmation) ─►
+//! CCS, one app-data record of Chrome's Finished size (client confirmation) ─►
 //! ```
 //!
 //! The ServerHello `random` is `HMAC(server_key, SHA-256(ClientHello) ‖
@@ -37,9 +37,13 @@ use crate::{CloakError, Secret, Step};
 const SERVER_LABEL: &[u8] = b"postern cloak v1 server";
 /// HKDF label of the salt for the session keys.
 const KEYS_LABEL: &[u8] = b"postern cloak v1 keys";
-/// Plaintext length of the client's confirmation record: Chrome's Finished
-/// record is 53 bytes on the wire (36-byte Finished, content type, tag).
-const CLIENT_FINISHED_PLAINTEXT: usize = 53 - TAG_LEN;
+/// Body length of the client's confirmation record: that of Chrome's
+/// Finished record for the suite (a 4-byte header and the verify data of the
+/// suite's hash, the content type, the tag): 53 bytes, or 69 with SHA-384.
+fn finished_record_len(cipher_suite: u16) -> usize {
+    let verify_data = if cipher_suite == 0x1302 { 48 } else { 32 };
+    4 + verify_data + 1 + TAG_LEN
+}
 /// A server confirmation payload: the confirmation value and the number of
 /// padding records after it.
 const SERVER_CONFIRM_PAYLOAD: usize = 32 + 2;
@@ -162,8 +166,11 @@ enum ClientState {
 struct Flight {
     keys: Keys,
     opener: Opener,
+    cipher_suite: u16,
     /// Bytes of the caller's buffer already processed.
     pos: usize,
+    /// Where the ServerHello ends (a ChangeCipherSpec may follow there).
+    server_hello_end: usize,
     records: usize,
     /// Padding records still expected after the confirmation.
     remaining: Option<u16>,
@@ -209,7 +216,9 @@ impl ClientPending {
             self.state = ClientState::AwaitRecords(Box::new(Flight {
                 opener: Opener::new(&keys.s2c_key, keys.s2c_iv),
                 keys,
+                cipher_suite: sh.cipher_suite,
                 pos: sh_len,
+                server_hello_end: sh_len,
                 records: 0,
                 remaining: None,
             }));
@@ -218,7 +227,7 @@ impl ClientPending {
             return Err(CloakError::Malformed("the handshake is already over"));
         };
         // The cover's optional ChangeCipherSpec right after the ServerHello.
-        if flight.records == 0 && buf.len() > flight.pos && buf[flight.pos] == 0x14 {
+        if flight.pos == flight.server_hello_end && buf.get(flight.pos) == Some(&0x14) {
             if buf.len() < flight.pos + CCS.len() {
                 return Ok(Step::NeedMore);
             }
@@ -267,7 +276,7 @@ impl ClientPending {
         let mut reply = CCS.to_vec();
         sealer.seal_record(
             flight.keys.client_confirm.as_ref(),
-            CLIENT_FINISHED_PLAINTEXT,
+            finished_record_len(flight.cipher_suite) - TAG_LEN,
             &mut reply,
         )?;
         Ok(Step::Done {
@@ -287,18 +296,22 @@ impl ClientPending {
 /// confirmation.
 pub struct RelayPending {
     keys: Keys,
+    cipher_suite: u16,
     sealer: Option<Sealer>,
 }
 
 /// Answers a verified hello: returns the flight to send (ServerHello, CCS
 /// and application-data records, all in the cover's shape) and the state to
-/// feed the client's reply to.
+/// feed the client's reply to. A hand-built `shape` with a choice the
+/// client cannot follow (another group, a TLS 1.2 suite, a missing
+/// extension, more than 16 records) gets the fallback's choice there.
 pub fn respond(
     secret: &Secret,
     v: &Verified,
     shape: &CoverShape,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> (Vec<u8>, RelayPending) {
+    let shape = &shape.normalized();
     let ephemeral = EphemeralSecret::random_from_rng(&mut *rng);
     let public = PublicKey::from(&ephemeral);
     let mut share = Vec::with_capacity(MLKEM768_CT_LEN + 32);
@@ -356,6 +369,7 @@ pub fn respond(
         flight,
         RelayPending {
             keys,
+            cipher_suite: shape.cipher_suite,
             sealer: Some(sealer),
         },
     )
@@ -373,7 +387,7 @@ impl RelayPending {
         let Some(len) = Opener::complete_record(buf.get(CCS.len()..).unwrap_or_default())? else {
             return Ok(Step::NeedMore);
         };
-        if len != 5 + CLIENT_FINISHED_PLAINTEXT + TAG_LEN {
+        if len != 5 + finished_record_len(self.cipher_suite) {
             return Err(CloakError::BadConfirmation);
         }
         let mut opener = Opener::new(&self.keys.c2s_key, self.keys.c2s_iv);

@@ -27,6 +27,9 @@ const WRITE_BATCH: usize = 2 * MAX_RECORD_PAYLOAD;
 /// A flushed write buffer bigger than this is released, so an idle stream
 /// keeps at most this much.
 const KEEP_WRITE_CAPACITY: usize = 4096;
+/// Body length of a TLS 1.3 close_notify alert record (2-byte alert,
+/// content type, tag).
+const CLOSE_NOTIFY_RECORD: usize = 19;
 /// The relay's whole flight must fit in this (a ServerHello and up to 16
 /// full records, the most a learned cover shape has).
 const MAX_FLIGHT: usize = 17 * 16 * 1024 + 2048;
@@ -45,6 +48,7 @@ pub struct CloakStream<S> {
     wbuf: Vec<u8>,
     wpos: usize,
     read_eof: bool,
+    close_notify_sealed: bool,
 }
 
 impl<S> CloakStream<S> {
@@ -60,6 +64,7 @@ impl<S> CloakStream<S> {
             wbuf: Vec::new(),
             wpos: 0,
             read_eof: false,
+            close_notify_sealed: false,
         }
     }
 
@@ -184,8 +189,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for CloakStream<S> {
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
+    /// Flushes, sends a padding record the size of a TLS 1.3 close_notify
+    /// alert (19 bytes, what browsers and servers send before closing), and
+    /// shuts the inner stream down.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.close_notify_sealed {
+            ready!(this.poll_write_pending(cx))?;
+            this.sealer
+                .seal_padding(CLOSE_NOTIFY_RECORD, &mut this.wbuf)
+                .map_err(invalid)?;
+            this.close_notify_sealed = true;
+        }
         ready!(this.poll_write_pending(cx))?;
         ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)

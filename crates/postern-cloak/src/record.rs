@@ -115,6 +115,14 @@ impl Sealer {
         Ok(())
     }
 
+    /// Appends one padding-only record whose body is `body_len` bytes on the
+    /// wire (clamped to what a record can be): to imitate a record the
+    /// cover would send, or as cover traffic. The peer's [`Opener`] skips it.
+    pub fn seal_padding(&mut self, body_len: usize, out: &mut Vec<u8>) -> Result<(), CloakError> {
+        let body_len = body_len.clamp(MIN_CIPHERTEXT, MAX_CIPHERTEXT);
+        self.seal_record(&[], body_len - TAG_LEN, out)
+    }
+
     /// Seals one record of exactly `plain_len` plaintext bytes (at least
     /// `payload.len() + 2`, at most the TLS maximum).
     pub(crate) fn seal_record(

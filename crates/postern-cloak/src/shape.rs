@@ -15,6 +15,7 @@ use rand::{CryptoRng, RngCore};
 
 use crate::CloakError;
 use crate::hello::{self, MAX_RECORD_BODY, MLKEM768_CT_LEN, X25519, X25519MLKEM768};
+use crate::record::Sealer;
 use crate::wire::{Reader, prefixed, put_u16};
 
 const EXT_SUPPORTED_VERSIONS: u16 = 0x002b;
@@ -43,6 +44,12 @@ pub struct CoverShape {
     pub change_cipher_spec: bool,
     /// Body lengths of the application-data records that follow, in order.
     pub record_lengths: Vec<u16>,
+    /// Body lengths of the records the cover sends right after the client's
+    /// Finished (its NewSessionTickets). A probe never gets that far, so
+    /// [`learn_cover_shape`] assumes OpenSSL's default of two tickets (what
+    /// nginx and Apache send); set them from a full handshake with the cover
+    /// if you have one. The relay sends them with [`CoverShape::seal_tickets`].
+    pub ticket_lengths: Vec<u16>,
 }
 
 impl CoverShape {
@@ -60,8 +67,50 @@ impl CoverShape {
             extension_order: vec![EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE],
             change_cipher_spec: true,
             record_lengths: vec![32, 2075, 96, 53],
+            ticket_lengths: openssl_tickets(0x1301),
         }
     }
+
+    /// This shape with anything the client could not accept replaced by the
+    /// fallback's choice (for shapes built by hand): a TLS 1.3 suite, an
+    /// X25519 group, both ServerHello extensions, at most 16 records.
+    pub(crate) fn normalized(&self) -> CoverShape {
+        let fallback = CoverShape::fallback();
+        let mut order = self.extension_order.clone();
+        order.sort_unstable();
+        let mut shape = self.clone();
+        if !matches!(shape.cipher_suite, 0x1301..=0x1303) {
+            shape.cipher_suite = fallback.cipher_suite;
+        }
+        if shape.group != X25519MLKEM768 {
+            shape.group = X25519;
+        }
+        if order != [EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE] {
+            shape.extension_order = fallback.extension_order;
+        }
+        shape.record_lengths.truncate(MAX_COVER_RECORDS);
+        shape.ticket_lengths.truncate(MAX_COVER_RECORDS);
+        shape
+    }
+
+    /// Seals padding-only records of the cover's ticket lengths into `out`:
+    /// the relay sends them as soon as the handshake is done (before any
+    /// session data, as sealing advances the record counter). The client's
+    /// [`Opener`](crate::Opener) skips them.
+    pub fn seal_tickets(&self, sealer: &mut Sealer, out: &mut Vec<u8>) -> Result<(), CloakError> {
+        for len in &self.ticket_lengths {
+            sealer.seal_padding(usize::from(*len), out)?;
+        }
+        Ok(())
+    }
+}
+
+/// The NewSessionTicket records OpenSSL 3 sends by default (measured against
+/// `openssl s_server`): two, 234 bytes each with a SHA-256 suite, 250 with
+/// TLS_AES_256_GCM_SHA384.
+fn openssl_tickets(cipher_suite: u16) -> Vec<u16> {
+    let len = if cipher_suite == 0x1302 { 250 } else { 234 };
+    vec![len, len]
 }
 
 /// A parsed ServerHello record.
@@ -223,6 +272,7 @@ pub fn learn_cover_shape(flight: &[u8]) -> Result<CoverShape, CloakError> {
         extension_order: sh.extension_order,
         change_cipher_spec: false,
         record_lengths: Vec::new(),
+        ticket_lengths: openssl_tickets(sh.cipher_suite),
     };
     if !matches!(shape.cipher_suite, 0x1301..=0x1303) {
         return Err(CloakError::UnsupportedCover(

@@ -291,3 +291,27 @@ fn ja4_matches_a_published_value() {
         "t13d1011h2_61a7ad8aa9b6_3fcd1a44f3e3"
     );
 }
+
+/// A real browser visiting the cover site through the relay's address is
+/// not one of ours: the relay splices it to the cover.
+#[test]
+fn a_real_chromium_hello_goes_to_the_cover() {
+    for i in 0..2 {
+        let theirs = chromium(i);
+        assert_eq!(
+            postern_cloak::peek(&theirs),
+            postern_cloak::Peek::Complete { len: theirs.len() }
+        );
+        assert_eq!(
+            postern_cloak::verify(
+                &Secret::from_bytes([3; 32]),
+                "www.example.com",
+                &theirs,
+                0,
+                u64::MAX
+            )
+            .unwrap_err(),
+            postern_cloak::Reject::BadAuthenticator
+        );
+    }
+}

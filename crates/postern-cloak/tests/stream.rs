@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use postern_cloak::{
-    ClientConfig, CloakError, CloakStream, CoverShape, Peek, Secret, Step, client_connect, peek,
-    respond, verify,
+    ClientConfig, CloakError, CloakStream, CoverShape, Peek, Secret, Session, Step, client_connect,
+    client_start, peek, respond, verify,
 };
 use rand::rngs::OsRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, duplex};
@@ -43,9 +43,17 @@ async fn relay_accept<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> Cloak
     loop {
         match pending.on_client_bytes(&rest).unwrap() {
             Step::NeedMore => assert_ne!(stream.read_buf(&mut rest).await.unwrap(), 0),
-            Step::Done { value, consumed } => {
+            Step::Done {
+                value: mut session,
+                consumed,
+            } => {
+                let mut tickets = Vec::new();
+                CoverShape::fallback()
+                    .seal_tickets(&mut session.sealer, &mut tickets)
+                    .unwrap();
+                stream.write_all(&tickets).await.unwrap();
                 let leftover = rest.split_off(consumed);
-                return CloakStream::new(stream, value, leftover);
+                return CloakStream::new(stream, session, leftover);
             }
         }
     }
@@ -182,6 +190,42 @@ async fn a_forged_record_fails_the_read_and_a_hang_up_is_eof() {
     let (mut client, relay) = pair(1 << 16).await;
     drop(relay);
     assert_eq!(client.read(&mut buf).await.unwrap(), 0);
+}
+
+/// Both sessions of an in-memory handshake.
+fn sessions() -> (Session, Session) {
+    let cfg = config();
+    let now = 1_800_000_000;
+    let (mut client, hello) = client_start(&cfg, now, &mut OsRng);
+    let v = verify(&cfg.secret, SNI, &hello, now, 30).unwrap();
+    let (flight, mut relay) = respond(&cfg.secret, &v, &CoverShape::fallback(), &mut OsRng);
+    let Ok(Step::Done {
+        value: (client, reply),
+        ..
+    }) = client.on_server_bytes(&flight)
+    else {
+        panic!("client")
+    };
+    let Ok(Step::Done { value: relay, .. }) = relay.on_client_bytes(&reply) else {
+        panic!("relay")
+    };
+    (client, relay)
+}
+
+#[tokio::test]
+async fn shutdown_sends_a_close_notify_sized_record_then_eof() {
+    let (client, mut relay) = sessions();
+    let (a, mut raw) = duplex(1 << 16);
+    let mut client = CloakStream::new(a, client, BytesMut::new());
+    client.shutdown().await.unwrap();
+    let mut wire = Vec::new();
+    raw.read_to_end(&mut wire).await.unwrap();
+    // One record the size of a TLS 1.3 close_notify alert, then FIN.
+    assert_eq!(&wire[..5], &[0x17, 3, 3, 0, 19]);
+    assert_eq!(wire.len(), 5 + 19);
+    let mut buf = BytesMut::from(&wire[..]);
+    assert!(relay.opener.open(&mut buf).unwrap().is_none());
+    assert!(buf.is_empty());
 }
 
 fn _assert_send_unpin() {
