@@ -212,6 +212,18 @@ async fn relay(client: TcpStream, v: postern_cloak::Verified, rest: Vec<u8>, sha
         m.handshake_failures.fetch_add(1, Ordering::Relaxed);
         return;
     };
+    // A real server sends session tickets right after the handshake: so
+    // does the relay (padding-only records of the cover's ticket sizes,
+    // which the client skips), before any session data.
+    let mut session = session;
+    let mut tickets = Vec::new();
+    if shape.seal_tickets(&mut session.sealer, &mut tickets).is_err()
+        || write_all(&client, &tickets).await.is_err()
+    {
+        m.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    drop(tickets);
     let server = match shared.connect_server().await {
         Ok(s) => s,
         Err(e) => {
