@@ -217,7 +217,9 @@ async fn relay(client: TcpStream, v: postern_cloak::Verified, rest: Vec<u8>, sha
     // which the client skips), before any session data.
     let mut session = session;
     let mut tickets = Vec::new();
-    if shape.seal_tickets(&mut session.sealer, &mut tickets).is_err()
+    if shape
+        .seal_tickets(&mut session.sealer, &mut tickets)
+        .is_err()
         || write_all(&client, &tickets).await.is_err()
     {
         m.handshake_failures.fetch_add(1, Ordering::Relaxed);

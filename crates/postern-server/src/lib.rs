@@ -382,6 +382,10 @@ impl Server {
             vault,
             stop.clone(),
         ));
+        tasks.spawn(relay_signal_loop(
+            shared.service.relays().clone(),
+            stop.clone(),
+        ));
         tasks.spawn(purge_loop(store_dyn, stop));
         // Written last: once it exists, everything else (the log's vkey
         // included) is in place and the server is serving.
@@ -486,6 +490,22 @@ impl RunningServer {
             log.stop().await;
         }
         self.store.close().await;
+    }
+}
+
+/// Hands each day's relayed-session counts to the distributor soon after
+/// the day ends, even when no session comes (a relay blocked everywhere
+/// sees none).
+async fn relay_signal_loop(relays: Arc<relays::Relays>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = relays.flush_day(relays::now()).await {
+            tracing::warn!("relay signals not recorded: {e:#}");
+        }
     }
 }
 

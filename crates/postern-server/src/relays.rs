@@ -160,11 +160,25 @@ pub struct RegisteredStatus {
 /// The configured relays and the distributor that hands them out.
 pub struct Relays {
     distributor: Mutex<Distributor>,
+    /// Where registered relays' connections come from (the address of
+    /// their registration and health reports): sessions from there are
+    /// relayed sessions.
+    egress: std::sync::RwLock<HashMap<IpAddr, RelayId>>,
+    sightings: std::sync::Mutex<Sightings>,
     catalog: std::sync::RwLock<Catalog>,
     registered: std::sync::Mutex<BTreeMap<String, Registration>>,
     trusted_operators: Vec<[u8; 32]>,
     server_key: [u8; 32],
     store: Arc<dyn Store>,
+}
+
+/// Relayed sessions seen today, per relay and member country (distinct
+/// members), and yesterday's counts: the relay-side signal.
+#[derive(Default)]
+struct Sightings {
+    day: u64,
+    today: HashMap<(RelayId, Country), std::collections::HashSet<MemberId>>,
+    previous: HashMap<(RelayId, Country), u32>,
 }
 
 /// The relays members can be given: configured and registered ones.
@@ -348,6 +362,11 @@ impl Relays {
         }
         let relays = Relays {
             distributor: Mutex::new(d),
+            egress: std::sync::RwLock::new(HashMap::new()),
+            sightings: std::sync::Mutex::new(Sightings {
+                day: now().0 / postern_distributor::DAY,
+                ..Sightings::default()
+            }),
             catalog: std::sync::RwLock::new(Catalog { listed, by_link }),
             registered: std::sync::Mutex::new(registered),
             trusted_operators,
@@ -793,6 +812,101 @@ impl Relays {
         self.save(&d).await?;
         tracing::info!(relay = %host, held, "registered relay retired");
         Ok(held)
+    }
+}
+
+impl Relays {
+    /// Remembers that the relay whose link is `link` connects from `ip`.
+    pub fn relay_egress(&self, link: &str, ip: IpAddr) {
+        if let Ok(l) = link.parse::<postern_proto::link::RelayLink>() {
+            self.relay_egress_of_host(&l.host, ip);
+        }
+    }
+
+    /// Remembers that the registered relay at `host` connects from `ip`
+    /// (while it is active).
+    pub fn relay_egress_of_host(&self, host: &str, ip: IpAddr) {
+        let active = self
+            .registered
+            .lock()
+            .expect("registrations lock")
+            .get(host)
+            .is_some_and(|r| r.state == "active");
+        let id = registered_relay_id(host);
+        let mut egress = self.egress.write().expect("egress lock");
+        egress.retain(|_, r| *r != id);
+        if active {
+            egress.insert(ip, id);
+        }
+    }
+
+    /// The registered relay whose connections come from `ip`, if any.
+    pub fn relay_at(&self, ip: IpAddr) -> Option<RelayId> {
+        self.egress.read().expect("egress lock").get(&ip).copied()
+    }
+
+    /// Counts a member's session through `relay` today; on the first
+    /// session of a new day, hands yesterday's counts to the distributor
+    /// (see [`Relays::flush_day`]).
+    pub async fn observe_session(
+        &self,
+        relay: RelayId,
+        account: AccountId,
+        country: Country,
+        now: Time,
+    ) -> anyhow::Result<()> {
+        self.flush_day(now).await?;
+        self.sightings
+            .lock()
+            .expect("sightings lock")
+            .today
+            .entry((relay, country))
+            .or_default()
+            .insert(member_id(account));
+        Ok(())
+    }
+
+    /// If `now` is a later day than the counts held, gives the distributor
+    /// each relay's count of distinct members per country for that day —
+    /// zero for a country seen the day before and gone now, which is how a
+    /// relay blocked in one country shows from the relay's side — and
+    /// starts a new day. The server calls it on every relayed session and
+    /// every ten minutes.
+    pub async fn flush_day(&self, now: Time) -> anyhow::Result<()> {
+        let day = now.0 / postern_distributor::DAY;
+        let signals: Vec<(RelayId, Country, u32)> = {
+            let mut s = self.sightings.lock().expect("sightings lock");
+            if day <= s.day {
+                return Ok(());
+            }
+            let counts: HashMap<(RelayId, Country), u32> = s
+                .today
+                .drain()
+                .map(|(k, members)| (k, u32::try_from(members.len()).unwrap_or(u32::MAX)))
+                .collect();
+            let mut signals: Vec<_> = counts.iter().map(|((r, c), n)| (*r, *c, *n)).collect();
+            for (r, c) in s.previous.keys() {
+                if !counts.contains_key(&(*r, *c)) {
+                    signals.push((*r, *c, 0));
+                }
+            }
+            s.previous = counts;
+            s.day = day;
+            signals
+        };
+        if signals.is_empty() {
+            return Ok(());
+        }
+        let mut d = self.distributor.lock().await;
+        for (relay, country, clients) in signals {
+            match d.relay_signal(relay, country, clients, now) {
+                Ok(decisions) => self.log(&decisions),
+                // Retired since: nothing to tell.
+                Err(DistributorError::UnknownRelay(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.save(&d).await
     }
 }
 

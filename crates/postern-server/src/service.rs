@@ -255,6 +255,20 @@ impl Service {
         self.vault
             .record_connection(self.store.as_ref(), account, ip, now_ms())
             .await;
+        // A session through a registered relay: the relay-side signal
+        // (distinct members per country per day) for the distributor.
+        if let Some(relay) = self.relays.relay_at(ip)
+            && let Ok(Some(a)) = self.store.account(account).await
+        {
+            let country = legal::stored_country(&a.country);
+            if let Err(e) = self
+                .relays
+                .observe_session(relay, account, country, relays::now())
+                .await
+            {
+                tracing::warn!("relay signal not recorded: {e}");
+            }
+        }
     }
 
     /// The limits in force.
@@ -304,8 +318,8 @@ impl Service {
             Some(Req::CreateInvite(_)) => self.create_invite(session).await,
             Some(Req::FetchDirectory(_)) => self.fetch_directory(),
             Some(Req::ReportRoutes(r)) => self.report_routes(session, r).await,
-            Some(Req::RegisterRelay(r)) => self.register_relay(r).await,
-            Some(Req::RelayHealth(r)) => self.relay_health(r).await,
+            Some(Req::RegisterRelay(r)) => self.register_relay(session, r).await,
+            Some(Req::RelayHealth(r)) => self.relay_health(session, r).await,
             Some(Req::FetchNotices(_)) => self.fetch_notices(session),
         };
         if let Err(Refusal(e)) = &result
@@ -558,12 +572,13 @@ impl Service {
 
     /// A volunteer's relay registers: signed by its operator key, no
     /// account involved.
-    async fn register_relay(&self, r: pb::RegisterRelay) -> Handled<Resp> {
+    async fn register_relay(&self, s: &SessionInfo, r: pb::RegisterRelay) -> Handled<Resp> {
         let (state, message) = self.relays.register(&r, now_ms()).await?;
+        self.relays.relay_egress(&r.link, s.peer_ip);
         Ok(Resp::RelayState(pb::RelayState { state, message }))
     }
 
-    async fn relay_health(&self, r: pb::RelayHealthReport) -> Handled<Resp> {
+    async fn relay_health(&self, s: &SessionInfo, r: pb::RelayHealthReport) -> Handled<Resp> {
         let (state, message) = match self.relays.health(&r, now_ms()).await {
             Err(RelayError::UnknownRelay) => {
                 return Err(refuse(
@@ -573,6 +588,7 @@ impl Service {
             }
             other => other?,
         };
+        self.relays.relay_egress_of_host(&r.host, s.peer_ip);
         Ok(Resp::RelayState(pb::RelayState { state, message }))
     }
 

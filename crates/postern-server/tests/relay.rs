@@ -413,3 +413,59 @@ async fn a_relay_a_member_cannot_reach_is_reported_to_the_distributor() {
     );
     drop(conn);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_a_country_vanishing_from_a_relay_mark_it_blocked_there() {
+    let trusted = [1u8; 32];
+    let t = TestServer::start_with(|cfg| {
+        cfg.relay_operators = vec![operator_public(trusted)];
+        // One member is a baseline here (the default wants eight).
+        cfg.distributor.signal_min_baseline = 1.0;
+    })
+    .await;
+    let (relay, _cover) = relay_for(&t, "relay-s", trusted).await;
+    wait_state(&relay, "active").await;
+    // Alice's sessions come through the relay: the server sees them from
+    // the relay's address, where its registration came from.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let link = ServerLink {
+        tcp: vec![dead.local_addr().unwrap().to_string()],
+        noise_key: t.server.link.noise_key,
+        ..ServerLink::default()
+    };
+    drop(dead);
+    let alice = Client::setup(&t.dir.path().join("alice"), &link).unwrap();
+    alice.add_relay(relay.link()).unwrap();
+    let mut conn = alice.connect().await.unwrap();
+    let phone = "+14155552671";
+    conn.request_code(phone).await.unwrap();
+    conn.register(phone, &t.code(phone), Some("alice"), "test")
+        .await
+        .unwrap();
+    drop(conn);
+    let _again = alice.connect().await.unwrap();
+    let relays = t.server.relays();
+    let today = postern_server::relays::now().0;
+    let blocked = |status: &postern_server::relays::RelaysStatus| {
+        status
+            .relays
+            .iter()
+            .find(|r| r.name == "registered:relay-s")
+            .map(|r| r.blocked_in.clone())
+            .unwrap()
+    };
+    // The day ends with one member from the US; the next passes with none.
+    relays
+        .flush_day(postern_distributor::Time(today + postern_distributor::DAY))
+        .await
+        .unwrap();
+    assert!(blocked(&relays.status().await).is_empty());
+    relays
+        .flush_day(postern_distributor::Time(
+            today + 2 * postern_distributor::DAY,
+        ))
+        .await
+        .unwrap();
+    let now_blocked = blocked(&relays.status().await);
+    assert!(now_blocked.contains_key("US"), "{now_blocked:?}");
+}
