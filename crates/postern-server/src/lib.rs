@@ -362,6 +362,7 @@ impl Server {
         let operator = Arc::new(operator::Operator::new(
             &cfg.legal.operators,
             cases.clone(),
+            shared.service.relays().clone(),
         )?);
         let router = http::router(
             shared.clone(),

@@ -13,6 +13,9 @@
 //! - `POST /operator/requests/ID/approve` — this operator's approval
 //! - `GET  /operator/requests/ID/bundle` — the custodians' bundle (after two approvals)
 //! - `POST /operator/requests/ID/disclose` — `{"released": [TEXT, …]}`: the signed package
+//! - `GET  /operator/relays` — every relay, configured and registered
+//! - `POST /operator/relays/HOST:PORT/approve` — hand out a pending registered relay
+//! - `POST /operator/relays/HOST:PORT/retire` — retire a registered relay
 //!
 //! Errors are JSON `{"error": "…"}` with a status that says what happened.
 
@@ -36,10 +39,15 @@ pub const MAX_BODY: usize = 96 * 1024 * 1024;
 pub(crate) struct Operator {
     gate: Mutex<Gate>,
     cases: Arc<Cases>,
+    relays: Arc<crate::relays::Relays>,
 }
 
 impl Operator {
-    pub(crate) fn new(operators: &[String], cases: Arc<Cases>) -> anyhow::Result<Operator> {
+    pub(crate) fn new(
+        operators: &[String],
+        cases: Arc<Cases>,
+        relays: Arc<crate::relays::Relays>,
+    ) -> anyhow::Result<Operator> {
         let keys = operators
             .iter()
             .map(|k| {
@@ -53,6 +61,7 @@ impl Operator {
         Ok(Operator {
             gate: Mutex::new(Gate::new(keys)),
             cases,
+            relays,
         })
     }
 }
@@ -148,6 +157,32 @@ async fn handle(
                 Err(e) => Err(CaseError::BadRequest(format!(
                     "expected {{\"released\": [\"…\"]}}: {e}"
                 ))),
+            }
+        }
+        (Method::GET, ["operator", "relays"]) => {
+            Ok(axum::Json(op.relays.status().await).into_response())
+        }
+        (Method::POST, ["operator", "relays", host, action @ ("approve" | "retire")]) => {
+            let done = if *action == "approve" {
+                op.relays.approve(host).await.map(|()| 0)
+            } else {
+                op.relays.retire(host).await
+            };
+            match done {
+                Ok(members) => {
+                    tracing::info!(relay = %host, %operator, "relay {action}d by an operator");
+                    Ok(axum::Json(serde_json::json!({
+                        "relay": host,
+                        "state": if *action == "approve" { "active" } else { "retired" },
+                        "members_moved": members,
+                    }))
+                    .into_response())
+                }
+                Err(crate::relays::RelayError::UnknownRelay) => Err(CaseError::BadRequest(
+                    format!("no registered relay at {host}"),
+                )),
+                Err(crate::relays::RelayError::Registration(m)) => Err(CaseError::Conflict(m)),
+                Err(e) => Err(CaseError::Internal(anyhow::anyhow!("{e}"))),
             }
         }
         _ => return error(StatusCode::NOT_FOUND, "no such operator endpoint"),

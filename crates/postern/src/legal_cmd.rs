@@ -306,7 +306,7 @@ fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
 
 /// Sends one signed request and returns the JSON answer, or the server's
 /// error as an error.
-async fn call(
+pub(crate) async fn call(
     op: &OperatorArgs,
     method: &str,
     path: &str,

@@ -298,6 +298,28 @@ enum RelayAction {
     /// Check a relay's setup (volunteers): the cover answers, SNI and DNS
     /// agree, the port is reachable, the server accepts; says what to fix.
     Doctor(relay_cmd::RelayRunArgs),
+    /// Operators: hand out a relay that registered with a key not (yet)
+    /// in `relay_operators`.
+    Approve {
+        /// The relay's HOST:PORT, as `relay status` shows it.
+        host: String,
+        #[command(flatten)]
+        op: legal_cmd::OperatorArgs,
+    },
+    /// Operators: retire a registered relay; its members get others, and
+    /// the relay sends everything to its cover from its next report on.
+    Retire {
+        /// The relay's HOST:PORT.
+        host: String,
+        #[command(flatten)]
+        op: legal_cmd::OperatorArgs,
+    },
+    /// Operators: every relay, configured and registered, with its state,
+    /// load and where it is blocked (JSON).
+    Status {
+        #[command(flatten)]
+        op: legal_cmd::OperatorArgs,
+    },
     /// Print the relay links assigned to you, one a line, and keep them
     /// with your relays (new members get one; more come with trust).
     Fetch {
@@ -512,6 +534,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Some(RelayAction::Test { which }) => relay_cmd::test(&home, which.as_deref()).await,
             Some(RelayAction::Remove { which }) => relay_cmd::remove(&home, &which),
             Some(RelayAction::Doctor(args)) => relay_cmd::doctor(args).await,
+            Some(RelayAction::Approve { host, op }) => {
+                relay_cmd::operate(&op, &host, "approve").await
+            }
+            Some(RelayAction::Retire { host, op }) => {
+                relay_cmd::operate(&op, &host, "retire").await
+            }
+            Some(RelayAction::Status { op }) => relay_cmd::status(&op).await,
             Some(RelayAction::Fetch { json }) => client_cmd::relay_fetch(&home, json).await,
             Some(RelayAction::Report { link }) => client_cmd::relay_report(&home, &link).await,
         },

@@ -431,3 +431,34 @@ pub async fn test(home: &Path, which: Option<&str>) -> anyhow::Result<()> {
     anyhow::ensure!(failed == 0, "{failed} of {} relay(s) failed", relays.len());
     Ok(())
 }
+
+/// `relay approve|retire HOST`, through the operator API.
+pub async fn operate(
+    op: &crate::legal_cmd::OperatorArgs,
+    host: &str,
+    action: &str,
+) -> anyhow::Result<()> {
+    let answer = crate::legal_cmd::call(
+        op,
+        "POST",
+        &format!("/operator/relays/{host}/{action}"),
+        None,
+    )
+    .await?;
+    match action {
+        "approve" => println!("Relay {host} is active: members are given it from now on."),
+        _ => println!(
+            "Relay {host} is retired; {} member(s) held it and get others. It sends everything \
+             to its cover from its next report on.",
+            answer["members_moved"]
+        ),
+    }
+    Ok(())
+}
+
+/// `relay status`, through the operator API.
+pub async fn status(op: &crate::legal_cmd::OperatorArgs) -> anyhow::Result<()> {
+    let answer = crate::legal_cmd::call(op, "GET", "/operator/relays", None).await?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}

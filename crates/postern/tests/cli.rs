@@ -616,7 +616,40 @@ fn http_get(s: &ServerProc, path: &str) -> String {
 fn a_relay_from_the_command_line() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let s = ServerProc::start(dir.path());
+    // An operator key, for approving and retiring the relay.
+    let op_key = dir.path().join("op.key");
+    let out = ok(
+        dir.path(),
+        &["legal", "keygen", "--out", op_key.to_str().unwrap()],
+    );
+    let op_public = out
+        .lines()
+        .rev()
+        .find(|l| !l.is_empty())
+        .unwrap()
+        .to_owned();
+    let s = ServerProc::start_with(
+        dir.path(),
+        &format!("[legal]\noperators = [\"{op_public}\"]\n"),
+    );
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    let http = config
+        .lines()
+        .find_map(|l| l.strip_prefix("http_listen = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let operator = |args: &[&str]| {
+        let mut v: Vec<String> = vec!["relay".into()];
+        v.extend(args.iter().map(|a| a.to_string()));
+        v.extend([
+            "--server".into(),
+            format!("http://{http}"),
+            "--operator-key".into(),
+            op_key.to_str().unwrap().into(),
+        ]);
+        Command::new(BIN).args(&v).output().unwrap()
+    };
     // The cover site: an HTTPS server in this test's own runtime.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cover = rt.block_on(postern_relay::testing::start_cover());
@@ -709,6 +742,63 @@ fn a_relay_from_the_command_line() {
         "{report}"
     );
     assert!(!out.status.success());
+
+    // The relay registered itself (its key is not trusted: pending); an
+    // operator approves it, then retires it.
+    let host = listen.clone();
+    let registered = |state: &str| {
+        let out = operator(&["status"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["registered"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["host"] == host.as_str() && r["state"] == state)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !registered("pending") {
+        assert!(Instant::now() < deadline, "the relay never registered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = operator(&["approve", &host]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(registered("active"));
+    let out = operator(&["retire", &host]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is retired"));
+    assert!(registered("retired"));
+    // Without a valid operator key: refused.
+    let other_key = dir.path().join("other.key");
+    ok(
+        dir.path(),
+        &["legal", "keygen", "--out", other_key.to_str().unwrap()],
+    );
+    let out = Command::new(BIN)
+        .args([
+            "relay",
+            "approve",
+            &host,
+            "--server",
+            &format!("http://{http}"),
+            "--operator-key",
+        ])
+        .arg(&other_key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let gone = postern(&alice, &["relay", "remove", "nowhere:1"]);
     assert!(!gone.status.success());
