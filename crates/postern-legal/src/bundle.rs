@@ -367,6 +367,11 @@ impl Bundle {
                     "the logged entry is an opening, not a request",
                 ));
             }
+            Entry::Disclosure(_) => {
+                return Err(BundleError::Mismatch(
+                    "the logged entry is a disclosure, not a request",
+                ));
+            }
         };
         if matches!(record.outcome, Outcome::Refused(_)) {
             return Err(BundleError::NotGranted(outcome_name(record.outcome)));

@@ -124,6 +124,9 @@ pub struct Report {
     pub invalid_entries: u64,
     /// Openings that contradict or lack their sealed entry (whole log).
     pub bad_openings: u64,
+    /// Disclosures made in the period (each for a logged request).
+    #[serde(default)]
+    pub disclosures: u64,
 }
 
 impl Report {
@@ -161,6 +164,11 @@ impl Report {
                     }
                     _ => r.bad_openings += 1,
                 },
+                Ok(Entry::Disclosure(d)) => {
+                    if period.contains(d.month) {
+                        r.disclosures += 1;
+                    }
+                }
                 Err(_) => r.invalid_entries += 1,
             }
         }
@@ -209,7 +217,7 @@ impl Report {
     /// note.
     pub fn to_text(&self) -> String {
         let mut t = format!(
-            "Postern transparency report {}\nlog size {}\nreceived {}\ngranted {}\npartly granted {}\nrefused {}\nsealed pending {}\naccounts affected {}\n",
+            "Postern transparency report {}\nlog size {}\nreceived {}\ngranted {}\npartly granted {}\nrefused {}\nsealed pending {}\naccounts affected {}\ndisclosures {}\n",
             self.period,
             self.log_size,
             self.received,
@@ -218,6 +226,7 @@ impl Report {
             self.outcomes.refused,
             self.sealed_pending,
             self.accounts_affected,
+            self.disclosures,
         );
         for (reason, n) in &self.refused_by_reason {
             t.push_str(&format!("refused {reason} {n}\n"));

@@ -30,7 +30,7 @@ use postern_legal::request::{MAX_REQUEST_BYTES, Request, Target};
 use postern_legal::vault::{SealedRecord, VaultPublicKey};
 use postern_proto::ids::AccountId;
 use postern_store::Store;
-use postern_tlog::entry::{Entry, Outcome};
+use postern_tlog::entry::{Disclosure, Entry, Month, Outcome};
 use postern_tlog::{DirFetch, ProofBundle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -507,6 +507,22 @@ impl Cases {
             now,
         )
         .map_err(|e| CaseError::Conflict(format!("nothing was disclosed: {e}")))?;
+        // The disclosure goes into the log before the package leaves the
+        // server: no package without its entry.
+        let (year, month) = postern_legal::date::year_month(now);
+        let entry = Entry::Disclosure(Disclosure {
+            id: request_id(&state.id)?,
+            month: Month::new(
+                u16::try_from(year).unwrap_or(0),
+                u8::try_from(month).unwrap_or(0),
+            )
+            .map_err(|e| CaseError::Internal(anyhow::anyhow!("disclosure month: {e}")))?,
+        });
+        log.append(&entry).await.map_err(|e| {
+            CaseError::Unavailable(format!(
+                "the transparency log failed, nothing was disclosed: {e}"
+            ))
+        })?;
         state.disclosed_at = Some(now);
         self.save(&state)?;
         tracing::info!(accounts = vaults.len(), "lawful request disclosed");
@@ -578,6 +594,13 @@ pub async fn gag_loop(cases: Arc<Cases>, mut stop: tokio::sync::watch::Receiver<
             Err(e) => tracing::warn!(error = %e, "appending lapsed gags' openings failed"),
         }
     }
+}
+
+fn request_id(hex_id: &str) -> Result<[u8; 16], CaseError> {
+    hex::decode(hex_id)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| CaseError::Internal(anyhow::anyhow!("a case id is malformed")))
 }
 
 /// What makes two submissions the same: the request file, the order and

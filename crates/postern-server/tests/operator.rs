@@ -497,7 +497,9 @@ async fn requests_are_signed_decided_logged_once_approved_and_disclosed_exactly(
         0,
         "opened once"
     );
-    let logged_before_refusals = 3; // the grant, the sealed request, its opening
+    // The grant and its disclosure; the sealed request, its disclosure
+    // and its opening.
+    let logged_before_refusals = 5;
 
     // Each refusal, recorded with its reason.
     let de_phone = format!("phone = \"{TARGET}\"");

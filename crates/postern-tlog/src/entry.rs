@@ -308,6 +308,17 @@ pub struct Opening {
     pub request: LegalRequest,
 }
 
+/// That the data a granted request named was handed over. Only the
+/// request's id and the month: a gagged request's details stay sealed
+/// until its opening.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Disclosure {
+    /// The request's id (its logged or sealed entry's).
+    pub id: [u8; 16],
+    /// The month of the disclosure.
+    pub month: Month,
+}
+
 /// A log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Entry {
@@ -317,11 +328,14 @@ pub enum Entry {
     Sealed(SealedRequest),
     /// A sealed request's opening.
     Opening(Opening),
+    /// A disclosure made for a logged request.
+    Disclosure(Disclosure),
 }
 
 const KIND_REQUEST: u8 = 1;
 const KIND_SEALED: u8 = 2;
 const KIND_OPENING: u8 = 3;
+const KIND_DISCLOSURE: u8 = 4;
 
 fn valid_basis(s: &str) -> bool {
     (1..=MAX_LEGAL_BASIS).contains(&s.len()) && s.bytes().all(|b| (0x20..0x7f).contains(&b))
@@ -476,6 +490,11 @@ impl Entry {
                 out.extend_from_slice(&o.salt);
                 o.request.encode_into(&mut out)?;
             }
+            Entry::Disclosure(d) => {
+                out.push(KIND_DISCLOSURE);
+                out.extend_from_slice(&d.id);
+                encode_month(d.month, &mut out);
+            }
         }
         Ok(out)
     }
@@ -498,6 +517,10 @@ impl Entry {
                 salt: r.array()?,
                 request: LegalRequest::decode_from(&mut r)?,
             }),
+            KIND_DISCLOSURE => Entry::Disclosure(Disclosure {
+                id: r.array()?,
+                month: decode_month(&mut r)?,
+            }),
             other => return Err(EntryError::UnknownKind(other)),
         };
         if !r.0.is_empty() {
@@ -519,6 +542,8 @@ pub struct Tally {
     pub sealed: u64,
     /// Openings of sealed requests.
     pub openings: u64,
+    /// Disclosures.
+    pub disclosures: u64,
     /// Indexes of entries that do not decode, with why.
     pub invalid: Vec<(u64, EntryError)>,
     /// Indexes of openings that contradict the sealed entry of their id.
@@ -546,6 +571,7 @@ impl Tally {
                     None => self.unmatched_openings += 1,
                 }
             }
+            Ok(Entry::Disclosure(_)) => self.disclosures += 1,
             Err(e) => self.invalid.push((index, e)),
         }
     }
@@ -583,10 +609,15 @@ mod tests {
         let mut wrong_salt = opening.clone();
         wrong_salt.salt[0] ^= 1;
         assert!(!wrong_salt.opens(&sealed));
+        let disclosure = Entry::Disclosure(Disclosure {
+            id: r.id,
+            month: r.month,
+        });
         for e in [
             Entry::Sealed(sealed),
             Entry::Opening(opening),
             Entry::LegalRequest(r),
+            disclosure,
         ] {
             assert_eq!(Entry::decode(&e.encode().unwrap()), Ok(e));
         }

@@ -393,8 +393,8 @@ fn print_verdict(args: &LogArgs, v: &Verdict, tally: &Tally) {
         v.new_entries
     );
     println!(
-        "  New entries: {} legal requests, {} sealed, {} openings.",
-        tally.requests, tally.sealed, tally.openings
+        "  New entries: {} legal requests, {} sealed, {} openings, {} disclosures.",
+        tally.requests, tally.sealed, tally.openings, tally.disclosures
     );
     for (index, e) in tally.invalid.iter().take(5) {
         println!("  WARNING: entry {index} is not a valid record: {e}");

@@ -398,6 +398,7 @@ fn a_request_goes_from_submission_to_disclosure_and_into_a_verifiable_report() {
     ]
     .concat());
     assert!(out.contains("received 2"), "{out}");
+    assert!(out.contains("disclosures 1"), "{out}");
     let report_vkey = out
         .lines()
         .find_map(|l| l.split("signed by ").nth(1))

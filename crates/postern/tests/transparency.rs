@@ -190,7 +190,7 @@ fn witness_cosigns_verify_accepts_and_a_fork_is_caught() {
     assert!(stdout.contains("size 600"), "{stdout}");
     assert!(stdout.contains("witness.example.net"), "{stdout}");
     assert!(
-        stdout.contains("New entries: 600 legal requests, 0 sealed, 0 openings."),
+        stdout.contains("New entries: 600 legal requests, 0 sealed, 0 openings, 0 disclosures."),
         "{stdout}"
     );
     assert!(!stdout.contains("WARNING"), "{stdout}");
