@@ -413,28 +413,6 @@ impl Relays {
             .is_some()
     }
 
-    /// Adds an account that registered before the server had relays (or
-    /// whose registration hit a network limit) as a new member.
-    pub async fn join(
-        &self,
-        account: AccountId,
-        phone: &str,
-        ip: IpAddr,
-    ) -> Result<(), RelayError> {
-        let mut d = self.distributor.lock().await;
-        match d.register_member(
-            member_id(account),
-            phone_country(phone),
-            client_network(ip),
-            now(),
-        ) {
-            Ok(()) | Err(DistributorError::MemberExists(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        self.save(&d).await?;
-        Ok(())
-    }
-
     /// The member's relays, topped up to what its level allows.
     pub async fn fetch(&self, account: AccountId) -> Result<Holding, RelayError> {
         let mut d = self.distributor.lock().await;
