@@ -197,10 +197,12 @@ impl Listener {
     }
 
     /// Schedules the next race after the current backoff, which doubles up
-    /// to a limit.
+    /// to a limit, with ±25% jitter: clients cut off together (a server
+    /// restart, a block) do not all come back in the same instant.
     fn schedule(&mut self) -> Duration {
         self.conn = None;
-        let retry_in = self.backoff;
+        let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0.75..1.25);
+        let retry_in = self.backoff.mul_f64(jitter);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         self.retry_at = Some(tokio::time::Instant::now() + retry_in);
         retry_in
