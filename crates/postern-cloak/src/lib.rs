@@ -95,7 +95,7 @@
 //!    ([`RelayPending::on_client_bytes`]). The relay then sends padding
 //!    records the size of the cover's session tickets
 //!    ([`CoverShape::seal_tickets`]).
-//! 5. Both sides now hold a [`Session`]: ChaCha20-Poly1305 per direction,
+//! 5. Both sides now hold a [`Session`]: AES-256-GCM per direction,
 //!    keys from HKDF-SHA256 with a salt derived from the secret over the
 //!    X25519 shared secret and the transcript hash, 64-bit record counters
 //!    as nonces, records padded as [`record`] describes. [`CloakStream`]
