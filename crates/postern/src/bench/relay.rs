@@ -260,51 +260,41 @@ pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
     };
     match (ss_bin("ssserver"), ss_bin("sslocal")) {
         (Some(server), Some(local)) if server.exists() && local.exists() => {
-            let (sp, lp) = (free_port()?, free_port()?);
-            let method = "chacha20-ietf-poly1305";
-            let ssserver = tokio::process::Command::new(&server)
-                .args([
-                    "-s",
-                    &format!("127.0.0.1:{sp}"),
-                    "-m",
-                    method,
-                    "-k",
-                    "bench-password",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .context("cannot start ssserver")?;
-            let sslocal = tokio::process::Command::new(&local)
-                .args([
-                    "-s",
-                    &format!("127.0.0.1:{sp}"),
-                    "-m",
-                    method,
-                    "-k",
-                    "bench-password",
-                ])
-                .args(["-b", &format!("127.0.0.1:{lp}"), "--protocol", "tunnel"])
-                .args(["--forward-addr", &sink.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .context("cannot start sslocal")?;
-            let (_s, _l) = (Child(ssserver), Child(sslocal));
-            let addr = format!("127.0.0.1:{lp}");
-            wait_listening(&format!("127.0.0.1:{sp}")).await?;
-            wait_listening(&addr).await?;
-            let mut runs = Vec::new();
-            for _ in 0..a.runs {
-                runs.push(push(TcpStream::connect(&addr).await?, bytes).await?);
+            // Its fastest method on this CPU and the ChaCha one.
+            for method in ["aes-256-gcm", "chacha20-ietf-poly1305"] {
+                let (sp, lp) = (free_port()?, free_port()?);
+                let ssserver = tokio::process::Command::new(&server)
+                    .args(["-s", &format!("127.0.0.1:{sp}"), "-m", method])
+                    .args(["-k", "bench-password"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .context("cannot start ssserver")?;
+                let sslocal = tokio::process::Command::new(&local)
+                    .args(["-s", &format!("127.0.0.1:{sp}"), "-m", method])
+                    .args(["-k", "bench-password"])
+                    .args(["-b", &format!("127.0.0.1:{lp}"), "--protocol", "tunnel"])
+                    .args(["--forward-addr", &sink.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .context("cannot start sslocal")?;
+                let (_s, _l) = (Child(ssserver), Child(sslocal));
+                let addr = format!("127.0.0.1:{lp}");
+                wait_listening(&format!("127.0.0.1:{sp}")).await?;
+                wait_listening(&addr).await?;
+                let mut runs = Vec::new();
+                for _ in 0..a.runs {
+                    runs.push(push(TcpStream::connect(&addr).await?, bytes).await?);
+                }
+                results.push((
+                    format!("shadowsocks-rust ({method}, sslocal+ssserver)"),
+                    Some(median(runs)),
+                    String::new(),
+                ));
             }
-            results.push((
-                format!("shadowsocks-rust ({method}, sslocal+ssserver)"),
-                Some(median(runs)),
-                String::new(),
-            ));
         }
         _ => results.push((
             "shadowsocks-rust".into(),
@@ -327,11 +317,13 @@ pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
         String::new(),
     ));
 
+    // The fastest of a kind (shadowsocks runs with two methods).
     let find = |prefix: &str| {
         results
             .iter()
-            .find(|(n, t, _)| n.starts_with(prefix) && t.is_some())
-            .and_then(|(_, t, _)| *t)
+            .filter(|(n, t, _)| n.starts_with(prefix) && t.is_some())
+            .filter_map(|(_, t, _)| *t)
+            .min()
     };
     for (name, t, note) in &results {
         match t {
@@ -344,7 +336,9 @@ pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
         println!("  relay / socat throughput: {r:.2}× (target ≥ 0.80)");
     }
     if let Some(r) = ratio(find("shadowsocks")) {
-        println!("  relay / shadowsocks-rust throughput: {r:.2}× (target ≥ 1.00)");
+        println!(
+            "  relay / shadowsocks-rust (its fastest method) throughput: {r:.2}× (target ≥ 1.00)"
+        );
     }
 
     // Memory per idle established connection, and many at once.
