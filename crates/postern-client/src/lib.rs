@@ -809,6 +809,10 @@ pub struct Connection {
     route: String,
     read: Arc<std::sync::atomic::AtomicU64>,
     broken: Arc<Mutex<Option<postern_transport::TransportError>>>,
+    /// Set when a request went unanswered for `request_timeout`: the
+    /// connection is taken for dead, and later requests fail at once
+    /// instead of each waiting out the timeout again.
+    timed_out: std::sync::atomic::AtomicBool,
     commands: mpsc::Sender<Command>,
     deliveries: mpsc::UnboundedReceiver<pb::Deliver>,
     device: Option<DeviceAddr>,
@@ -838,6 +842,7 @@ impl Connection {
             route,
             read,
             broken,
+            timed_out: std::sync::atomic::AtomicBool::new(false),
             commands,
             deliveries,
             device,
@@ -915,14 +920,21 @@ impl Connection {
     /// Sends a request and waits for its response; server refusals become
     /// [`ClientError::Server`].
     pub async fn call(&self, req: Req) -> Result<Resp, ClientError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let timeout = self.client.connectivity().request_timeout;
+        if self.timed_out.load(Relaxed) {
+            return Err(ClientError::Timeout(timeout));
+        }
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Call(req, tx))
             .await
             .map_err(|_| ClientError::Disconnected)?;
-        let timeout = self.client.connectivity().request_timeout;
         match tokio::time::timeout(timeout, rx).await {
-            Err(_) => Err(ClientError::Timeout(timeout)),
+            Err(_) => {
+                self.timed_out.store(true, Relaxed);
+                Err(ClientError::Timeout(timeout))
+            }
             Ok(Err(_)) => Err(ClientError::Disconnected),
             Ok(Ok(Ok(Resp::Error(e)))) => Err(server_error(e)),
             Ok(Ok(r)) => r,
