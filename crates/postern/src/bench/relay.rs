@@ -33,12 +33,18 @@ pub struct RelayArgs {
     runs: usize,
     /// Idle connections to hold open through the relay for the memory
     /// figure (each is a completed cloak handshake with a connection on to
-    /// the server side).
-    #[arg(long, default_value_t = 10_000)]
+    /// the server side). The relay needs two open files per connection: the
+    /// default fits a hard limit of 20,000 (`ulimit -Hn`).
+    #[arg(long, default_value_t = 9_800)]
     idle: usize,
     /// The socat binary.
     #[arg(long, default_value = "socat")]
     socat: String,
+    /// Internal: only run the sink on this address (the bench starts
+    /// itself this way, so the sink's sockets do not count against its
+    /// own open-file limit).
+    #[arg(long, hide = true, value_name = "ADDR")]
+    sink_only: Option<String>,
     /// A directory holding shadowsocks-rust's `ssserver` and `sslocal`
     /// (`cargo install shadowsocks-rust --locked --root DIR` puts them in
     /// DIR/bin); skipped with a note if absent.
@@ -49,8 +55,8 @@ pub struct RelayArgs {
 /// The sink: counts each connection's bytes until EOF, answers with the
 /// count (8 bytes, big-endian) and keeps the connection until the peer
 /// closes.
-async fn sink() -> anyhow::Result<std::net::SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+async fn sink(bind: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
@@ -144,7 +150,8 @@ async fn start_relay(
         .arg(dir.join("relay"))
         .args(["--no-register", "--max-connections", "30000"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Its warnings and errors, if any, belong in the bench's output.
+        .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .context("cannot start `postern relay`")?;
@@ -191,13 +198,31 @@ fn mib_per_s(bytes: u64, d: Duration) -> f64 {
 
 /// `postern bench relay`
 pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
+    if let Some(addr) = &a.sink_only {
+        let bound = sink(addr).await?;
+        println!("sink {bound}");
+        std::future::pending::<()>().await;
+    }
     anyhow::ensure!(
         a.runs > 0 && a.mib > 0,
         "--runs and --mib must be at least 1"
     );
     let bytes = a.mib * 1_048_576;
     let dir = tempfile::tempdir()?;
-    let sink = sink().await?;
+    // The sink runs as its own process (this binary again), so its
+    // sockets do not count against this process's open-file limit.
+    let sink_addr = format!("127.0.0.1:{}", free_port()?);
+    let _sink = Child(
+        tokio::process::Command::new(std::env::current_exe()?)
+            .args(["bench", "relay", "--sink-only", &sink_addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the sink")?,
+    );
+    wait_listening(&sink_addr).await?;
+    let sink: std::net::SocketAddr = sink_addr.parse()?;
     let cover = postern_relay::testing::start_cover().await;
     let mut results: Vec<(String, Option<Duration>, String)> = Vec::new();
 
@@ -345,7 +370,7 @@ pub async fn run(a: RelayArgs) -> anyhow::Result<()> {
     eprintln!("Opening {} idle connections through the relay…", a.idle);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(relay_pid).context("reading the relay's memory needs Linux /proc")?;
-    let gate = Arc::new(Semaphore::new(256));
+    let gate = Arc::new(Semaphore::new(64));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..a.idle {
         let gate = gate.clone();
