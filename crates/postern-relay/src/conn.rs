@@ -27,6 +27,10 @@ use crate::{Direction, Shared, unix_now};
 /// How long to wait for the cover's TCP connection.
 const COVER_CONNECT: Duration = Duration::from_secs(10);
 
+/// How much a relayed session reads from the member at once (four full
+/// records).
+const READ_AHEAD: usize = 4 * 16_401;
+
 /// The most bytes an authenticated client may send before its handshake
 /// completes (its finish record; anything more waits in the kernel).
 const MAX_HANDSHAKE_BYTES: usize = 64 * 1024;
@@ -253,6 +257,9 @@ async fn forward_up(
     server: &TcpStream,
     shared: &Shared,
 ) -> io::Result<()> {
+    // Open every complete record, then write their payloads in one
+    // vectored write: one syscall per read, not one per record.
+    let mut plains: Vec<bytes::Bytes> = Vec::new();
     loop {
         let opened = opener
             .open(pending)
@@ -265,8 +272,9 @@ async fn forward_up(
             .metrics
             .bytes_up
             .fetch_add(plain.len() as u64, Ordering::Relaxed);
-        write_all(server, &plain).await?;
+        plains.push(plain);
     }
+    splice::write_all_vectored(server, &plains).await?;
     if pending.is_empty() && pending.capacity() > 0 {
         // Idle connections hold no buffer.
         *pending = BytesMut::new();
@@ -293,8 +301,10 @@ async fn pump(
         tokio::select! {
             r = client.readable(), if !client_done => {
                 r?;
-                let mut buf = shared.pool.take();
-                match client.try_read(&mut buf) {
+                // Read straight into the record buffer (up to a few
+                // records at once); it is freed again when empty.
+                pending.reserve(READ_AHEAD);
+                match client.try_read_buf(&mut pending) {
                     Ok(0) => {
                         client_done = true;
                         if !pending.is_empty() {
@@ -302,9 +312,7 @@ async fn pump(
                         }
                         half_close(server);
                     }
-                    Ok(n) => {
-                        pending.extend_from_slice(&buf[..n]);
-                        drop(buf);
+                    Ok(_) => {
                         forward_up(&mut opener, &mut pending, server, shared).await?;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

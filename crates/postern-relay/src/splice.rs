@@ -108,6 +108,43 @@ pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes all of `parts`, in order, with vectored writes.
+pub async fn write_all_vectored(to: &TcpStream, parts: &[bytes::Bytes]) -> io::Result<()> {
+    let mut i = 0;
+    let mut offset = 0;
+    while i < parts.len() {
+        if parts[i].len() == offset {
+            i += 1;
+            offset = 0;
+            continue;
+        }
+        let slices: Vec<io::IoSlice<'_>> = std::iter::once(io::IoSlice::new(&parts[i][offset..]))
+            .chain(parts[i + 1..].iter().map(|p| io::IoSlice::new(p)))
+            .take(64)
+            .collect();
+        to.writable().await?;
+        match to.try_write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                while n > 0 && i < parts.len() {
+                    let left = parts[i].len() - offset;
+                    if n >= left {
+                        n -= left;
+                        i += 1;
+                        offset = 0;
+                    } else {
+                        offset += n;
+                        n = 0;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Sends FIN on `s` (its write side), leaving reads open.
 pub fn half_close(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).shutdown(Shutdown::Write);

@@ -52,9 +52,59 @@ pub struct RelayArgs {
     shadowsocks: Option<PathBuf>,
 }
 
-/// The sink: counts each connection's bytes until EOF, answers with the
-/// count (8 bytes, big-endian) and keeps the connection until the peer
-/// closes.
+/// A position-dependent checksum of a byte stream (Fletcher-like, over
+/// 8-byte words, with a carry for reads that split a word): catches lost,
+/// altered and reordered data at a small fraction of a byte's cost.
+#[derive(Default)]
+struct StreamSum {
+    a: u64,
+    b: u64,
+    carry: [u8; 8],
+    carried: usize,
+}
+
+impl StreamSum {
+    fn word(&mut self, w: u64) {
+        self.a = self.a.wrapping_add(w);
+        self.b = self.b.wrapping_add(self.a);
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        if self.carried > 0 {
+            let take = (8 - self.carried).min(data.len());
+            self.carry[self.carried..self.carried + take].copy_from_slice(&data[..take]);
+            self.carried += take;
+            data = &data[take..];
+            if self.carried < 8 {
+                return;
+            }
+            self.word(u64::from_le_bytes(self.carry));
+            self.carried = 0;
+        }
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            self.word(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        let rest = words.remainder();
+        self.carry[..rest.len()].copy_from_slice(rest);
+        self.carried = rest.len();
+    }
+
+    fn finish(mut self) -> [u8; 16] {
+        if self.carried > 0 {
+            self.carry[self.carried..].fill(0);
+            self.word(u64::from_le_bytes(self.carry) ^ (self.carried as u64) << 56);
+        }
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.a.to_be_bytes());
+        out[8..].copy_from_slice(&self.b.to_be_bytes());
+        out
+    }
+}
+
+/// The sink: reads each connection to EOF, answers with the byte count
+/// (8 bytes, big-endian) and the stream's checksum (16 bytes), and keeps the
+/// connection until the peer closes.
 async fn sink(bind: &str) -> anyhow::Result<std::net::SocketAddr> {
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
@@ -67,14 +117,20 @@ async fn sink(bind: &str) -> anyhow::Result<std::net::SocketAddr> {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut n = 0u64;
+                let mut sum = StreamSum::default();
                 loop {
                     match s.read(&mut buf).await {
                         Ok(0) => break,
-                        Ok(got) => n += got as u64,
+                        Ok(got) => {
+                            n += got as u64;
+                            sum.update(&buf[..got]);
+                        }
                         Err(_) => return,
                     }
                 }
-                let _ = s.write_all(&n.to_be_bytes()).await;
+                let mut answer = n.to_be_bytes().to_vec();
+                answer.extend_from_slice(&sum.finish());
+                let _ = s.write_all(&answer).await;
                 let _ = s.shutdown().await;
             });
         }
@@ -82,31 +138,53 @@ async fn sink(bind: &str) -> anyhow::Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
-/// Sends `bytes` over `stream`, half-closes, and waits for the sink's
-/// count; returns the elapsed time.
+/// Sends `bytes` of pseudo-random data over `stream`, half-closes, and
+/// waits for the sink's count and checksum, which must match what was
+/// sent; returns the elapsed time.
 async fn push<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut stream: S,
     bytes: u64,
 ) -> anyhow::Result<Duration> {
-    let chunk = vec![0x5au8; 64 * 1024];
+    use rand::{RngCore, SeedableRng};
+    // Four different chunks in turn, so whole chunks cannot swap unseen.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(bytes);
+    let chunks: Vec<Vec<u8>> = (0..4)
+        .map(|_| {
+            let mut c = vec![0u8; 64 * 1024];
+            rng.fill_bytes(&mut c);
+            c
+        })
+        .collect();
+    let mut expected = StreamSum::default();
+    let mut left = bytes;
+    let mut i = 0;
+    while left > 0 {
+        let n = left.min(chunks[0].len() as u64) as usize;
+        expected.update(&chunks[i % 4][..n]);
+        left -= n as u64;
+        i += 1;
+    }
     let start = Instant::now();
     let mut left = bytes;
+    let mut i = 0;
     while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        stream.write_all(&chunk[..n]).await?;
+        let n = left.min(chunks[0].len() as u64) as usize;
+        stream.write_all(&chunks[i % 4][..n]).await?;
         left -= n as u64;
+        i += 1;
     }
     stream.shutdown().await?;
-    let mut count = [0u8; 8];
+    let mut answer = [0u8; 24];
     stream
-        .read_exact(&mut count)
+        .read_exact(&mut answer)
         .await
         .context("the sink's acknowledgement did not come back")?;
     let elapsed = start.elapsed();
+    let count = u64::from_be_bytes(answer[..8].try_into().expect("8 bytes"));
+    anyhow::ensure!(count == bytes, "the sink got {count} bytes of {bytes}");
     anyhow::ensure!(
-        u64::from_be_bytes(count) == bytes,
-        "the sink got {} bytes of {bytes}",
-        u64::from_be_bytes(count)
+        answer[8..] == expected.finish(),
+        "the sink got {bytes} bytes, but not the ones sent (checksum mismatch)"
     );
     Ok(elapsed)
 }
