@@ -202,8 +202,10 @@ impl Opener {
     }
 
     /// The length of the application-data record at the front of `buf`, if
-    /// it is all there; an error if the header is not one we send.
-    pub(crate) fn complete_record(buf: &[u8]) -> Result<Option<usize>, CloakError> {
+    /// it is all there; an error if the header is not one we send. With
+    /// [`Opener::open_in_place`], lets a forwarder open records where they
+    /// were read, without a buffer per connection.
+    pub fn complete_record(buf: &[u8]) -> Result<Option<usize>, CloakError> {
         if buf.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -218,8 +220,9 @@ impl Opener {
     }
 
     /// Decrypts one whole record (header included) in place and returns
-    /// where its payload lies. On failure the counter does not move.
-    pub(crate) fn open_in_place(
+    /// where its payload lies (an empty range for a padding-only record).
+    /// On failure the counter does not move.
+    pub fn open_in_place(
         &mut self,
         record: &mut [u8],
     ) -> Result<std::ops::Range<usize>, CloakError> {

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use postern_cloak::{Peek, Step};
 use tokio::net::TcpStream;
 
@@ -26,10 +25,6 @@ use crate::{Direction, Shared, unix_now};
 
 /// How long to wait for the cover's TCP connection.
 const COVER_CONNECT: Duration = Duration::from_secs(10);
-
-/// How much a relayed session reads from the member at once (four full
-/// records).
-const READ_AHEAD: usize = 4 * 16_401;
 
 /// The most bytes an authenticated client may send before its handshake
 /// completes (its finish record; anything more waits in the kernel).
@@ -250,34 +245,83 @@ async fn relay(client: TcpStream, v: postern_cloak::Verified, rest: Vec<u8>, sha
     m.relayed_open.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Opens every complete record in `pending` and forwards the plaintext.
+/// Opens the records in `data` (just read from the member) where they
+/// lie and writes their payloads to the server with one vectored write.
+/// A record cut by the read is finished from `partial`, or left there: the
+/// connection holds a buffer only while a record is half read.
 async fn forward_up(
     opener: &mut postern_cloak::Opener,
-    pending: &mut BytesMut,
+    partial: &mut Vec<u8>,
+    data: &mut [u8],
     server: &TcpStream,
     shared: &Shared,
 ) -> io::Result<()> {
-    // Open every complete record, then write their payloads in one
-    // vectored write: one syscall per read, not one per record.
-    let mut plains: Vec<bytes::Bytes> = Vec::new();
-    loop {
-        let opened = opener
-            .open(pending)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let Some(plain) = opened else { break };
+    let bad =
+        |e: postern_cloak::CloakError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    let mut data = data;
+    // First finish the record a previous read cut, if any.
+    let mut head_payload: Option<std::ops::Range<usize>> = None;
+    if !partial.is_empty() {
+        loop {
+            match postern_cloak::Opener::complete_record(partial).map_err(bad)? {
+                Some(_) => break,
+                None if data.is_empty() => return Ok(()),
+                None => {
+                    // Take what the header says is missing (or 5 bytes to
+                    // learn the length), at most what was read.
+                    let want = if partial.len() < 5 {
+                        5 - partial.len()
+                    } else {
+                        let len = usize::from(u16::from_be_bytes([partial[3], partial[4]])) + 5;
+                        len.saturating_sub(partial.len()).max(1)
+                    };
+                    let take = want.min(data.len());
+                    partial.extend_from_slice(&data[..take]);
+                    data = &mut data[take..];
+                }
+            }
+        }
+        let range = opener.open_in_place(partial).map_err(bad)?;
+        head_payload = Some(range);
+    }
+    // Then every complete record of this read, in place.
+    let mut ranges = Vec::new();
+    let mut offset = 0;
+    while let Some(len) = postern_cloak::Opener::complete_record(&data[offset..]).map_err(bad)? {
+        let range = opener
+            .open_in_place(&mut data[offset..offset + len])
+            .map_err(bad)?;
+        if !range.is_empty() {
+            ranges.push(offset + range.start..offset + range.end);
+        }
+        offset += len;
+    }
+    let rest = &data[offset..];
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(ranges.len() + 1);
+    if let Some(r) = &head_payload
+        && !r.is_empty()
+    {
+        parts.push(&partial[r.clone()]);
+    }
+    parts.extend(ranges.iter().map(|r| &data[r.clone()]));
+    for p in &parts {
         if let Some(tap) = &shared.tap {
-            tap(Direction::ToServer, &plain);
+            tap(Direction::ToServer, p);
         }
         shared
             .metrics
             .bytes_up
-            .fetch_add(plain.len() as u64, Ordering::Relaxed);
-        plains.push(plain);
+            .fetch_add(p.len() as u64, Ordering::Relaxed);
     }
-    splice::write_all_vectored(server, &plains).await?;
-    if pending.is_empty() && pending.capacity() > 0 {
+    splice::write_all_slices(server, &parts).await?;
+    if head_payload.is_some() {
+        partial.clear();
+    }
+    if !rest.is_empty() {
+        partial.extend_from_slice(rest);
+    } else if partial.is_empty() && partial.capacity() > 0 {
         // Idle connections hold no buffer.
-        *pending = BytesMut::new();
+        *partial = Vec::new();
     }
     Ok(())
 }
@@ -293,27 +337,28 @@ async fn pump(
         mut sealer,
         mut opener,
     } = session;
-    let mut pending = BytesMut::from(&leftover[..]);
+    let mut partial = Vec::new();
+    let mut leftover = leftover;
+    forward_up(&mut opener, &mut partial, &mut leftover, server, shared).await?;
     drop(leftover);
-    forward_up(&mut opener, &mut pending, server, shared).await?;
     let (mut client_done, mut server_done) = (false, false);
     while !(client_done && server_done) {
         tokio::select! {
             r = client.readable(), if !client_done => {
                 r?;
-                // Read straight into the record buffer (up to a few
-                // records at once); it is freed again when empty.
-                pending.reserve(READ_AHEAD);
-                match client.try_read_buf(&mut pending) {
+                // A pooled buffer for this read only (a few records at
+                // once); records are opened where they lie.
+                let mut buf = shared.pool.take();
+                match client.try_read(&mut buf) {
                     Ok(0) => {
                         client_done = true;
-                        if !pending.is_empty() {
+                        if !partial.is_empty() {
                             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client closed mid-record"));
                         }
                         half_close(server);
                     }
-                    Ok(_) => {
-                        forward_up(&mut opener, &mut pending, server, shared).await?;
+                    Ok(n) => {
+                        forward_up(&mut opener, &mut partial, &mut buf[..n], server, shared).await?;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => {
@@ -349,4 +394,123 @@ async fn pump(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_cloak::{ClientConfig, CoverShape, Secret};
+    use tokio::io::AsyncReadExt;
+
+    const SNI: &str = "www.example.org";
+
+    /// A client and relay session pair, through the real handshake.
+    fn sessions() -> (postern_cloak::Session, postern_cloak::Session) {
+        let secret = [7u8; 32];
+        let cfg = ClientConfig {
+            secret: Secret::from_bytes(secret),
+            sni: SNI.into(),
+        };
+        let now = crate::unix_now();
+        let mut rng = rand::thread_rng();
+        let (mut client, hello) = postern_cloak::client_start(&cfg, now, &mut rng);
+        let v = postern_cloak::verify(&Secret::from_bytes(secret), SNI, &hello, now, 30).unwrap();
+        let (flight, mut relay) = postern_cloak::respond(
+            &Secret::from_bytes(secret),
+            &v,
+            &CoverShape::fallback(),
+            &mut rng,
+        );
+        let postern_cloak::Step::Done {
+            value: (client_session, finish),
+            ..
+        } = client.on_server_bytes(&flight).unwrap()
+        else {
+            panic!("the client needs more")
+        };
+        let postern_cloak::Step::Done {
+            value: relay_session,
+            ..
+        } = relay.on_client_bytes(&finish).unwrap()
+        else {
+            panic!("the relay needs more")
+        };
+        (client_session, relay_session)
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            config: crate::RelayConfig::default(),
+            secret: Secret::from_bytes([0; 32]),
+            server: postern_proto::link::ServerLink::default(),
+            replay: crate::replay::ReplayCache::open(None, 30, 10, 0).unwrap(),
+            shape: std::sync::RwLock::new(CoverShape::fallback()),
+            metrics: Default::default(),
+            pool: crate::splice::BufPool::new(4),
+            tap: None,
+            server_state: std::sync::RwLock::new("unknown".into()),
+            retired: Default::default(),
+        }
+    }
+
+    /// Records cut anywhere by the reads (one byte at a time, inside the
+    /// header, across several records) come out whole and in order.
+    #[tokio::test]
+    async fn records_split_across_reads_are_forwarded_whole_and_in_order() {
+        let (mut client, relay) = sessions();
+        let mut opener = relay.opener;
+        let payloads: Vec<Vec<u8>> = [1usize, 5, 300, 16_383, 40_000, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (0..*n).map(|j| (j * 31 + i) as u8).collect())
+            .collect();
+        let want: Vec<u8> = payloads.concat();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut far, _) = listener.accept().await.unwrap();
+        let shared = shared();
+        let mut partial = Vec::new();
+        for step in [1usize, 3, 4, 5, 6, 4096, 16_401, 16_402, 70_000] {
+            // Fresh sessions per cut size: counters must match.
+            let (mut c, r) = sessions();
+            let mut o = r.opener;
+            let mut w = Vec::new();
+            for p in &payloads {
+                c.sealer.seal(p, &mut w).unwrap();
+            }
+            let mut sent = 0;
+            for chunk in w.chunks_mut(step) {
+                forward_up(&mut o, &mut partial, chunk, &server, &shared)
+                    .await
+                    .unwrap();
+                sent += chunk.len();
+            }
+            assert_eq!(sent, w.len());
+            assert!(partial.is_empty(), "step {step}: nothing left half read");
+            assert_eq!(partial.capacity(), 0, "step {step}: no buffer kept");
+            let mut got = vec![0u8; want.len()];
+            far.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, want, "step {step}");
+        }
+        // A flipped byte is an error, never forwarded garbage; the same
+        // record unflipped goes through.
+        let mut w = Vec::new();
+        client.sealer.seal(b"hello", &mut w).unwrap();
+        let good = w.clone();
+        w[10] ^= 1;
+        assert!(
+            forward_up(&mut opener, &mut partial, &mut w, &server, &shared)
+                .await
+                .is_err()
+        );
+        let mut good = good;
+        forward_up(&mut opener, &mut partial, &mut good, &server, &shared)
+            .await
+            .unwrap();
+        let mut got = [0u8; 5];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+    }
 }

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-/// Size of the pooled read buffers (one TLS record and its header).
-pub const BUF_SIZE: usize = 16 * 1024 + 512;
+/// Size of the pooled read buffers: four full records (a read takes up
+/// to four at once).
+pub const BUF_SIZE: usize = 4 * 16_401;
 
 /// A pool of read buffers shared by every connection: buffers are taken
 /// only for the moment of a read and its write, then returned.
@@ -109,7 +110,7 @@ pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
 }
 
 /// Writes all of `parts`, in order, with vectored writes.
-pub async fn write_all_vectored(to: &TcpStream, parts: &[bytes::Bytes]) -> io::Result<()> {
+pub async fn write_all_slices(to: &TcpStream, parts: &[&[u8]]) -> io::Result<()> {
     let mut i = 0;
     let mut offset = 0;
     while i < parts.len() {
