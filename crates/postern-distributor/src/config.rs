@@ -41,7 +41,9 @@ pub struct Config {
     /// Members per open-entry relay above which the distributor opens more
     /// relays to new members (taking them from unused buckets) rather than
     /// crowding them: fewer members per relay means fewer honest members
-    /// share a relay with any one censor account, and sharper blame.
+    /// share a relay with any one censor account, and sharper blame. One by
+    /// default: a newcomer alone on its relay loses it only if it gave it
+    /// away itself.
     pub open_members_target: usize,
     /// Most relays ever handed to the open-entry pool (new members), as a
     /// share of all relays; the rest go to buckets. 1.0 sets no limit: the
@@ -62,6 +64,10 @@ pub struct Config {
     pub credit_cap_days: f64,
     /// Replacements a member gets without credit, once in its life: for a
     /// newcomer whose first relay is blocked before it could earn any.
+    /// None by default: in the simulator a free replacement was a second
+    /// relay for every censor account (about two learned per account, not
+    /// one), and honest newcomers rarely need it once each has an
+    /// open-entry relay of its own (see `open_members_target`).
     pub free_replacements: u32,
     /// New members per network per day.
     pub network_registrations_per_day: u32,
@@ -109,13 +115,13 @@ impl Default for Config {
             bucket_broken_after: 2,
             max_kept_relays: 2,
             max_members_per_relay: 40,
-            open_members_target: 4,
+            open_members_target: 1,
             open_pool_fraction: 1.0,
             replacement_window_days: 7,
             replacements_per_window: [1, 2, 3, 3, 3],
             replacement_cost_days: 7.0,
             credit_cap_days: 60.0,
-            free_replacements: 1,
+            free_replacements: 0,
             network_registrations_per_day: 200,
             network_handouts_per_day: 2_000,
             reports_to_confirm: 2,

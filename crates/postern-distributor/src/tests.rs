@@ -143,7 +143,11 @@ fn an_invited_member_starts_at_level_1_in_its_inviters_bucket() {
 
 #[test]
 fn a_relay_blocked_for_a_member_is_replaced() {
-    let mut d = with_relays(no_bans(), 12);
+    let cfg = Config {
+        free_replacements: 1,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 12);
     let first = join(&mut d, 1, day(0))[0];
     let decisions = block(&mut d, first, day(1));
     assert!(decisions.contains(&Decision::RelayBlocked {
@@ -268,6 +272,7 @@ fn replacements_cost_credit_earned_with_working_relays() {
     let cfg = Config {
         untrusted_allowed_blockages: 100,
         replacements_per_window: [9; 5],
+        free_replacements: 1,
         ..no_bans()
     };
     let mut d = with_relays(cfg, 12);
@@ -328,6 +333,7 @@ fn no_relay_is_seen_by_more_members_than_the_cap() {
 fn new_members_are_spread_over_relays_before_sharing() {
     let cfg = Config {
         open_pool_fraction: 0.5,
+        open_members_target: 4,
         ..Config::default()
     };
     let mut d = with_relays(cfg, 12);
@@ -338,7 +344,42 @@ fn new_members_are_spread_over_relays_before_sharing() {
     // Relays from unused buckets open up rather than crowding one relay.
     assert!(seen.len() >= 2, "{seen:?}");
     let crowd = d.relay_health().iter().map(|h| h.members).max().unwrap();
-    assert!(crowd <= Config::default().open_members_target);
+    assert!(crowd <= 4);
+}
+
+#[test]
+fn by_default_each_new_member_has_an_open_entry_relay_of_its_own() {
+    // Twelve relays: the first open, three buckets of three, two spares
+    // waiting for a third.
+    let mut d = with_relays(Config::default(), 12);
+    let mut seen = BTreeSet::new();
+    for m in 0..10 {
+        let relays = join(&mut d, m, day(0));
+        assert_eq!(relays.len(), 1);
+        assert!(seen.insert(relays[0]), "member {m} shares {:?}", relays[0]);
+    }
+    // Once every open relay serves a newcomer, they share.
+    assert!(seen.contains(&join(&mut d, 10, day(0))[0]));
+}
+
+#[test]
+fn by_default_a_newcomer_whose_first_relay_dies_at_once_gets_no_other() {
+    let cfg = Config {
+        untrusted_allowed_blockages: 100,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 12);
+    let r = join(&mut d, 1, day(0))[0];
+    block(&mut d, r, day(1));
+    // A day of credit, and no free replacement: what a censor account that
+    // burns its relay at once ends with.
+    assert!(d.assign(MemberId(1), day(1)).unwrap().relays.is_empty());
+    assert!(d.assign(MemberId(1), day(60)).unwrap().relays.is_empty());
+    // A week with a working relay pays for one.
+    let r = join(&mut d, 2, day(0))[0];
+    d.assign(MemberId(2), day(4)).unwrap();
+    block(&mut d, r, day(8));
+    assert_eq!(d.assign(MemberId(2), day(8)).unwrap().relays.len(), 1);
 }
 
 #[test]
