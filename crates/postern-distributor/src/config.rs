@@ -25,6 +25,12 @@ pub struct Config {
     pub level_allowed_blockages: [u32; 4],
     /// Blockages a level-0 member may see; one more suspends it.
     pub untrusted_allowed_blockages: u32,
+    /// Whether a blockage at level 0 restarts the member's
+    /// `untrusted_days`, as in Lox, where a new user whose open-entry bridge
+    /// is blocked starts over. Without it, a censor account that keeps its
+    /// relay for a few weeks, burns it, and buys a replacement with the
+    /// credit it saved is promoted to a bucket on schedule.
+    pub untrusted_restart_on_blockage: bool,
     /// Days a level-0 member stays suspended after too many blockages.
     pub suspension_days: u32,
     /// Relays a level-0 member gets (one, as in Lox's open-entry buckets).
@@ -109,6 +115,7 @@ impl Default for Config {
             level_invitations: [2, 4, 6, 8],
             level_allowed_blockages: [4, 3, 2, 2],
             untrusted_allowed_blockages: 1,
+            untrusted_restart_on_blockage: true,
             suspension_days: 30,
             untrusted_relays: 1,
             bucket_size: 3,

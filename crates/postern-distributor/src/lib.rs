@@ -1265,6 +1265,9 @@ impl Distributor {
         m.last_blockage_day = Some(now.day());
         m.blockages += 1;
         if m.level == 0 {
+            if cfg.untrusted_restart_on_blockage {
+                m.level_since = now;
+            }
             if m.blockages > cfg.untrusted_allowed_blockages {
                 let until = now.plus_days(u64::from(cfg.suspension_days));
                 m.suspended_until = Some(until);

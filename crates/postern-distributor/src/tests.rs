@@ -250,6 +250,27 @@ fn blockages_stop_promotion() {
 }
 
 #[test]
+fn a_blockage_at_level_0_restarts_the_thirty_days() {
+    for restart in [true, false] {
+        let cfg = Config {
+            untrusted_restart_on_blockage: restart,
+            ..no_bans()
+        };
+        let mut d = with_relays(cfg, 12);
+        let r = join(&mut d, 1, day(0))[0];
+        d.assign(MemberId(1), day(10)).unwrap();
+        // Three weeks of credit buy a replacement on day 20.
+        block(&mut d, r, day(20));
+        assert_eq!(d.assign(MemberId(1), day(20)).unwrap().relays.len(), 1);
+        let on_day_30 = d.assign(MemberId(1), day(30)).unwrap().level;
+        assert_eq!(on_day_30, if restart { 0 } else { 1 });
+        // Thirty days after the blockage (or 14 more at level 1).
+        let on_day_50 = d.assign(MemberId(1), day(50)).unwrap().level;
+        assert_eq!(on_day_50, if restart { 1 } else { 2 });
+    }
+}
+
+#[test]
 fn replacements_are_rate_limited_per_account() {
     let cfg = Config {
         untrusted_allowed_blockages: 100,
