@@ -31,6 +31,12 @@ pub struct Config {
     /// relay for a few weeks, burns it, and buys a replacement with the
     /// credit it saved is promoted to a bucket on schedule.
     pub untrusted_restart_on_blockage: bool,
+    /// Replacements a member gets while at level 0, in all (within the
+    /// weekly limit and paid with credit like any other). A censor account
+    /// that keeps its relays for weeks before burning them earns the credit
+    /// for a replacement each time; this bounds what it learns before it
+    /// could be promoted.
+    pub untrusted_replacements: u32,
     /// Days a level-0 member stays suspended after too many blockages.
     pub suspension_days: u32,
     /// Relays a level-0 member gets (one, as in Lox's open-entry buckets).
@@ -116,6 +122,7 @@ impl Default for Config {
             level_allowed_blockages: [4, 3, 2, 2],
             untrusted_allowed_blockages: 1,
             untrusted_restart_on_blockage: true,
+            untrusted_replacements: 1,
             suspension_days: 30,
             untrusted_relays: 1,
             bucket_size: 3,

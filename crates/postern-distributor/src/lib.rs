@@ -262,6 +262,9 @@ struct Member {
     credit_at: Time,
     earning: bool,
     free_replacements: u32,
+    /// Replacements it got at level 0.
+    #[serde(default)]
+    untrusted_replacements: u32,
     suspended_until: Option<Time>,
     banned: bool,
 }
@@ -733,6 +736,7 @@ impl Distributor {
                 credit_at: now,
                 earning: false,
                 free_replacements: self.config.free_replacements,
+                untrusted_replacements: 0,
                 suspended_until: None,
                 banned: false,
             },
@@ -895,6 +899,9 @@ impl Distributor {
                 .iter()
                 .filter(|t| now.days_since(**t) < window)
                 .count();
+            if m.level == 0 && m.untrusted_replacements >= self.config.untrusted_replacements {
+                return false;
+            }
             let allowed = self.config.replacements_per_window[usize::from(m.level)];
             if recent as u32 >= allowed {
                 return false;
@@ -930,6 +937,9 @@ impl Distributor {
             m.replacements.retain(|t| now.days_since(*t) < window);
             m.replacements.push(now);
             m.needs_replacement = false;
+            if m.level == 0 {
+                m.untrusted_replacements += 1;
+            }
             if m.credit >= self.config.replacement_cost_days {
                 m.credit -= self.config.replacement_cost_days;
             } else {

@@ -224,6 +224,7 @@ fn allowed_blockages_shrink_with_level() {
 fn blockages_stop_promotion() {
     let cfg = Config {
         replacement_cost_days: 0.0,
+        untrusted_replacements: 100,
         ..no_bans()
     };
     let mut d = with_relays(cfg, 12);
@@ -271,9 +272,29 @@ fn a_blockage_at_level_0_restarts_the_thirty_days() {
 }
 
 #[test]
+fn a_member_gets_one_replacement_at_level_0_in_all() {
+    let cfg = Config {
+        untrusted_allowed_blockages: 100,
+        untrusted_days: 1000,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 12);
+    let r = join(&mut d, 1, day(0))[0];
+    d.assign(MemberId(1), day(10)).unwrap();
+    block(&mut d, r, day(20));
+    let r = d.assign(MemberId(1), day(20)).unwrap().relays[0];
+    d.assign(MemberId(1), day(30)).unwrap();
+    // Credit for another, weeks later, but no second one at level 0.
+    block(&mut d, r, day(40));
+    assert!(d.assign(MemberId(1), day(40)).unwrap().relays.is_empty());
+    assert!(d.assign(MemberId(1), day(90)).unwrap().relays.is_empty());
+}
+
+#[test]
 fn replacements_are_rate_limited_per_account() {
     let cfg = Config {
         untrusted_allowed_blockages: 100,
+        untrusted_replacements: 100,
         replacement_cost_days: 0.0,
         ..no_bans()
     };
@@ -294,6 +315,7 @@ fn replacements_cost_credit_earned_with_working_relays() {
         untrusted_allowed_blockages: 100,
         replacements_per_window: [9; 5],
         free_replacements: 1,
+        untrusted_replacements: 100,
         ..no_bans()
     };
     let mut d = with_relays(cfg, 12);
