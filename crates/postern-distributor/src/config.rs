@@ -37,6 +37,15 @@ pub struct Config {
     /// for a replacement each time; this bounds what it learns before it
     /// could be promoted.
     pub untrusted_replacements: u32,
+    /// Days after it reaches level 1 (by promotion, or demotion from level
+    /// 2) during which a blockage of a member's relays sends it back to
+    /// level 0 (members who joined by invitation excepted; 0: no
+    /// probation). A censor account that behaved for its first month and
+    /// burns the bucket it earned loses the bucket, not one of its four
+    /// allowed blockages. Since level 2 comes after 14 days, with the
+    /// defaults a member is allowed no blockage at level 1 unless it was
+    /// invited: Lox's four apply to invited members only.
+    pub probation_days: u32,
     /// Days a level-0 member stays suspended after too many blockages.
     pub suspension_days: u32,
     /// Relays a level-0 member gets (one, as in Lox's open-entry buckets).
@@ -123,6 +132,7 @@ impl Default for Config {
             untrusted_allowed_blockages: 1,
             untrusted_restart_on_blockage: true,
             untrusted_replacements: 1,
+            probation_days: 30,
             suspension_days: 30,
             untrusted_relays: 1,
             bucket_size: 3,

@@ -1287,7 +1287,10 @@ impl Distributor {
             }
             return;
         }
-        if m.blockages > cfg.level_allowed_blockages[usize::from(m.level) - 1] {
+        let on_probation = m.level == 1
+            && m.invited_by.is_none()
+            && now.days_since(m.level_since) < u64::from(cfg.probation_days);
+        if on_probation || m.blockages > cfg.level_allowed_blockages[usize::from(m.level) - 1] {
             m.level -= 1;
             m.level_since = now;
             m.blockages = 0;

@@ -168,7 +168,9 @@ fn a_relay_blocked_for_a_member_is_replaced() {
 
 #[test]
 fn level_1_tolerates_four_blockages_and_the_fifth_demotes() {
+    // Lox's rule on its own, without the first month's probation.
     let cfg = Config {
+        probation_days: 0,
         replacements_per_window: [9; 5],
         max_kept_relays: 0,
         ..no_bans()
@@ -288,6 +290,51 @@ fn a_member_gets_one_replacement_at_level_0_in_all() {
     block(&mut d, r, day(40));
     assert!(d.assign(MemberId(1), day(40)).unwrap().relays.is_empty());
     assert!(d.assign(MemberId(1), day(90)).unwrap().relays.is_empty());
+}
+
+#[test]
+fn a_blockage_in_the_first_month_at_level_1_sends_a_member_back_to_level_0() {
+    for probation in [30, 0] {
+        let cfg = Config {
+            probation_days: probation,
+            ..no_bans()
+        };
+        let mut d = with_relays(cfg, 12);
+        join(&mut d, 1, day(0));
+        let a = d.assign(MemberId(1), day(30)).unwrap();
+        assert_eq!((a.level, a.relays.len()), (1, 3));
+        let decisions = block(&mut d, a.relays[0], day(40));
+        let demoted = decisions.contains(&Decision::Demoted {
+            member: MemberId(1),
+            level: 0,
+        });
+        assert_eq!(demoted, probation > 0, "probation {probation}");
+        let level = d.member(MemberId(1), day(40)).unwrap().level;
+        assert_eq!(level, if probation > 0 { 0 } else { 1 });
+    }
+}
+
+#[test]
+fn probation_ends_and_spares_invited_members() {
+    let mut d = with_relays(no_bans(), 12);
+    join(&mut d, 1, day(0));
+    let a = d.assign(MemberId(1), day(30)).unwrap();
+    let code = InviteCode([7; 16]);
+    d.create_invite(MemberId(1), code, day(30)).unwrap();
+    d.redeem_invite(code, MemberId(2), ru(), NetworkId(2), day(30))
+        .unwrap();
+    assert_eq!(d.assign(MemberId(2), day(30)).unwrap().level, 1);
+    // Past its month at level 1, member 1 sees an ordinary blockage; the
+    // invited member, on its first day, is not on probation.
+    let decisions = block(&mut d, a.relays[0], day(61));
+    assert!(
+        !decisions
+            .iter()
+            .any(|x| matches!(x, Decision::Demoted { .. })),
+        "{decisions:?}"
+    );
+    assert_eq!(d.member(MemberId(1), day(61)).unwrap().level, 1);
+    assert_eq!(d.member(MemberId(2), day(61)).unwrap().level, 1);
 }
 
 #[test]
