@@ -6,9 +6,10 @@
 //! Lox (Tulloch and Goldberg, PETS 2023):
 //!
 //! - **Trust levels** earned over time: a new member (level 0) gets one
-//!   open-entry relay; after 30 days it reaches level 1 and gets a *bucket*
-//!   of three relays shared with a few other members; levels 2–4 follow
-//!   after 14, 28 and 56 days. Levels 1–4 grant 2/4/6/8 invitations; an
+//!   open-entry relay, its own while unused buckets can be opened; after 30
+//!   days without a blockage (one restarts them) it reaches level 1 and gets
+//!   a *bucket* of three relays shared with a few other members; levels 2–4
+//!   follow after 14, 28 and 56 days. Levels 1–4 grant 2/4/6/8 invitations; an
 //!   invited member starts at level 1, in its inviter's bucket when there is
 //!   room, so an inviter vouches with its own relays.
 //! - **Blocking detection** per relay and country, from members' reports
@@ -18,9 +19,11 @@
 //!   and paid for with *credit*: a member earns a day of credit for each day
 //!   it holds a working relay and a replacement costs a week (after rBridge,
 //!   NDSS 2013), so an account whose relays are blocked as soon as it gets
-//!   them soon gets nothing more. Only a member whose relays work is
-//!   promoted. Accounts that see too many blockages at their level are
-//!   **demoted** (at level 0: suspended).
+//!   them gets nothing more; at level 0 a member gets one replacement in
+//!   all. Only a member whose relays work is promoted. Accounts that see
+//!   too many blockages at their level are **demoted** (at level 0:
+//!   suspended), and one blocked in its first month at level 1 goes back
+//!   to level 0 (*probation*).
 //! - **Blame**: unlike Lox, the server knows which account saw which relay.
 //!   Each blocked relay adds a total of 1 suspicion among the members of that
 //!   country who saw it, weighted towards those who got it most recently; an
