@@ -663,6 +663,31 @@ fn the_state_survives_a_round_trip_through_json() {
     assert_eq!(back.assign(MemberId(2), day(31)).unwrap().relays.len(), 3);
 }
 
+#[test]
+fn state_saved_before_the_newcomer_rules_still_loads() {
+    let mut d = with_relays(Config::default(), 12);
+    join(&mut d, 1, day(0));
+    let mut v = serde_json::to_value(&d).unwrap();
+    // What a server saved before these fields existed.
+    let config = v["config"].as_object_mut().unwrap();
+    for field in [
+        "untrusted_restart_on_blockage",
+        "untrusted_replacements",
+        "probation_days",
+    ] {
+        assert!(config.remove(field).is_some(), "{field}");
+    }
+    for m in v["members"].as_object_mut().unwrap().values_mut() {
+        m.as_object_mut()
+            .unwrap()
+            .remove("untrusted_replacements")
+            .unwrap();
+    }
+    let mut back: Distributor = serde_json::from_value(v).unwrap();
+    assert_eq!(back.config(), &Config::default());
+    assert_eq!(back.assign(MemberId(1), day(30)).unwrap().level, 1);
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     AddRelay(u8),
