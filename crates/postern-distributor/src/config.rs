@@ -59,12 +59,15 @@ pub struct Config {
     pub max_kept_relays: usize,
     /// Most members who see one relay (and so one bucket).
     pub max_members_per_relay: usize,
-    /// Members per open-entry relay above which the distributor opens more
-    /// relays to new members (taking them from unused buckets) rather than
-    /// crowding them: fewer members per relay means fewer honest members
-    /// share a relay with any one censor account, and sharper blame. One by
-    /// default: a newcomer alone on its relay loses it only if it gave it
-    /// away itself.
+    /// Newcomers (level-0 members) per open-entry relay above which the
+    /// distributor opens more relays to new members (taking them from
+    /// unused buckets) rather than crowding them: fewer newcomers per relay
+    /// means fewer honest newcomers share a relay with any one censor
+    /// account, and sharper blame. One by default: a newcomer alone on its
+    /// relay loses it only if it gave it away itself. A newcomer is seated
+    /// where newcomers are fewest, beside trusted members if need be: they
+    /// have the credit to replace a relay a censor account burns, and
+    /// newcomers do not.
     pub open_members_target: usize,
     /// Most relays ever handed to the open-entry pool (new members), as a
     /// share of all relays; the rest go to buckets. 1.0 sets no limit: the

@@ -1133,8 +1133,18 @@ impl Distributor {
                     && !m.kept.contains(rid)
                     && self.is_live(**rid, m.country)
             })
-            .min_by_key(|(rid, r)| (r.members.len(), mix(self.salt, id.0, rid.0)))
-            .map(|(rid, r)| (r.members.len(), *rid))
+            .map(|(rid, r)| {
+                let newcomers = r
+                    .members
+                    .keys()
+                    .filter(|o| self.members.get(o).is_some_and(|o| o.level == 0))
+                    .count();
+                (newcomers, r.members.len(), *rid)
+            })
+            .min_by_key(|(newcomers, members, rid)| {
+                (*newcomers, *members, mix(self.salt, id.0, rid.0))
+            })
+            .map(|(newcomers, _, rid)| (newcomers, rid))
     }
 
     /// Whether `more` relays fit in the open-entry budget: relays ever given

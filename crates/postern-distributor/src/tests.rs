@@ -453,6 +453,25 @@ fn by_default_each_new_member_has_an_open_entry_relay_of_its_own() {
 }
 
 #[test]
+fn a_newcomer_sits_beside_trusted_members_rather_than_other_newcomers() {
+    let cfg = Config {
+        open_members_target: 2,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 1);
+    let r0 = join(&mut d, 1, day(0))[0];
+    assert_eq!(join(&mut d, 4, day(0)), vec![r0]);
+    d.add_relay(RelayId(1), NetworkId(1001), day(0)).unwrap();
+    assert_eq!(join(&mut d, 2, day(0)), vec![RelayId(1)]);
+    // Members 1 and 4 are trusted now; member 2 is still new.
+    for m in [1, 4] {
+        assert_eq!(d.assign(MemberId(m), day(30)).unwrap().level, 1);
+    }
+    // Relay 0 has two members, relay 1 one, but relay 1's is a newcomer.
+    assert_eq!(join(&mut d, 3, day(30)), vec![r0]);
+}
+
+#[test]
 fn by_default_a_newcomer_whose_first_relay_dies_at_once_gets_no_other() {
     let cfg = Config {
         untrusted_allowed_blockages: 100,
