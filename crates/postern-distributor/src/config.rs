@@ -25,6 +25,27 @@ pub struct Config {
     pub level_allowed_blockages: [u32; 4],
     /// Blockages a level-0 member may see; one more suspends it.
     pub untrusted_allowed_blockages: u32,
+    /// Whether a blockage at level 0 restarts the member's
+    /// `untrusted_days`, as in Lox, where a new user whose open-entry bridge
+    /// is blocked starts over. Without it, a censor account that keeps its
+    /// relay for a few weeks, burns it, and buys a replacement with the
+    /// credit it saved is promoted to a bucket on schedule.
+    pub untrusted_restart_on_blockage: bool,
+    /// Replacements a member gets while at level 0, in all (within the
+    /// weekly limit and paid with credit like any other). A censor account
+    /// that keeps its relays for weeks before burning them earns the credit
+    /// for a replacement each time; this bounds what it learns before it
+    /// could be promoted.
+    pub untrusted_replacements: u32,
+    /// Days after it reaches level 1 (by promotion, or demotion from level
+    /// 2) during which a blockage of a member's relays sends it back to
+    /// level 0 (members who joined by invitation excepted; 0: no
+    /// probation). A censor account that behaved for its first month and
+    /// burns the bucket it earned loses the bucket, not one of its four
+    /// allowed blockages. Since level 2 comes after 14 days, with the
+    /// defaults a member is allowed no blockage at level 1 unless it was
+    /// invited: Lox's four apply to invited members only.
+    pub probation_days: u32,
     /// Days a level-0 member stays suspended after too many blockages.
     pub suspension_days: u32,
     /// Relays a level-0 member gets (one, as in Lox's open-entry buckets).
@@ -38,10 +59,15 @@ pub struct Config {
     pub max_kept_relays: usize,
     /// Most members who see one relay (and so one bucket).
     pub max_members_per_relay: usize,
-    /// Members per open-entry relay above which the distributor opens more
-    /// relays to new members (taking them from unused buckets) rather than
-    /// crowding them: fewer members per relay means fewer honest members
-    /// share a relay with any one censor account, and sharper blame.
+    /// Newcomers (level-0 members) per open-entry relay above which the
+    /// distributor opens more relays to new members (taking them from
+    /// unused buckets) rather than crowding them: fewer newcomers per relay
+    /// means fewer honest newcomers share a relay with any one censor
+    /// account, and sharper blame. One by default: a newcomer alone on its
+    /// relay loses it only if it gave it away itself. A newcomer is seated
+    /// where newcomers are fewest, beside trusted members if need be: they
+    /// have the credit to replace a relay a censor account burns, and
+    /// newcomers do not.
     pub open_members_target: usize,
     /// Most relays ever handed to the open-entry pool (new members), as a
     /// share of all relays; the rest go to buckets. 1.0 sets no limit: the
@@ -62,6 +88,10 @@ pub struct Config {
     pub credit_cap_days: f64,
     /// Replacements a member gets without credit, once in its life: for a
     /// newcomer whose first relay is blocked before it could earn any.
+    /// None by default: in the simulator a free replacement was a second
+    /// relay for every censor account (about two learned per account, not
+    /// one), and honest newcomers rarely need it once each has an
+    /// open-entry relay of its own (see `open_members_target`).
     pub free_replacements: u32,
     /// New members per network per day.
     pub network_registrations_per_day: u32,
@@ -103,19 +133,22 @@ impl Default for Config {
             level_invitations: [2, 4, 6, 8],
             level_allowed_blockages: [4, 3, 2, 2],
             untrusted_allowed_blockages: 1,
+            untrusted_restart_on_blockage: true,
+            untrusted_replacements: 1,
+            probation_days: 30,
             suspension_days: 30,
             untrusted_relays: 1,
             bucket_size: 3,
             bucket_broken_after: 2,
             max_kept_relays: 2,
             max_members_per_relay: 40,
-            open_members_target: 4,
+            open_members_target: 1,
             open_pool_fraction: 1.0,
             replacement_window_days: 7,
             replacements_per_window: [1, 2, 3, 3, 3],
             replacement_cost_days: 7.0,
             credit_cap_days: 60.0,
-            free_replacements: 1,
+            free_replacements: 0,
             network_registrations_per_day: 200,
             network_handouts_per_day: 2_000,
             reports_to_confirm: 2,

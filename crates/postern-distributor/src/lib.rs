@@ -6,9 +6,10 @@
 //! Lox (Tulloch and Goldberg, PETS 2023):
 //!
 //! - **Trust levels** earned over time: a new member (level 0) gets one
-//!   open-entry relay; after 30 days it reaches level 1 and gets a *bucket*
-//!   of three relays shared with a few other members; levels 2–4 follow
-//!   after 14, 28 and 56 days. Levels 1–4 grant 2/4/6/8 invitations; an
+//!   open-entry relay, its own while unused buckets can be opened; after 30
+//!   days without a blockage (one restarts them) it reaches level 1 and gets
+//!   a *bucket* of three relays shared with a few other members; levels 2–4
+//!   follow after 14, 28 and 56 days. Levels 1–4 grant 2/4/6/8 invitations; an
 //!   invited member starts at level 1, in its inviter's bucket when there is
 //!   room, so an inviter vouches with its own relays.
 //! - **Blocking detection** per relay and country, from members' reports
@@ -18,9 +19,11 @@
 //!   and paid for with *credit*: a member earns a day of credit for each day
 //!   it holds a working relay and a replacement costs a week (after rBridge,
 //!   NDSS 2013), so an account whose relays are blocked as soon as it gets
-//!   them soon gets nothing more. Only a member whose relays work is
-//!   promoted. Accounts that see too many blockages at their level are
-//!   **demoted** (at level 0: suspended).
+//!   them gets nothing more; at level 0 a member gets one replacement in
+//!   all. Only a member whose relays work is promoted. Accounts that see
+//!   too many blockages at their level are **demoted** (at level 0:
+//!   suspended), and one blocked in its first month at level 1 goes back
+//!   to level 0 (*probation*).
 //! - **Blame**: unlike Lox, the server knows which account saw which relay.
 //!   Each blocked relay adds a total of 1 suspicion among the members of that
 //!   country who saw it, weighted towards those who got it most recently; an
@@ -262,6 +265,9 @@ struct Member {
     credit_at: Time,
     earning: bool,
     free_replacements: u32,
+    /// Replacements it got at level 0.
+    #[serde(default)]
+    untrusted_replacements: u32,
     suspended_until: Option<Time>,
     banned: bool,
 }
@@ -733,6 +739,7 @@ impl Distributor {
                 credit_at: now,
                 earning: false,
                 free_replacements: self.config.free_replacements,
+                untrusted_replacements: 0,
                 suspended_until: None,
                 banned: false,
             },
@@ -895,6 +902,9 @@ impl Distributor {
                 .iter()
                 .filter(|t| now.days_since(**t) < window)
                 .count();
+            if m.level == 0 && m.untrusted_replacements >= self.config.untrusted_replacements {
+                return false;
+            }
             let allowed = self.config.replacements_per_window[usize::from(m.level)];
             if recent as u32 >= allowed {
                 return false;
@@ -930,6 +940,9 @@ impl Distributor {
             m.replacements.retain(|t| now.days_since(*t) < window);
             m.replacements.push(now);
             m.needs_replacement = false;
+            if m.level == 0 {
+                m.untrusted_replacements += 1;
+            }
             if m.credit >= self.config.replacement_cost_days {
                 m.credit -= self.config.replacement_cost_days;
             } else {
@@ -1120,8 +1133,18 @@ impl Distributor {
                     && !m.kept.contains(rid)
                     && self.is_live(**rid, m.country)
             })
-            .min_by_key(|(rid, r)| (r.members.len(), mix(self.salt, id.0, rid.0)))
-            .map(|(rid, r)| (r.members.len(), *rid))
+            .map(|(rid, r)| {
+                let newcomers = r
+                    .members
+                    .keys()
+                    .filter(|o| self.members.get(o).is_some_and(|o| o.level == 0))
+                    .count();
+                (newcomers, r.members.len(), *rid)
+            })
+            .min_by_key(|(newcomers, members, rid)| {
+                (*newcomers, *members, mix(self.salt, id.0, rid.0))
+            })
+            .map(|(newcomers, _, rid)| (newcomers, rid))
     }
 
     /// Whether `more` relays fit in the open-entry budget: relays ever given
@@ -1265,6 +1288,9 @@ impl Distributor {
         m.last_blockage_day = Some(now.day());
         m.blockages += 1;
         if m.level == 0 {
+            if cfg.untrusted_restart_on_blockage {
+                m.level_since = now;
+            }
             if m.blockages > cfg.untrusted_allowed_blockages {
                 let until = now.plus_days(u64::from(cfg.suspension_days));
                 m.suspended_until = Some(until);
@@ -1274,7 +1300,10 @@ impl Distributor {
             }
             return;
         }
-        if m.blockages > cfg.level_allowed_blockages[usize::from(m.level) - 1] {
+        let on_probation = m.level == 1
+            && m.invited_by.is_none()
+            && now.days_since(m.level_since) < u64::from(cfg.probation_days);
+        if on_probation || m.blockages > cfg.level_allowed_blockages[usize::from(m.level) - 1] {
             m.level -= 1;
             m.level_since = now;
             m.blockages = 0;

@@ -143,7 +143,11 @@ fn an_invited_member_starts_at_level_1_in_its_inviters_bucket() {
 
 #[test]
 fn a_relay_blocked_for_a_member_is_replaced() {
-    let mut d = with_relays(no_bans(), 12);
+    let cfg = Config {
+        free_replacements: 1,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 12);
     let first = join(&mut d, 1, day(0))[0];
     let decisions = block(&mut d, first, day(1));
     assert!(decisions.contains(&Decision::RelayBlocked {
@@ -164,7 +168,9 @@ fn a_relay_blocked_for_a_member_is_replaced() {
 
 #[test]
 fn level_1_tolerates_four_blockages_and_the_fifth_demotes() {
+    // Lox's rule on its own, without the first month's probation.
     let cfg = Config {
+        probation_days: 0,
         replacements_per_window: [9; 5],
         max_kept_relays: 0,
         ..no_bans()
@@ -220,6 +226,7 @@ fn allowed_blockages_shrink_with_level() {
 fn blockages_stop_promotion() {
     let cfg = Config {
         replacement_cost_days: 0.0,
+        untrusted_replacements: 100,
         ..no_bans()
     };
     let mut d = with_relays(cfg, 12);
@@ -246,9 +253,95 @@ fn blockages_stop_promotion() {
 }
 
 #[test]
+fn a_blockage_at_level_0_restarts_the_thirty_days() {
+    for restart in [true, false] {
+        let cfg = Config {
+            untrusted_restart_on_blockage: restart,
+            ..no_bans()
+        };
+        let mut d = with_relays(cfg, 12);
+        let r = join(&mut d, 1, day(0))[0];
+        d.assign(MemberId(1), day(10)).unwrap();
+        // Three weeks of credit buy a replacement on day 20.
+        block(&mut d, r, day(20));
+        assert_eq!(d.assign(MemberId(1), day(20)).unwrap().relays.len(), 1);
+        let on_day_30 = d.assign(MemberId(1), day(30)).unwrap().level;
+        assert_eq!(on_day_30, if restart { 0 } else { 1 });
+        // Thirty days after the blockage (or 14 more at level 1).
+        let on_day_50 = d.assign(MemberId(1), day(50)).unwrap().level;
+        assert_eq!(on_day_50, if restart { 1 } else { 2 });
+    }
+}
+
+#[test]
+fn a_member_gets_one_replacement_at_level_0_in_all() {
+    let cfg = Config {
+        untrusted_allowed_blockages: 100,
+        untrusted_days: 1000,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 12);
+    let r = join(&mut d, 1, day(0))[0];
+    d.assign(MemberId(1), day(10)).unwrap();
+    block(&mut d, r, day(20));
+    let r = d.assign(MemberId(1), day(20)).unwrap().relays[0];
+    d.assign(MemberId(1), day(30)).unwrap();
+    // Credit for another, weeks later, but no second one at level 0.
+    block(&mut d, r, day(40));
+    assert!(d.assign(MemberId(1), day(40)).unwrap().relays.is_empty());
+    assert!(d.assign(MemberId(1), day(90)).unwrap().relays.is_empty());
+}
+
+#[test]
+fn a_blockage_in_the_first_month_at_level_1_sends_a_member_back_to_level_0() {
+    for probation in [30, 0] {
+        let cfg = Config {
+            probation_days: probation,
+            ..no_bans()
+        };
+        let mut d = with_relays(cfg, 12);
+        join(&mut d, 1, day(0));
+        let a = d.assign(MemberId(1), day(30)).unwrap();
+        assert_eq!((a.level, a.relays.len()), (1, 3));
+        let decisions = block(&mut d, a.relays[0], day(40));
+        let demoted = decisions.contains(&Decision::Demoted {
+            member: MemberId(1),
+            level: 0,
+        });
+        assert_eq!(demoted, probation > 0, "probation {probation}");
+        let level = d.member(MemberId(1), day(40)).unwrap().level;
+        assert_eq!(level, if probation > 0 { 0 } else { 1 });
+    }
+}
+
+#[test]
+fn probation_ends_and_spares_invited_members() {
+    let mut d = with_relays(no_bans(), 12);
+    join(&mut d, 1, day(0));
+    let a = d.assign(MemberId(1), day(30)).unwrap();
+    let code = InviteCode([7; 16]);
+    d.create_invite(MemberId(1), code, day(30)).unwrap();
+    d.redeem_invite(code, MemberId(2), ru(), NetworkId(2), day(30))
+        .unwrap();
+    assert_eq!(d.assign(MemberId(2), day(30)).unwrap().level, 1);
+    // Past its month at level 1, member 1 sees an ordinary blockage; the
+    // invited member, on its first day, is not on probation.
+    let decisions = block(&mut d, a.relays[0], day(61));
+    assert!(
+        !decisions
+            .iter()
+            .any(|x| matches!(x, Decision::Demoted { .. })),
+        "{decisions:?}"
+    );
+    assert_eq!(d.member(MemberId(1), day(61)).unwrap().level, 1);
+    assert_eq!(d.member(MemberId(2), day(61)).unwrap().level, 1);
+}
+
+#[test]
 fn replacements_are_rate_limited_per_account() {
     let cfg = Config {
         untrusted_allowed_blockages: 100,
+        untrusted_replacements: 100,
         replacement_cost_days: 0.0,
         ..no_bans()
     };
@@ -268,6 +361,8 @@ fn replacements_cost_credit_earned_with_working_relays() {
     let cfg = Config {
         untrusted_allowed_blockages: 100,
         replacements_per_window: [9; 5],
+        free_replacements: 1,
+        untrusted_replacements: 100,
         ..no_bans()
     };
     let mut d = with_relays(cfg, 12);
@@ -328,6 +423,7 @@ fn no_relay_is_seen_by_more_members_than_the_cap() {
 fn new_members_are_spread_over_relays_before_sharing() {
     let cfg = Config {
         open_pool_fraction: 0.5,
+        open_members_target: 4,
         ..Config::default()
     };
     let mut d = with_relays(cfg, 12);
@@ -338,7 +434,61 @@ fn new_members_are_spread_over_relays_before_sharing() {
     // Relays from unused buckets open up rather than crowding one relay.
     assert!(seen.len() >= 2, "{seen:?}");
     let crowd = d.relay_health().iter().map(|h| h.members).max().unwrap();
-    assert!(crowd <= Config::default().open_members_target);
+    assert!(crowd <= 4);
+}
+
+#[test]
+fn by_default_each_new_member_has_an_open_entry_relay_of_its_own() {
+    // Twelve relays: the first open, three buckets of three, two spares
+    // waiting for a third.
+    let mut d = with_relays(Config::default(), 12);
+    let mut seen = BTreeSet::new();
+    for m in 0..10 {
+        let relays = join(&mut d, m, day(0));
+        assert_eq!(relays.len(), 1);
+        assert!(seen.insert(relays[0]), "member {m} shares {:?}", relays[0]);
+    }
+    // Once every open relay serves a newcomer, they share.
+    assert!(seen.contains(&join(&mut d, 10, day(0))[0]));
+}
+
+#[test]
+fn a_newcomer_sits_beside_trusted_members_rather_than_other_newcomers() {
+    let cfg = Config {
+        open_members_target: 2,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 1);
+    let r0 = join(&mut d, 1, day(0))[0];
+    assert_eq!(join(&mut d, 4, day(0)), vec![r0]);
+    d.add_relay(RelayId(1), NetworkId(1001), day(0)).unwrap();
+    assert_eq!(join(&mut d, 2, day(0)), vec![RelayId(1)]);
+    // Members 1 and 4 are trusted now; member 2 is still new.
+    for m in [1, 4] {
+        assert_eq!(d.assign(MemberId(m), day(30)).unwrap().level, 1);
+    }
+    // Relay 0 has two members, relay 1 one, but relay 1's is a newcomer.
+    assert_eq!(join(&mut d, 3, day(30)), vec![r0]);
+}
+
+#[test]
+fn by_default_a_newcomer_whose_first_relay_dies_at_once_gets_no_other() {
+    let cfg = Config {
+        untrusted_allowed_blockages: 100,
+        ..no_bans()
+    };
+    let mut d = with_relays(cfg, 12);
+    let r = join(&mut d, 1, day(0))[0];
+    block(&mut d, r, day(1));
+    // A day of credit, and no free replacement: what a censor account that
+    // burns its relay at once ends with.
+    assert!(d.assign(MemberId(1), day(1)).unwrap().relays.is_empty());
+    assert!(d.assign(MemberId(1), day(60)).unwrap().relays.is_empty());
+    // A week with a working relay pays for one.
+    let r = join(&mut d, 2, day(0))[0];
+    d.assign(MemberId(2), day(4)).unwrap();
+    block(&mut d, r, day(8));
+    assert_eq!(d.assign(MemberId(2), day(8)).unwrap().relays.len(), 1);
 }
 
 #[test]
@@ -530,6 +680,31 @@ fn the_state_survives_a_round_trip_through_json() {
     )
     .unwrap();
     assert_eq!(back.assign(MemberId(2), day(31)).unwrap().relays.len(), 3);
+}
+
+#[test]
+fn state_saved_before_the_newcomer_rules_still_loads() {
+    let mut d = with_relays(Config::default(), 12);
+    join(&mut d, 1, day(0));
+    let mut v = serde_json::to_value(&d).unwrap();
+    // What a server saved before these fields existed.
+    let config = v["config"].as_object_mut().unwrap();
+    for field in [
+        "untrusted_restart_on_blockage",
+        "untrusted_replacements",
+        "probation_days",
+    ] {
+        assert!(config.remove(field).is_some(), "{field}");
+    }
+    for m in v["members"].as_object_mut().unwrap().values_mut() {
+        m.as_object_mut()
+            .unwrap()
+            .remove("untrusted_replacements")
+            .unwrap();
+    }
+    let mut back: Distributor = serde_json::from_value(v).unwrap();
+    assert_eq!(back.config(), &Config::default());
+    assert_eq!(back.assign(MemberId(1), day(30)).unwrap().level, 1);
 }
 
 #[derive(Clone, Debug)]
