@@ -204,7 +204,15 @@ async fn a_member_cannot_redeem_an_invitation_for_itself() {
 
 #[tokio::test]
 async fn confirmed_reports_replace_the_blocked_relay() {
-    let t = TestServer::start_with(with_relays).await;
+    // Two newcomers share an open-entry relay and a confirmed block is
+    // replaced at once (the defaults give each newcomer its own relay and
+    // no free replacement; see the distributor's docs).
+    let t = TestServer::start_with(|cfg| {
+        with_relays(cfg);
+        cfg.distributor.open_members_target = 2;
+        cfg.distributor.free_replacements = 1;
+    })
+    .await;
     let (_a, alice) = t.member("alice", "+14155552671").await;
     let (_b, bob) = t.member("bob", "+14155552672").await;
     let first = alice.fetch_relays().await.unwrap();
