@@ -356,26 +356,7 @@ impl FromStr for RelayLink {
     type Err = LinkError;
 
     fn from_str(link: &str) -> Result<Self, LinkError> {
-        let link = link.trim();
-        if link.len() > MAX_LINK_LEN {
-            return Err(LinkError::TooLong(link.len()));
-        }
-        let rest = link
-            .get(..SCHEME.len())
-            .filter(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
-            .and_then(|_| link.get(SCHEME.len()..))
-            .ok_or(LinkError::Scheme)?;
-        if rest.contains('%') {
-            return Err(LinkError::PercentEncoded);
-        }
-        let (kind, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let kind = kind.strip_suffix('/').unwrap_or(kind);
-        if kind != "relay" {
-            return Err(LinkError::WrongKind {
-                found: kind.to_owned(),
-                expected: "relay",
-            });
-        }
+        let query = query_of(link, "relay")?;
         let (mut version, mut host, mut sni, mut secret, mut key, mut name) =
             (None, None, None, None, None, None);
         for param in query.split('&').filter(|p| !p.is_empty()) {
@@ -429,6 +410,31 @@ impl FromStr for RelayLink {
     }
 }
 
+/// Checks a link's length, scheme, encoding and kind; returns its query.
+fn query_of<'a>(link: &'a str, expected: &'static str) -> Result<&'a str, LinkError> {
+    let link = link.trim();
+    if link.len() > MAX_LINK_LEN {
+        return Err(LinkError::TooLong(link.len()));
+    }
+    let rest = link
+        .get(..SCHEME.len())
+        .filter(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
+        .and_then(|_| link.get(SCHEME.len()..))
+        .ok_or(LinkError::Scheme)?;
+    if rest.contains('%') {
+        return Err(LinkError::PercentEncoded);
+    }
+    let (kind, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let kind = kind.strip_suffix('/').unwrap_or(kind);
+    if kind != expected {
+        return Err(LinkError::WrongKind {
+            found: kind.to_owned(),
+            expected,
+        });
+    }
+    Ok(query)
+}
+
 /// Parses a link of `expected` kind; returns its server part and its
 /// `token` parameter, if any.
 fn parse<'a>(
@@ -436,26 +442,7 @@ fn parse<'a>(
     expected: &'static str,
 ) -> Result<(ServerLink, Option<&'a str>), LinkError> {
     {
-        let link = link.trim();
-        if link.len() > MAX_LINK_LEN {
-            return Err(LinkError::TooLong(link.len()));
-        }
-        let rest = link
-            .get(..SCHEME.len())
-            .filter(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
-            .and_then(|_| link.get(SCHEME.len()..))
-            .ok_or(LinkError::Scheme)?;
-        if rest.contains('%') {
-            return Err(LinkError::PercentEncoded);
-        }
-        let (kind, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let kind = kind.strip_suffix('/').unwrap_or(kind);
-        if kind != expected {
-            return Err(LinkError::WrongKind {
-                found: kind.to_owned(),
-                expected,
-            });
-        }
+        let query = query_of(link, expected)?;
 
         let mut version = None;
         let mut key = None;

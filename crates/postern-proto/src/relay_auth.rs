@@ -62,15 +62,63 @@ fn check(
     Ok(key)
 }
 
-/// Fills in the operator key and signs a registration.
-pub fn sign_registration(key: &SigningKey, msg: &mut pb::RegisterRelay) {
-    msg.operator_key = key.verifying_key().to_bytes().to_vec().into();
-    msg.signature = Default::default();
-    msg.signature = key
+/// The fields every signed relay message has.
+trait Signed: Message + Clone {
+    fn operator_key(&mut self) -> &mut bytes::Bytes;
+    fn signature(&mut self) -> &mut bytes::Bytes;
+    fn timestamp_ms(&self) -> u64;
+}
+
+impl Signed for pb::RegisterRelay {
+    fn operator_key(&mut self) -> &mut bytes::Bytes {
+        &mut self.operator_key
+    }
+    fn signature(&mut self) -> &mut bytes::Bytes {
+        &mut self.signature
+    }
+    fn timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+}
+
+impl Signed for pb::RelayHealthReport {
+    fn operator_key(&mut self) -> &mut bytes::Bytes {
+        &mut self.operator_key
+    }
+    fn signature(&mut self) -> &mut bytes::Bytes {
+        &mut self.signature
+    }
+    fn timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+}
+
+fn sign<M: Signed>(key: &SigningKey, msg: &mut M) {
+    *msg.operator_key() = key.verifying_key().to_bytes().to_vec().into();
+    *msg.signature() = Default::default();
+    *msg.signature() = key
         .sign(&signed_bytes(msg.encode_to_vec()))
         .to_bytes()
         .to_vec()
         .into();
+}
+
+fn verify<M: Signed>(msg: &M, now_ms: u64) -> Result<VerifyingKey, RelayAuthError> {
+    let mut body = msg.clone();
+    let key = body.operator_key().clone();
+    let signature = std::mem::take(body.signature());
+    check(
+        &key,
+        &signature,
+        body.encode_to_vec(),
+        msg.timestamp_ms(),
+        now_ms,
+    )
+}
+
+/// Fills in the operator key and signs a registration.
+pub fn sign_registration(key: &SigningKey, msg: &mut pb::RegisterRelay) {
+    sign(key, msg);
 }
 
 /// Checks a registration's signature and timestamp; returns the key.
@@ -78,26 +126,12 @@ pub fn verify_registration(
     msg: &pb::RegisterRelay,
     now_ms: u64,
 ) -> Result<VerifyingKey, RelayAuthError> {
-    let mut body = msg.clone();
-    body.signature = Default::default();
-    check(
-        &msg.operator_key,
-        &msg.signature,
-        body.encode_to_vec(),
-        msg.timestamp_ms,
-        now_ms,
-    )
+    verify(msg, now_ms)
 }
 
 /// Fills in the operator key and signs a health report.
 pub fn sign_health(key: &SigningKey, msg: &mut pb::RelayHealthReport) {
-    msg.operator_key = key.verifying_key().to_bytes().to_vec().into();
-    msg.signature = Default::default();
-    msg.signature = key
-        .sign(&signed_bytes(msg.encode_to_vec()))
-        .to_bytes()
-        .to_vec()
-        .into();
+    sign(key, msg);
 }
 
 /// Checks a health report's signature and timestamp; returns the key.
@@ -105,15 +139,7 @@ pub fn verify_health(
     msg: &pb::RelayHealthReport,
     now_ms: u64,
 ) -> Result<VerifyingKey, RelayAuthError> {
-    let mut body = msg.clone();
-    body.signature = Default::default();
-    check(
-        &msg.operator_key,
-        &msg.signature,
-        body.encode_to_vec(),
-        msg.timestamp_ms,
-        now_ms,
-    )
+    verify(msg, now_ms)
 }
 
 #[cfg(test)]

@@ -242,43 +242,55 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Reads the relay secret from `DATA_DIR/relay-secret`, creating it (mode
-/// 0600) on first start.
-pub fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<Secret> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let path = data_dir.join("relay-secret");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let bytes = URL_SAFE_NO_PAD
-                .decode(text.trim())
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                .with_context(|| {
-                    format!(
-                        "{} does not hold a relay secret (32 bytes, base64url)",
-                        path.display()
-                    )
-                })?;
-            Ok(Secret::from_bytes(bytes))
-        }
+/// Reads 32 bytes kept as base64url text in `path`, or, if the file does
+/// not exist, makes them with `make` and writes them (mode 0600, never
+/// overwriting). `what` names the key in errors.
+pub(crate) fn load_or_create_key_file(
+    path: &Path,
+    what: &str,
+    make: impl FnOnce() -> [u8; 32],
+) -> anyhow::Result<[u8; 32]> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .with_context(|| {
+                format!(
+                    "{} does not hold a {what} (32 bytes, base64url)",
+                    path.display()
+                )
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 32];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+            let bytes = make();
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
             let mut f = opts
-                .open(&path)
+                .open(path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
             std::io::Write::write_all(&mut f, URL_SAFE_NO_PAD.encode(bytes).as_bytes())?;
-            let secret = Secret::from_bytes(bytes);
-            zeroize::Zeroize::zeroize(&mut bytes);
-            Ok(secret)
+            Ok(bytes)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Reads the relay secret from `DATA_DIR/relay-secret`, creating it (mode
+/// 0600) on first start.
+pub fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<Secret> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let mut bytes =
+        load_or_create_key_file(&data_dir.join("relay-secret"), "relay secret", || {
+            let mut b = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+            b
+        })?;
+    let secret = Secret::from_bytes(bytes);
+    zeroize::Zeroize::zeroize(&mut bytes);
+    Ok(secret)
 }
 
 /// A running relay.

@@ -16,8 +16,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::SigningKey;
 use postern_proto::link::RelayLink;
 use postern_proto::pb;
@@ -29,35 +27,14 @@ use crate::Shared;
 /// Reads the operator key from `DATA_DIR/operator-key`, creating it
 /// (mode 0600) on first start.
 pub fn load_or_create_operator_key(data_dir: &Path) -> anyhow::Result<SigningKey> {
-    let path = data_dir.join("operator-key");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let seed = URL_SAFE_NO_PAD
-                .decode(text.trim())
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-                .with_context(|| {
-                    format!(
-                        "{} does not hold an operator key (32 bytes, base64url)",
-                        path.display()
-                    )
-                })?;
-            Ok(SigningKey::from_bytes(&seed))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            std::io::Write::write_all(&mut f, URL_SAFE_NO_PAD.encode(key.to_bytes()).as_bytes())?;
-            Ok(key)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+    let mut seed = crate::load_or_create_key_file(
+        &data_dir.join("operator-key"),
+        "relay operator key",
+        || SigningKey::generate(&mut rand::rngs::OsRng).to_bytes(),
+    )?;
+    let key = SigningKey::from_bytes(&seed);
+    zeroize::Zeroize::zeroize(&mut seed);
+    Ok(key)
 }
 
 fn now_ms() -> u64 {

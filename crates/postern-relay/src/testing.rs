@@ -10,6 +10,24 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// A relay on a free loopback port in front of `cover` (for [`SNI`]),
+/// forwarding to the server of `server_link`, keeping its files in
+/// `data_dir`; the rest as by default.
+pub fn local_config(
+    cover: SocketAddr,
+    server_link: &str,
+    data_dir: std::path::PathBuf,
+) -> crate::RelayConfig {
+    crate::RelayConfig {
+        listen: "127.0.0.1:0".parse().expect("valid address"),
+        cover: cover.to_string(),
+        sni: SNI.into(),
+        server: server_link.into(),
+        data_dir,
+        ..crate::RelayConfig::default()
+    }
+}
+
 /// The cover's name.
 pub const SNI: &str = "www.example.org";
 

@@ -30,20 +30,7 @@ async fn setup() -> Setup {
     // Probes never reach the server; a listener stands in for it.
     let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let key = base64_key([3; 32]);
-    let config = RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        cover: cover.addr.to_string(),
-        sni: SNI.into(),
-        server: format!(
-            "postern://server?v=1&tcp={}&key={key}",
-            server.local_addr().unwrap()
-        ),
-        data_dir: dir.path().join("relay"),
-        // The stand-in server does not speak Noise.
-        register: false,
-        ..RelayConfig::default()
-    };
+    let config = config(&cover, &server, dir.path());
     let relay = postern_relay::start(config, Hooks::default())
         .await
         .unwrap();
@@ -52,6 +39,20 @@ async fn setup() -> Setup {
         cover,
         _dir: dir,
         _server: server,
+    }
+}
+
+/// A relay in front of `cover`, forwarding to the stand-in `server` (which
+/// does not speak Noise, so the relay does not register).
+fn config(cover: &testing::Cover, server: &TcpListener, dir: &std::path::Path) -> RelayConfig {
+    let link = format!(
+        "postern://server?v=1&tcp={}&key={}",
+        server.local_addr().unwrap(),
+        base64_key([3; 32])
+    );
+    RelayConfig {
+        register: false,
+        ..testing::local_config(cover.addr, &link, dir.join("relay"))
     }
 }
 
@@ -239,20 +240,7 @@ async fn the_replay_cache_survives_a_restart() {
     let cover = testing::start_cover().await;
     let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        cover: cover.addr.to_string(),
-        sni: SNI.into(),
-        server: format!(
-            "postern://server?v=1&tcp={}&key={}",
-            server.local_addr().unwrap(),
-            base64_key([3; 32])
-        ),
-        data_dir: dir.path().join("relay"),
-        // The stand-in server does not speak Noise.
-        register: false,
-        ..RelayConfig::default()
-    };
+    let config = config(&cover, &server, dir.path());
     let relay = postern_relay::start(config.clone(), Hooks::default())
         .await
         .unwrap();
@@ -289,18 +277,8 @@ async fn metrics_are_served_on_loopback_only() {
     let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        cover: cover.addr.to_string(),
-        sni: SNI.into(),
-        server: format!(
-            "postern://server?v=1&tcp={}&key={}",
-            server.local_addr().unwrap(),
-            base64_key([3; 32])
-        ),
-        data_dir: dir.path().join("relay"),
-        register: false,
         metrics: Some("0.0.0.0:0".parse().unwrap()),
-        ..RelayConfig::default()
+        ..config(&cover, &server, dir.path())
     };
     let refused = postern_relay::start(config.clone(), Hooks::default()).await;
     let err = refused.err().expect("a public metrics port is refused");

@@ -266,13 +266,12 @@ async fn every_channel_delivers_the_directory() {
     let cover = postern_relay::testing::start_cover().await;
     let relay = postern_relay::start(
         postern_relay::RelayConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cover: cover.addr.to_string(),
-            sni: postern_relay::testing::SNI.into(),
-            server: link.to_string(),
-            data_dir: s.t.dir.path().join("relay-data"),
             register: false,
-            ..postern_relay::RelayConfig::default()
+            ..postern_relay::testing::local_config(
+                cover.addr,
+                &link.to_string(),
+                s.t.dir.path().join("relay-data"),
+            )
         },
         postern_relay::Hooks::default(),
     )

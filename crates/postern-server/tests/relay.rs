@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::TestServer;
 use postern_client::{Client, Event, Recipient, Target};
 use postern_proto::link::ServerLink;
+use postern_relay::testing::local_config;
 use postern_relay::{Direction, Hooks, RelayConfig, Tap};
 
 async fn next_text(listener: &mut postern_client::Listener) -> String {
@@ -38,13 +39,12 @@ async fn a_member_whose_only_route_is_a_relay_talks_and_the_relay_sees_only_ciph
     };
     let relay = postern_relay::start(
         RelayConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cover: cover.addr.to_string(),
-            sni: postern_relay::testing::SNI.into(),
-            server: t.server.link.to_string(),
-            data_dir: t.dir.path().join("relay"),
             name: Some("test-relay".into()),
-            ..RelayConfig::default()
+            ..local_config(
+                cover.addr,
+                &t.server.link.to_string(),
+                t.dir.path().join("relay"),
+            )
         },
         Hooks { tap: Some(tap) },
     )
@@ -161,15 +161,10 @@ async fn relay_for(
     .unwrap();
     let relay = postern_relay::start(
         RelayConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cover: cover.addr.to_string(),
-            sni: postern_relay::testing::SNI.into(),
-            server: t.server.link.to_string(),
-            data_dir,
             name: Some(name.into()),
             regions: vec!["RU".into(), "BY".into()],
             report_interval_secs: 1,
-            ..RelayConfig::default()
+            ..local_config(cover.addr, &t.server.link.to_string(), data_dir)
         },
         Hooks::default(),
     )
@@ -344,13 +339,12 @@ async fn a_relay_a_member_cannot_reach_is_reported_to_the_distributor() {
     let cover = postern_relay::testing::start_cover().await;
     let own = postern_relay::start(
         RelayConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cover: cover.addr.to_string(),
-            sni: postern_relay::testing::SNI.into(),
-            server: t.server.link.to_string(),
-            data_dir: t.dir.path().join("own-relay"),
             register: false,
-            ..RelayConfig::default()
+            ..local_config(
+                cover.addr,
+                &t.server.link.to_string(),
+                t.dir.path().join("own-relay"),
+            )
         },
         Hooks::default(),
     )
