@@ -225,13 +225,53 @@ pub async fn invite_create(home: &Path) -> anyhow::Result<()> {
 
 /// `postern notices`: lawful disclosures of this account's data that the
 /// member may now be told of.
+/// A disclosure notice as people read it.
+fn notice_text(n: &postern_proto::pb::DisclosureNotice) -> String {
+    let when =
+        postern_legal::date::format_date(u64::try_from(n.disclosed_at_ms / 1000).unwrap_or(0));
+    let what: Vec<String> = n.categories.iter().map(|c| c.replace('_', " ")).collect();
+    format!(
+        "Your data was disclosed on {when}: {} (a request from {}, transparency log entry {}).",
+        what.join(", "),
+        n.jurisdiction,
+        n.log_index
+    )
+}
+
+/// Tells the member, on standard error and once per notice (remembered in
+/// the home), of disclosures the server may now tell of; `recv` calls it,
+/// so nobody has to think of running `postern notices`. Best effort: a
+/// failure to ask is not the receiver's problem.
+async fn announce_new_notices(client: &Client, conn: &postern_client::Connection) {
+    let Ok(list) = conn.notices().await else {
+        return;
+    };
+    let seen = client
+        .with_home(|h| h.get_text("notices_seen"))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let mut seen: std::collections::BTreeSet<u64> =
+        seen.split(',').filter_map(|x| x.parse().ok()).collect();
+    let mut changed = false;
+    for n in &list {
+        if seen.insert(n.log_index) {
+            eprintln!("{}", notice_text(n));
+            changed = true;
+        }
+    }
+    if changed {
+        let text: Vec<String> = seen.iter().map(u64::to_string).collect();
+        let _ = client.with_home(|h| h.set("notices_seen", text.join(",").as_bytes()));
+    }
+}
+
 pub async fn notices(home: &Path, json: bool) -> anyhow::Result<()> {
     let (_client, conn) = connect(home).await?;
     let list = conn.notices().await?;
     for n in &list {
         let when =
             postern_legal::date::format_date(u64::try_from(n.disclosed_at_ms / 1000).unwrap_or(0));
-        let what: Vec<String> = n.categories.iter().map(|c| c.replace('_', " ")).collect();
         if json {
             let v = serde_json::json!({
                 "disclosed_at": when,
@@ -241,12 +281,7 @@ pub async fn notices(home: &Path, json: bool) -> anyhow::Result<()> {
             });
             println!("{v}");
         } else {
-            println!(
-                "Your data was disclosed on {when}: {} (a request from {}, transparency log entry {}).",
-                what.join(", "),
-                n.jurisdiction,
-                n.log_index
-            );
+            println!("{}", notice_text(n));
         }
     }
     if list.is_empty() && !json {
@@ -365,7 +400,8 @@ pub async fn recv(home: &Path, wait: Option<f64>, json: bool) -> anyhow::Result<
             if !(secs.is_finite() && secs >= 0.0) {
                 bail!("--wait takes a number of seconds, like 5 or 0.5");
             }
-            let (_, mut conn) = connect(home).await?;
+            let (client, mut conn) = connect(home).await?;
+            announce_new_notices(&client, &conn).await;
             conn.flush_outbox().await?;
             let idle = Duration::from_secs_f64(secs);
             while let Ok(next) = tokio::time::timeout(idle, conn.recv()).await {
@@ -377,6 +413,9 @@ pub async fn recv(home: &Path, wait: Option<f64>, json: bool) -> anyhow::Result<
             Ok(())
         }
         None => {
+            if let Ok((_, conn)) = connect(home).await {
+                announce_new_notices(&client, &conn).await;
+            }
             let mut listener = client.listen();
             let interactive = std::io::stderr().is_terminal();
             loop {

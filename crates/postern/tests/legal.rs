@@ -355,6 +355,16 @@ fn a_request_goes_from_submission_to_disclosure_and_into_a_verifiable_report() {
             && told.contains("phone number, connection ips"),
         "{told}"
     );
+    // `recv` tells of it too, once, on standard error.
+    let first = run(&["--home", &home, "recv", "--wait", "0.2"]);
+    assert!(first.status.success());
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(stderr.contains("Your data was disclosed on"), "{stderr}");
+    let again = run(&["--home", &home, "recv", "--wait", "0.2"]);
+    assert!(
+        !String::from_utf8_lossy(&again.stderr).contains("disclosed"),
+        "a notice is told once"
+    );
 
     // A court of another jurisdiction: refused, and said why.
     let out = op_ok(
