@@ -72,7 +72,7 @@ pub struct RelayConfig {
     /// Where to listen, e.g. `0.0.0.0:443`.
     pub listen: SocketAddr,
     /// `HOST:PORT` members connect to, written into the relay link;
-    /// default: the listen address.
+    /// default: the listen address (required when that is 0.0.0.0 or ::).
     pub public: Option<String>,
     /// The cover website, `HOST:PORT` (a real HTTPS site the volunteer
     /// controls, typically on the same machine on another port).
@@ -166,6 +166,12 @@ impl RelayConfig {
         anyhow::ensure!(
             self.max_connections > 0,
             "max_connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.public.is_some() || !self.listen.ip().is_unspecified(),
+            "the relay listens on {}, which members cannot dial: pass --public HOST:PORT \
+             (the address or name and port members connect to) for the relay link",
+            self.listen
         );
         anyhow::ensure!(
             (1..=300).contains(&self.window_secs),

@@ -26,7 +26,7 @@ pub struct RelayRunArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
     /// HOST:PORT members connect to, put in the relay link (default: the
-    /// listen address).
+    /// listen address; required when listening on 0.0.0.0 or [::]).
     #[arg(long, value_name = "HOST:PORT")]
     pub public: Option<String>,
     /// The real HTTPS website this relay sits in front of (one you

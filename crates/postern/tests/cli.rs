@@ -683,6 +683,16 @@ fn a_relay_from_the_command_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A link must name an address members can dial.
+    let mut args = relay_args(&[]);
+    args[1] = "0.0.0.0:1".into();
+    let out = Command::new(BIN).arg("relay").args(&args).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pass --public"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut relay = Command::new(BIN)
         .arg("relay")
