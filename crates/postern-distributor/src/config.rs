@@ -69,6 +69,15 @@ pub struct Config {
     /// have the credit to replace a relay a censor account burns, and
     /// newcomers do not.
     pub open_members_target: usize,
+    /// Whether "newcomers" above, when seating a newcomer, counts only the
+    /// members a blockage of the relay would leave with nothing: level-0
+    /// members without the credit or the allowance for a replacement, and
+    /// members on probation. Counting every level-0 member, a relay that
+    /// arrives empty fills with the day's newcomers, and the censor account
+    /// among them takes them all down before any earned a replacement;
+    /// counting the exposed ones mixes the day's newcomers with older
+    /// newcomers who can be replaced.
+    pub seat_by_exposure: bool,
     /// Most relays ever handed to the open-entry pool (new members), as a
     /// share of all relays; the rest go to buckets. 1.0 sets no limit: the
     /// simulator found that starving new members cost more than the relays
@@ -143,6 +152,7 @@ impl Default for Config {
             max_kept_relays: 2,
             max_members_per_relay: 40,
             open_members_target: 1,
+            seat_by_exposure: true,
             open_pool_fraction: 1.0,
             replacement_window_days: 7,
             replacements_per_window: [1, 2, 3, 3, 3],

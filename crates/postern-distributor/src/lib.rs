@@ -958,7 +958,7 @@ impl Distributor {
                 if !self.may_hand_out(&self.members[&id], 1, now) {
                     return;
                 }
-                let Some(relay) = self.pick_open(id) else {
+                let Some(relay) = self.pick_open(id, now) else {
                     return;
                 };
                 self.record_hand_out(id, 1, now);
@@ -999,7 +999,7 @@ impl Distributor {
             }
             self.epoch += 1;
         } else if self.relays_of(&self.members[&id]).is_empty()
-            && let Some(relay) = self.pick_open(id)
+            && let Some(relay) = self.pick_open(id, now)
         {
             // No bucket has room: an open-entry relay keeps it connected.
             self.record_hand_out(id, 1, now);
@@ -1106,15 +1106,15 @@ impl Distributor {
         m.kept.extend(kept);
     }
 
-    fn pick_open(&mut self, id: MemberId) -> Option<RelayId> {
+    fn pick_open(&mut self, id: MemberId, now: Time) -> Option<RelayId> {
         let country = self.members[&id].country;
         if self.holds_nothing(id) && self.known_full(country, false) {
             return None;
         }
-        let mut best = self.least_loaded_open(id);
+        let mut best = self.least_loaded_open(id, now);
         let crowded = best.is_none_or(|(load, _)| load >= self.config.open_members_target);
         if crowded && self.open_an_unused_bucket() {
-            best = self.least_loaded_open(id);
+            best = self.least_loaded_open(id, now);
         }
         if best.is_none() {
             self.remember_full(id, country, false);
@@ -1122,7 +1122,7 @@ impl Distributor {
         best.map(|(_, r)| r)
     }
 
-    fn least_loaded_open(&self, id: MemberId) -> Option<(usize, RelayId)> {
+    fn least_loaded_open(&self, id: MemberId, now: Time) -> Option<(usize, RelayId)> {
         let m = &self.members[&id];
         self.relays
             .iter()
@@ -1137,7 +1137,11 @@ impl Distributor {
                 let newcomers = r
                     .members
                     .keys()
-                    .filter(|o| self.members.get(o).is_some_and(|o| o.level == 0))
+                    .filter(|o| {
+                        self.members
+                            .get(o)
+                            .is_some_and(|o| self.counts_as_new(o, now))
+                    })
                     .count();
                 (newcomers, r.members.len(), *rid)
             })
@@ -1145,6 +1149,32 @@ impl Distributor {
                 (*newcomers, *members, mix(self.salt, id.0, rid.0))
             })
             .map(|(newcomers, _, rid)| (newcomers, rid))
+    }
+
+    /// Whether a member counts as a newcomer when seating one
+    /// ([`Config::seat_by_exposure`]): any level-0 member, or only those a
+    /// blockage would leave with nothing.
+    fn counts_as_new(&self, m: &Member, now: Time) -> bool {
+        let cfg = &self.config;
+        if !cfg.seat_by_exposure {
+            return m.level == 0;
+        }
+        match m.level {
+            0 => {
+                let credit = if m.earning {
+                    (m.credit + now.days_since_f64(m.credit_at)).min(cfg.credit_cap_days)
+                } else {
+                    m.credit
+                };
+                credit < cfg.replacement_cost_days
+                    || m.untrusted_replacements >= cfg.untrusted_replacements
+            }
+            1 => {
+                m.invited_by.is_none()
+                    && now.days_since(m.level_since) < u64::from(cfg.probation_days)
+            }
+            _ => false,
+        }
     }
 
     /// Whether `more` relays fit in the open-entry budget: relays ever given

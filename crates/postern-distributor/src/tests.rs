@@ -456,6 +456,7 @@ fn by_default_each_new_member_has_an_open_entry_relay_of_its_own() {
 fn a_newcomer_sits_beside_trusted_members_rather_than_other_newcomers() {
     let cfg = Config {
         open_members_target: 2,
+        seat_by_exposure: false,
         ..no_bans()
     };
     let mut d = with_relays(cfg, 1);
@@ -469,6 +470,30 @@ fn a_newcomer_sits_beside_trusted_members_rather_than_other_newcomers() {
     }
     // Relay 0 has two members, relay 1 one, but relay 1's is a newcomer.
     assert_eq!(join(&mut d, 3, day(30)), vec![r0]);
+}
+
+#[test]
+fn a_newcomer_sits_beside_newcomers_who_could_be_replaced() {
+    // Relay 0: two newcomers with nine days of credit, enough for a
+    // replacement. Relay 1: one newcomer with none. A censor account seated
+    // beside the latter would leave it with nothing.
+    let seat = |by_exposure: bool| {
+        let cfg = Config {
+            open_members_target: 2,
+            seat_by_exposure: by_exposure,
+            ..no_bans()
+        };
+        let mut d = with_relays(cfg, 1);
+        assert_eq!(join(&mut d, 1, day(0)), vec![RelayId(0)]);
+        assert_eq!(join(&mut d, 2, day(0)), vec![RelayId(0)]);
+        d.add_relay(RelayId(1), NetworkId(1001), day(0)).unwrap();
+        assert_eq!(join(&mut d, 3, day(9)), vec![RelayId(1)]);
+        join(&mut d, 4, day(9))
+    };
+    assert!(Config::default().seat_by_exposure);
+    assert_eq!(seat(true), vec![RelayId(0)]);
+    // Counting every newcomer, relay 1 has fewer.
+    assert_eq!(seat(false), vec![RelayId(1)]);
 }
 
 #[test]
@@ -693,6 +718,7 @@ fn state_saved_before_the_newcomer_rules_still_loads() {
         "untrusted_restart_on_blockage",
         "untrusted_replacements",
         "probation_days",
+        "seat_by_exposure",
     ] {
         assert!(config.remove(field).is_some(), "{field}");
     }
