@@ -37,6 +37,23 @@ pub struct Config {
     /// for a replacement each time; this bounds what it learns before it
     /// could be promoted.
     pub untrusted_replacements: u32,
+    /// Ratio of a level-0 member's blame weight for a blocked open-entry
+    /// relay to the largest among its holders below which the member is
+    /// deemed not at fault (0: never). Blame goes to whoever got the relay
+    /// most recently (see `blame_recency_days`): a newcomer seated days
+    /// before a censor account joined its relay and burned it carries
+    /// little of it. Such a member gets its replacement without credit,
+    /// outside `untrusted_replacements`, and the blockage is not counted
+    /// against it (its `untrusted_days` still restart), up to
+    /// `no_fault_replacements` times: Lox's rejoin, given only when the
+    /// block points at someone else.
+    pub no_fault_blame_ratio: f64,
+    /// Most no-fault replacements a member gets in its life.
+    pub no_fault_replacements: u32,
+    /// Relays blocked in one country in one day above which no blockage
+    /// that day counts as no-fault: a censor that waits and blocks many
+    /// relays at once makes who got a relay last meaningless.
+    pub no_fault_max_blocks_per_day: u32,
     /// Days after it reaches level 1 (by promotion, or demotion from level
     /// 2) during which a blockage of a member's relays sends it back to
     /// level 0 (members who joined by invitation excepted; 0: no
@@ -144,6 +161,9 @@ impl Default for Config {
             untrusted_allowed_blockages: 1,
             untrusted_restart_on_blockage: true,
             untrusted_replacements: 1,
+            no_fault_blame_ratio: 0.5,
+            no_fault_replacements: 3,
+            no_fault_max_blocks_per_day: 2,
             probation_days: 30,
             suspension_days: 30,
             untrusted_relays: 1,
@@ -217,6 +237,7 @@ impl Config {
         for (v, name) in [
             (self.open_pool_fraction, "open_pool_fraction"),
             (self.signal_drop_ratio, "signal_drop_ratio"),
+            (self.no_fault_blame_ratio, "no_fault_blame_ratio"),
             (self.signal_smoothing, "signal_smoothing"),
         ] {
             if !(0.0..=1.0).contains(&v) {

@@ -6,7 +6,8 @@
 //! Lox (Tulloch and Goldberg, PETS 2023):
 //!
 //! - **Trust levels** earned over time: a new member (level 0) gets one
-//!   open-entry relay, its own while unused buckets can be opened; after 30
+//!   open-entry relay, its own while unused buckets can be opened (then
+//!   where a blockage would strand the fewest members); after 30
 //!   days without a blockage (one restarts them) it reaches level 1 and gets
 //!   a *bucket* of three relays shared with a few other members; levels 2–4
 //!   follow after 14, 28 and 56 days. Levels 1–4 grant 2/4/6/8 invitations; an
@@ -268,6 +269,12 @@ struct Member {
     /// Replacements it got at level 0.
     #[serde(default)]
     untrusted_replacements: u32,
+    /// No-fault replacements it got.
+    #[serde(default)]
+    no_fault_used: u32,
+    /// Whether its next replacement is a no-fault one.
+    #[serde(default)]
+    no_fault_due: bool,
     suspended_until: Option<Time>,
     banned: bool,
 }
@@ -327,6 +334,10 @@ pub struct Distributor {
     invites: BTreeMap<InviteCode, Invite>,
     network_day: u64,
     network_counts: BTreeMap<NetworkId, NetworkCount>,
+    /// Per country, the day of the last confirmed blockage and how many
+    /// relays were blocked there that day.
+    #[serde(default)]
+    blocks_today: BTreeMap<Country, (u64, u32)>,
     /// Bumped whenever room may appear on a relay or bucket.
     #[serde(skip)]
     epoch: u64,
@@ -364,6 +375,7 @@ impl Distributor {
             invites: BTreeMap::new(),
             network_day: 0,
             network_counts: BTreeMap::new(),
+            blocks_today: BTreeMap::new(),
             epoch: 0,
             no_room: BTreeMap::new(),
         })
@@ -740,6 +752,8 @@ impl Distributor {
                 earning: false,
                 free_replacements: self.config.free_replacements,
                 untrusted_replacements: 0,
+                no_fault_used: 0,
+                no_fault_due: false,
                 suspended_until: None,
                 banned: false,
             },
@@ -895,6 +909,10 @@ impl Distributor {
         if net + count > self.config.network_handouts_per_day {
             return false;
         }
+        if m.needs_replacement && m.level == 0 && m.no_fault_due {
+            // Not its fault: bounded by `no_fault_replacements`.
+            return true;
+        }
         if m.needs_replacement {
             let window = u64::from(self.config.replacement_window_days);
             let recent = m
@@ -936,7 +954,13 @@ impl Distributor {
         let window = u64::from(self.config.replacement_window_days);
         let m = self.members.get_mut(&id).expect("member exists");
         self.network_counts.entry(m.network).or_default().handouts += count;
-        if m.needs_replacement {
+        if m.needs_replacement && m.level == 0 && m.no_fault_due {
+            m.replacements.retain(|t| now.days_since(*t) < window);
+            m.replacements.push(now);
+            m.needs_replacement = false;
+            m.no_fault_due = false;
+            m.no_fault_used += 1;
+        } else if m.needs_replacement {
             m.replacements.retain(|t| now.days_since(*t) < window);
             m.replacements.push(now);
             m.needs_replacement = false;
@@ -1257,6 +1281,7 @@ impl Distributor {
             .map(|(m, since)| (*m, h / (h + now.days_since_f64(*since))))
             .collect();
         let total: f64 = affected.iter().map(|(_, w)| w).sum();
+        let most: f64 = affected.iter().map(|(_, w)| *w).fold(0.0, f64::max);
         let r = self.relays.get_mut(&relay).expect("exists");
         let state = r.countries.entry(country).or_default();
         if state.blocked_since.is_some() {
@@ -1264,6 +1289,12 @@ impl Distributor {
         }
         state.blocked_since = Some(now);
         state.reporters.clear();
+        let today = self.blocks_today.entry(country).or_insert((now.day(), 0));
+        if today.0 != now.day() {
+            *today = (now.day(), 0);
+        }
+        today.1 += 1;
+        let mass = today.1 > self.config.no_fault_max_blocks_per_day;
         for (m, _) in &affected {
             r.members.remove(m);
         }
@@ -1276,8 +1307,32 @@ impl Distributor {
             if self.add_suspicion(id, weight / total, now, decisions) {
                 continue;
             }
+            if !mass && self.no_fault(id, weight / most, now) {
+                continue;
+            }
             self.count_blockage(id, now, decisions);
         }
+    }
+
+    /// A level-0 member left without its open-entry relay whose blame weight
+    /// is below [`Config::no_fault_blame_ratio`] of the largest gets its
+    /// replacement without credit, and the blockage is not counted (its
+    /// `untrusted_days` still restart). Returns whether it applied.
+    fn no_fault(&mut self, id: MemberId, ratio: f64, now: Time) -> bool {
+        let cfg = &self.config;
+        let (limit, restart) = (cfg.no_fault_replacements, cfg.untrusted_restart_on_blockage);
+        if ratio >= cfg.no_fault_blame_ratio {
+            return false;
+        }
+        let m = self.members.get_mut(&id).expect("exists");
+        if m.level != 0 || !m.needs_replacement || m.no_fault_used >= limit {
+            return false;
+        }
+        m.no_fault_due = true;
+        if restart {
+            m.level_since = now;
+        }
+        true
     }
 
     /// Adds suspicion; bans at the threshold. Returns whether it banned.
