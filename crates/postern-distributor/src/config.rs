@@ -86,14 +86,15 @@ pub struct Config {
     /// have the credit to replace a relay a censor account burns, and
     /// newcomers do not.
     pub open_members_target: usize,
-    /// Whether "newcomers" above, when seating a newcomer, counts only the
-    /// members a blockage of the relay would leave with nothing: level-0
-    /// members without the credit or the allowance for a replacement, and
-    /// members on probation. Counting every level-0 member, a relay that
-    /// arrives empty fills with the day's newcomers, and the censor account
-    /// among them takes them all down before any earned a replacement;
-    /// counting the exposed ones mixes the day's newcomers with older
-    /// newcomers who can be replaced.
+    /// Whether a newcomer is seated, among the open-entry relays, where
+    /// the fewest members would be stranded if the relay were blocked:
+    /// level-0 members without the credit or the allowance for a
+    /// replacement, and members on probation (then where newcomers are
+    /// fewest). Whether more relays are opened to new members still counts
+    /// every newcomer. Without it, a relay that arrives empty fills with
+    /// the day's newcomers, and the censor account among them strands them
+    /// all before any earned a replacement; with it, they are mixed with
+    /// older newcomers who can be replaced.
     pub seat_by_exposure: bool,
     /// Most relays ever handed to the open-entry pool (new members), as a
     /// share of all relays; the rest go to buckets. 1.0 sets no limit: the

@@ -1146,9 +1146,16 @@ impl Distributor {
         best.map(|(_, r)| r)
     }
 
+    /// The open-entry relay a member would be seated on, and the fewest
+    /// newcomers (level-0 members) on any candidate: whether the open pool
+    /// is crowded. The relay has the fewest newcomers or, with
+    /// [`Config::seat_by_exposure`], the fewest members a blockage would
+    /// strand.
     fn least_loaded_open(&self, id: MemberId, now: Time) -> Option<(usize, RelayId)> {
         let m = &self.members[&id];
-        self.relays
+        let by_exposure = self.config.seat_by_exposure;
+        let candidates: Vec<(usize, usize, usize, RelayId)> = self
+            .relays
             .iter()
             .filter(|(rid, r)| {
                 r.pool == Pool::Open
@@ -1158,31 +1165,28 @@ impl Distributor {
                     && self.is_live(**rid, m.country)
             })
             .map(|(rid, r)| {
-                let newcomers = r
-                    .members
-                    .keys()
-                    .filter(|o| {
-                        self.members
-                            .get(o)
-                            .is_some_and(|o| self.counts_as_new(o, now))
-                    })
-                    .count();
-                (newcomers, r.members.len(), *rid)
+                let (mut newcomers, mut exposed) = (0, 0);
+                for o in r.members.keys().filter_map(|o| self.members.get(o)) {
+                    newcomers += usize::from(o.level == 0);
+                    exposed += usize::from(by_exposure && self.exposed(o, now));
+                }
+                (exposed, newcomers, r.members.len(), *rid)
             })
-            .min_by_key(|(newcomers, members, rid)| {
-                (*newcomers, *members, mix(self.salt, id.0, rid.0))
+            .collect();
+        let crowd = candidates.iter().map(|c| c.1).min()?;
+        candidates
+            .into_iter()
+            .min_by_key(|(exposed, newcomers, members, rid)| {
+                (*exposed, *newcomers, *members, mix(self.salt, id.0, rid.0))
             })
-            .map(|(newcomers, _, rid)| (newcomers, rid))
+            .map(|(_, _, _, rid)| (crowd, rid))
     }
 
-    /// Whether a member counts as a newcomer when seating one
-    /// ([`Config::seat_by_exposure`]): any level-0 member, or only those a
-    /// blockage would leave with nothing.
-    fn counts_as_new(&self, m: &Member, now: Time) -> bool {
+    /// Whether a blockage of its relays would leave the member with nothing
+    /// ([`Config::seat_by_exposure`]): a level-0 member without the credit
+    /// or the allowance for a replacement, or a member on probation.
+    fn exposed(&self, m: &Member, now: Time) -> bool {
         let cfg = &self.config;
-        if !cfg.seat_by_exposure {
-            return m.level == 0;
-        }
         match m.level {
             0 => {
                 let credit = if m.earning {

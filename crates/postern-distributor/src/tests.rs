@@ -548,6 +548,17 @@ fn no_fault_replacements_are_limited() {
 }
 
 #[test]
+fn newcomers_who_could_be_replaced_still_count_for_opening_relays() {
+    // Member 1 has earned a replacement by day 10, but a relay with a
+    // newcomer on it is still taken: member 2 gets one of its own while
+    // unused buckets can be opened.
+    let mut d = with_relays(Config::default(), 12);
+    let first = join(&mut d, 1, day(0));
+    d.assign(MemberId(1), day(10)).unwrap();
+    assert_ne!(join(&mut d, 2, day(10)), first);
+}
+
+#[test]
 fn by_default_a_newcomer_whose_first_relay_dies_at_once_gets_no_other() {
     let cfg = Config {
         untrusted_allowed_blockages: 100,
