@@ -21,7 +21,9 @@
 //!   it holds a working relay and a replacement costs a week (after rBridge,
 //!   NDSS 2013), so an account whose relays are blocked as soon as it gets
 //!   them gets nothing more; at level 0 a member gets one replacement in
-//!   all. Only a member whose relays work is promoted. Accounts that see
+//!   all, plus up to three free ones when the blame for a block points at
+//!   a later holder of the relay (not on days of many blocks). Only a
+//!   member whose relays work is promoted. Accounts that see
 //!   too many blockages at their level are **demoted** (at level 0:
 //!   suspended), and one blocked in its first month at level 1 goes back
 //!   to level 0 (*probation*).
