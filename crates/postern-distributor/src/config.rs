@@ -37,6 +37,23 @@ pub struct Config {
     /// for a replacement each time; this bounds what it learns before it
     /// could be promoted.
     pub untrusted_replacements: u32,
+    /// Ratio of a level-0 member's blame weight for a blocked open-entry
+    /// relay to the largest among its holders below which the member is
+    /// deemed not at fault (0: never). Blame goes to whoever got the relay
+    /// most recently (see `blame_recency_days`): a newcomer seated days
+    /// before a censor account joined its relay and burned it carries
+    /// little of it. Such a member gets its replacement without credit,
+    /// outside `untrusted_replacements`, and the blockage is not counted
+    /// against it (its `untrusted_days` still restart), up to
+    /// `no_fault_replacements` times: Lox's rejoin, given only when the
+    /// block points at someone else.
+    pub no_fault_blame_ratio: f64,
+    /// Most no-fault replacements a member gets in its life.
+    pub no_fault_replacements: u32,
+    /// Relays blocked in one country in one day above which no blockage
+    /// that day counts as no-fault: a censor that waits and blocks many
+    /// relays at once makes who got a relay last meaningless.
+    pub no_fault_max_blocks_per_day: u32,
     /// Days after it reaches level 1 (by promotion, or demotion from level
     /// 2) during which a blockage of a member's relays sends it back to
     /// level 0 (members who joined by invitation excepted; 0: no
@@ -69,6 +86,16 @@ pub struct Config {
     /// have the credit to replace a relay a censor account burns, and
     /// newcomers do not.
     pub open_members_target: usize,
+    /// Whether a newcomer is seated, among the open-entry relays, where
+    /// the fewest members would be stranded if the relay were blocked:
+    /// level-0 members without the credit or the allowance for a
+    /// replacement, and members on probation (then where newcomers are
+    /// fewest). Whether more relays are opened to new members still counts
+    /// every newcomer. Without it, a relay that arrives empty fills with
+    /// the day's newcomers, and the censor account among them strands them
+    /// all before any earned a replacement; with it, they are mixed with
+    /// older newcomers who can be replaced.
+    pub seat_by_exposure: bool,
     /// Most relays ever handed to the open-entry pool (new members), as a
     /// share of all relays; the rest go to buckets. 1.0 sets no limit: the
     /// simulator found that starving new members cost more than the relays
@@ -135,6 +162,9 @@ impl Default for Config {
             untrusted_allowed_blockages: 1,
             untrusted_restart_on_blockage: true,
             untrusted_replacements: 1,
+            no_fault_blame_ratio: 0.5,
+            no_fault_replacements: 3,
+            no_fault_max_blocks_per_day: 2,
             probation_days: 30,
             suspension_days: 30,
             untrusted_relays: 1,
@@ -143,6 +173,7 @@ impl Default for Config {
             max_kept_relays: 2,
             max_members_per_relay: 40,
             open_members_target: 1,
+            seat_by_exposure: true,
             open_pool_fraction: 1.0,
             replacement_window_days: 7,
             replacements_per_window: [1, 2, 3, 3, 3],
@@ -207,6 +238,7 @@ impl Config {
         for (v, name) in [
             (self.open_pool_fraction, "open_pool_fraction"),
             (self.signal_drop_ratio, "signal_drop_ratio"),
+            (self.no_fault_blame_ratio, "no_fault_blame_ratio"),
             (self.signal_smoothing, "signal_smoothing"),
         ] {
             if !(0.0..=1.0).contains(&v) {

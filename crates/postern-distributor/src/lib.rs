@@ -6,7 +6,8 @@
 //! Lox (Tulloch and Goldberg, PETS 2023):
 //!
 //! - **Trust levels** earned over time: a new member (level 0) gets one
-//!   open-entry relay, its own while unused buckets can be opened; after 30
+//!   open-entry relay, its own while unused buckets can be opened (then
+//!   where a blockage would strand the fewest members); after 30
 //!   days without a blockage (one restarts them) it reaches level 1 and gets
 //!   a *bucket* of three relays shared with a few other members; levels 2–4
 //!   follow after 14, 28 and 56 days. Levels 1–4 grant 2/4/6/8 invitations; an
@@ -20,7 +21,9 @@
 //!   it holds a working relay and a replacement costs a week (after rBridge,
 //!   NDSS 2013), so an account whose relays are blocked as soon as it gets
 //!   them gets nothing more; at level 0 a member gets one replacement in
-//!   all. Only a member whose relays work is promoted. Accounts that see
+//!   all, plus up to three free ones when the blame for a block points at
+//!   a later holder of the relay (not on days of many blocks). Only a
+//!   member whose relays work is promoted. Accounts that see
 //!   too many blockages at their level are **demoted** (at level 0:
 //!   suspended), and one blocked in its first month at level 1 goes back
 //!   to level 0 (*probation*).
@@ -268,6 +271,12 @@ struct Member {
     /// Replacements it got at level 0.
     #[serde(default)]
     untrusted_replacements: u32,
+    /// No-fault replacements it got.
+    #[serde(default)]
+    no_fault_used: u32,
+    /// Whether its next replacement is a no-fault one.
+    #[serde(default)]
+    no_fault_due: bool,
     suspended_until: Option<Time>,
     banned: bool,
 }
@@ -327,6 +336,10 @@ pub struct Distributor {
     invites: BTreeMap<InviteCode, Invite>,
     network_day: u64,
     network_counts: BTreeMap<NetworkId, NetworkCount>,
+    /// Per country, the day of the last confirmed blockage and how many
+    /// relays were blocked there that day.
+    #[serde(default)]
+    blocks_today: BTreeMap<Country, (u64, u32)>,
     /// Bumped whenever room may appear on a relay or bucket.
     #[serde(skip)]
     epoch: u64,
@@ -364,6 +377,7 @@ impl Distributor {
             invites: BTreeMap::new(),
             network_day: 0,
             network_counts: BTreeMap::new(),
+            blocks_today: BTreeMap::new(),
             epoch: 0,
             no_room: BTreeMap::new(),
         })
@@ -740,6 +754,8 @@ impl Distributor {
                 earning: false,
                 free_replacements: self.config.free_replacements,
                 untrusted_replacements: 0,
+                no_fault_used: 0,
+                no_fault_due: false,
                 suspended_until: None,
                 banned: false,
             },
@@ -895,6 +911,10 @@ impl Distributor {
         if net + count > self.config.network_handouts_per_day {
             return false;
         }
+        if m.needs_replacement && m.level == 0 && m.no_fault_due {
+            // Not its fault: bounded by `no_fault_replacements`.
+            return true;
+        }
         if m.needs_replacement {
             let window = u64::from(self.config.replacement_window_days);
             let recent = m
@@ -936,7 +956,13 @@ impl Distributor {
         let window = u64::from(self.config.replacement_window_days);
         let m = self.members.get_mut(&id).expect("member exists");
         self.network_counts.entry(m.network).or_default().handouts += count;
-        if m.needs_replacement {
+        if m.needs_replacement && m.level == 0 && m.no_fault_due {
+            m.replacements.retain(|t| now.days_since(*t) < window);
+            m.replacements.push(now);
+            m.needs_replacement = false;
+            m.no_fault_due = false;
+            m.no_fault_used += 1;
+        } else if m.needs_replacement {
             m.replacements.retain(|t| now.days_since(*t) < window);
             m.replacements.push(now);
             m.needs_replacement = false;
@@ -958,7 +984,7 @@ impl Distributor {
                 if !self.may_hand_out(&self.members[&id], 1, now) {
                     return;
                 }
-                let Some(relay) = self.pick_open(id) else {
+                let Some(relay) = self.pick_open(id, now) else {
                     return;
                 };
                 self.record_hand_out(id, 1, now);
@@ -999,7 +1025,7 @@ impl Distributor {
             }
             self.epoch += 1;
         } else if self.relays_of(&self.members[&id]).is_empty()
-            && let Some(relay) = self.pick_open(id)
+            && let Some(relay) = self.pick_open(id, now)
         {
             // No bucket has room: an open-entry relay keeps it connected.
             self.record_hand_out(id, 1, now);
@@ -1106,15 +1132,15 @@ impl Distributor {
         m.kept.extend(kept);
     }
 
-    fn pick_open(&mut self, id: MemberId) -> Option<RelayId> {
+    fn pick_open(&mut self, id: MemberId, now: Time) -> Option<RelayId> {
         let country = self.members[&id].country;
         if self.holds_nothing(id) && self.known_full(country, false) {
             return None;
         }
-        let mut best = self.least_loaded_open(id);
+        let mut best = self.least_loaded_open(id, now);
         let crowded = best.is_none_or(|(load, _)| load >= self.config.open_members_target);
         if crowded && self.open_an_unused_bucket() {
-            best = self.least_loaded_open(id);
+            best = self.least_loaded_open(id, now);
         }
         if best.is_none() {
             self.remember_full(id, country, false);
@@ -1122,9 +1148,16 @@ impl Distributor {
         best.map(|(_, r)| r)
     }
 
-    fn least_loaded_open(&self, id: MemberId) -> Option<(usize, RelayId)> {
+    /// The open-entry relay a member would be seated on, and the fewest
+    /// newcomers (level-0 members) on any candidate: whether the open pool
+    /// is crowded. The relay has the fewest newcomers or, with
+    /// [`Config::seat_by_exposure`], the fewest members a blockage would
+    /// strand.
+    fn least_loaded_open(&self, id: MemberId, now: Time) -> Option<(usize, RelayId)> {
         let m = &self.members[&id];
-        self.relays
+        let by_exposure = self.config.seat_by_exposure;
+        let candidates: Vec<(usize, usize, usize, RelayId)> = self
+            .relays
             .iter()
             .filter(|(rid, r)| {
                 r.pool == Pool::Open
@@ -1134,17 +1167,44 @@ impl Distributor {
                     && self.is_live(**rid, m.country)
             })
             .map(|(rid, r)| {
-                let newcomers = r
-                    .members
-                    .keys()
-                    .filter(|o| self.members.get(o).is_some_and(|o| o.level == 0))
-                    .count();
-                (newcomers, r.members.len(), *rid)
+                let (mut newcomers, mut exposed) = (0, 0);
+                for o in r.members.keys().filter_map(|o| self.members.get(o)) {
+                    newcomers += usize::from(o.level == 0);
+                    exposed += usize::from(by_exposure && self.exposed(o, now));
+                }
+                (exposed, newcomers, r.members.len(), *rid)
             })
-            .min_by_key(|(newcomers, members, rid)| {
-                (*newcomers, *members, mix(self.salt, id.0, rid.0))
+            .collect();
+        let crowd = candidates.iter().map(|c| c.1).min()?;
+        candidates
+            .into_iter()
+            .min_by_key(|(exposed, newcomers, members, rid)| {
+                (*exposed, *newcomers, *members, mix(self.salt, id.0, rid.0))
             })
-            .map(|(newcomers, _, rid)| (newcomers, rid))
+            .map(|(_, _, _, rid)| (crowd, rid))
+    }
+
+    /// Whether a blockage of its relays would leave the member with nothing
+    /// ([`Config::seat_by_exposure`]): a level-0 member without the credit
+    /// or the allowance for a replacement, or a member on probation.
+    fn exposed(&self, m: &Member, now: Time) -> bool {
+        let cfg = &self.config;
+        match m.level {
+            0 => {
+                let credit = if m.earning {
+                    (m.credit + now.days_since_f64(m.credit_at)).min(cfg.credit_cap_days)
+                } else {
+                    m.credit
+                };
+                credit < cfg.replacement_cost_days
+                    || m.untrusted_replacements >= cfg.untrusted_replacements
+            }
+            1 => {
+                m.invited_by.is_none()
+                    && now.days_since(m.level_since) < u64::from(cfg.probation_days)
+            }
+            _ => false,
+        }
     }
 
     /// Whether `more` relays fit in the open-entry budget: relays ever given
@@ -1227,6 +1287,7 @@ impl Distributor {
             .map(|(m, since)| (*m, h / (h + now.days_since_f64(*since))))
             .collect();
         let total: f64 = affected.iter().map(|(_, w)| w).sum();
+        let most: f64 = affected.iter().map(|(_, w)| *w).fold(0.0, f64::max);
         let r = self.relays.get_mut(&relay).expect("exists");
         let state = r.countries.entry(country).or_default();
         if state.blocked_since.is_some() {
@@ -1234,6 +1295,12 @@ impl Distributor {
         }
         state.blocked_since = Some(now);
         state.reporters.clear();
+        let today = self.blocks_today.entry(country).or_insert((now.day(), 0));
+        if today.0 != now.day() {
+            *today = (now.day(), 0);
+        }
+        today.1 += 1;
+        let mass = today.1 > self.config.no_fault_max_blocks_per_day;
         for (m, _) in &affected {
             r.members.remove(m);
         }
@@ -1246,8 +1313,32 @@ impl Distributor {
             if self.add_suspicion(id, weight / total, now, decisions) {
                 continue;
             }
+            if !mass && self.no_fault(id, weight / most, now) {
+                continue;
+            }
             self.count_blockage(id, now, decisions);
         }
+    }
+
+    /// A level-0 member left without its open-entry relay whose blame weight
+    /// is below [`Config::no_fault_blame_ratio`] of the largest gets its
+    /// replacement without credit, and the blockage is not counted (its
+    /// `untrusted_days` still restart). Returns whether it applied.
+    fn no_fault(&mut self, id: MemberId, ratio: f64, now: Time) -> bool {
+        let cfg = &self.config;
+        let (limit, restart) = (cfg.no_fault_replacements, cfg.untrusted_restart_on_blockage);
+        if ratio >= cfg.no_fault_blame_ratio {
+            return false;
+        }
+        let m = self.members.get_mut(&id).expect("exists");
+        if m.level != 0 || !m.needs_replacement || m.no_fault_used >= limit {
+            return false;
+        }
+        m.no_fault_due = true;
+        if restart {
+            m.level_since = now;
+        }
+        true
     }
 
     /// Adds suspicion; bans at the threshold. Returns whether it banned.

@@ -456,6 +456,7 @@ fn by_default_each_new_member_has_an_open_entry_relay_of_its_own() {
 fn a_newcomer_sits_beside_trusted_members_rather_than_other_newcomers() {
     let cfg = Config {
         open_members_target: 2,
+        seat_by_exposure: false,
         ..no_bans()
     };
     let mut d = with_relays(cfg, 1);
@@ -469,6 +470,92 @@ fn a_newcomer_sits_beside_trusted_members_rather_than_other_newcomers() {
     }
     // Relay 0 has two members, relay 1 one, but relay 1's is a newcomer.
     assert_eq!(join(&mut d, 3, day(30)), vec![r0]);
+}
+
+#[test]
+fn a_newcomer_sits_beside_newcomers_who_could_be_replaced() {
+    // Relay 0: two newcomers with nine days of credit, enough for a
+    // replacement. Relay 1: one newcomer with none. A censor account seated
+    // beside the latter would leave it with nothing.
+    let seat = |by_exposure: bool| {
+        let cfg = Config {
+            open_members_target: 2,
+            seat_by_exposure: by_exposure,
+            ..no_bans()
+        };
+        let mut d = with_relays(cfg, 1);
+        assert_eq!(join(&mut d, 1, day(0)), vec![RelayId(0)]);
+        assert_eq!(join(&mut d, 2, day(0)), vec![RelayId(0)]);
+        d.add_relay(RelayId(1), NetworkId(1001), day(0)).unwrap();
+        assert_eq!(join(&mut d, 3, day(9)), vec![RelayId(1)]);
+        join(&mut d, 4, day(9))
+    };
+    assert!(Config::default().seat_by_exposure);
+    assert_eq!(seat(true), vec![RelayId(0)]);
+    // Counting every newcomer, relay 1 has fewer.
+    assert_eq!(seat(false), vec![RelayId(1)]);
+}
+
+/// Member 1 holds relay 0 from day 0, member 2 from day 5, when relay 0 is
+/// blocked; relay 1 is free. Returns what each then gets.
+fn blocked_after_a_late_arrival(cfg: Config) -> (Vec<RelayId>, Vec<RelayId>) {
+    let mut d = with_relays(
+        Config {
+            open_members_target: 2,
+            ..cfg
+        },
+        1,
+    );
+    assert_eq!(join(&mut d, 1, day(0)), vec![RelayId(0)]);
+    assert_eq!(join(&mut d, 2, day(5)), vec![RelayId(0)]);
+    d.add_relay(RelayId(1), NetworkId(1001), day(5)).unwrap();
+    block(&mut d, RelayId(0), day(5));
+    let first = d.assign(MemberId(1), day(5)).unwrap().relays;
+    let second = d.assign(MemberId(2), day(5)).unwrap().relays;
+    (first, second)
+}
+
+#[test]
+fn a_newcomer_not_at_fault_for_a_blockage_gets_a_replacement_without_credit() {
+    // Member 1 carries 2/7 of member 2's blame weight and has five days of
+    // credit, not the seven a replacement costs.
+    let (first, second) = blocked_after_a_late_arrival(no_bans());
+    assert_eq!(first, vec![RelayId(1)]);
+    assert!(second.is_empty(), "{second:?}");
+    let off = Config {
+        no_fault_blame_ratio: 0.0,
+        ..no_bans()
+    };
+    assert_eq!(blocked_after_a_late_arrival(off), (vec![], vec![]));
+}
+
+#[test]
+fn no_blockage_is_no_fault_on_a_day_of_many() {
+    let cfg = Config {
+        no_fault_max_blocks_per_day: 0,
+        ..no_bans()
+    };
+    assert_eq!(blocked_after_a_late_arrival(cfg), (vec![], vec![]));
+}
+
+#[test]
+fn no_fault_replacements_are_limited() {
+    let cfg = Config {
+        no_fault_replacements: 0,
+        ..no_bans()
+    };
+    assert_eq!(blocked_after_a_late_arrival(cfg), (vec![], vec![]));
+}
+
+#[test]
+fn newcomers_who_could_be_replaced_still_count_for_opening_relays() {
+    // Member 1 has earned a replacement by day 10, but a relay with a
+    // newcomer on it is still taken: member 2 gets one of its own while
+    // unused buckets can be opened.
+    let mut d = with_relays(Config::default(), 12);
+    let first = join(&mut d, 1, day(0));
+    d.assign(MemberId(1), day(10)).unwrap();
+    assert_ne!(join(&mut d, 2, day(10)), first);
 }
 
 #[test]
@@ -693,15 +780,19 @@ fn state_saved_before_the_newcomer_rules_still_loads() {
         "untrusted_restart_on_blockage",
         "untrusted_replacements",
         "probation_days",
+        "seat_by_exposure",
+        "no_fault_blame_ratio",
+        "no_fault_replacements",
+        "no_fault_max_blocks_per_day",
     ] {
         assert!(config.remove(field).is_some(), "{field}");
     }
     for m in v["members"].as_object_mut().unwrap().values_mut() {
-        m.as_object_mut()
-            .unwrap()
-            .remove("untrusted_replacements")
-            .unwrap();
+        for field in ["untrusted_replacements", "no_fault_used", "no_fault_due"] {
+            m.as_object_mut().unwrap().remove(field).unwrap();
+        }
     }
+    v.as_object_mut().unwrap().remove("blocks_today").unwrap();
     let mut back: Distributor = serde_json::from_value(v).unwrap();
     assert_eq!(back.config(), &Config::default());
     assert_eq!(back.assign(MemberId(1), day(30)).unwrap().level, 1);
