@@ -321,19 +321,7 @@ async fn requests_are_signed_decided_logged_once_approved_and_disclosed_exactly(
     let bundle = Bundle::parse(bundle.to_string().as_bytes()).unwrap();
 
     // Custodians release against the cosigned log.
-    let release = |i: usize| -> String {
-        let approval = bundle.check(&records[i].public_key, &policy, None).unwrap();
-        approval
-            .shares
-            .iter()
-            .map(|(a, w)| {
-                let r = custodian_keys[i]
-                    .release(&approval.request_id, a, w, &approval.disclosure_key)
-                    .unwrap();
-                format!("{}\n", hex::encode(r.encode()))
-            })
-            .collect()
-    };
+    let release = |i: usize| released_by(&custodian_keys[i], &records[i], &bundle, &policy);
     let disclose = format!("/operator/requests/{id}/disclose");
     let (status, e) = api
         .call(
@@ -435,21 +423,7 @@ async fn requests_are_signed_decided_logged_once_approved_and_disclosed_exactly(
     let gbundle = Bundle::parse(gb.to_string().as_bytes()).unwrap();
     let released: Vec<String> = [0usize, 1]
         .iter()
-        .map(|&i| {
-            let approval = gbundle
-                .check(&records[i].public_key, &policy, None)
-                .unwrap();
-            approval
-                .shares
-                .iter()
-                .map(|(a, w)| {
-                    let r = custodian_keys[i]
-                        .release(&approval.request_id, a, w, &approval.disclosure_key)
-                        .unwrap();
-                    format!("{}\n", hex::encode(r.encode()))
-                })
-                .collect()
-        })
+        .map(|&i| released_by(&custodian_keys[i], &records[i], &gbundle, &policy))
         .collect();
     // A bundle whose decision is not what the log holds at that proof:
     // no custodian releases anything for it.
@@ -570,4 +544,25 @@ async fn requests_are_signed_decided_logged_once_approved_and_disclosed_exactly(
     assert_eq!(log_size(&data_dir, &policy), expected);
     drop(members);
     server.shutdown().await;
+}
+
+/// What custodian `key` (listed as `record`) releases for `bundle`: one
+/// hex-encoded share a line, as `postern custodian approve` writes them.
+fn released_by(
+    key: &CustodianKey,
+    record: &CustodianRecord,
+    bundle: &Bundle,
+    policy: &Policy,
+) -> String {
+    let approval = bundle.check(&record.public_key, policy, None).unwrap();
+    approval
+        .shares
+        .iter()
+        .map(|(a, w)| {
+            let r = key
+                .release(&approval.request_id, a, w, &approval.disclosure_key)
+                .unwrap();
+            format!("{}\n", hex::encode(r.encode()))
+        })
+        .collect()
 }
