@@ -63,6 +63,28 @@ pub struct Config {
     /// defaults a member is allowed no blockage at level 1 unless it was
     /// invited: Lox's four apply to invited members only.
     pub probation_days: u32,
+    /// Relays confirmed blocked in one country in one day that make it a
+    /// *sweep*: a censor that held what its accounts learned and blocks it
+    /// all at once (0: never). A sweep tells the distributor more than
+    /// single blocks do. Every relay the censor knew was blocked, so a
+    /// member that held a relay from before the sweep through
+    /// `sweep_settle_days` after it, and the relay still works, is
+    /// *cleared*: no account the censor ran held that relay. On the days
+    /// of a sweep a blocked relay's blame goes to its holders not yet
+    /// cleared, in equal shares (the censor waited, so who got the relay
+    /// last means nothing): an account alone among cleared members on a
+    /// relay blocked in a sweep carries all of it and is banned. Holders
+    /// not cleared at level 0 restart their trust clock without a
+    /// blockage counted (their replacement follows the usual rules);
+    /// cleared holders get a replacement without credit and without a
+    /// blockage counted, within [`Config::no_fault_replacements`].
+    /// Newcomers are seated where the fewest members not yet cleared sit,
+    /// so that a sweep points at as few of them as possible.
+    pub sweep_min_blocks: u32,
+    /// Days after a sweep's first day that its blocks still count as the
+    /// sweep's (detection lags by a day or two), and after which the
+    /// members whose relays survived it are cleared.
+    pub sweep_settle_days: u32,
     /// Days a level-0 member stays suspended after too many blockages.
     pub suspension_days: u32,
     /// Relays a level-0 member gets (one, as in Lox's open-entry buckets).
@@ -166,6 +188,8 @@ impl Default for Config {
             no_fault_replacements: 3,
             no_fault_max_blocks_per_day: 2,
             probation_days: 30,
+            sweep_min_blocks: 8,
+            sweep_settle_days: 2,
             suspension_days: 30,
             untrusted_relays: 1,
             bucket_size: 3,

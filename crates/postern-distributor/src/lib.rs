@@ -34,6 +34,14 @@
 //!   alone with its relay, or the newcomer on a relay that worked for weeks,
 //!   is caught at once, which is why new members are spread thinly over the
 //!   open-entry relays.
+//! - **Sweeps**: a censor that lets its accounts keep their relays and
+//!   then blocks everything they learned at once (a *sweep*, recognised by
+//!   many relays blocked in one country in one day) tells the distributor
+//!   which relays it did not know. Every member that held a surviving
+//!   relay through the sweep is *cleared*; on a sweep's days the blame of a
+//!   blocked relay goes only to its holders not cleared, and newcomers are
+//!   seated where the fewest such members are, so an account seated among
+//!   cleared members is found at the first sweep.
 //! - **Caps** on how many members see one relay.
 //!
 //! The crate is sans-IO: no clock, no randomness, no storage. The caller
@@ -224,6 +232,8 @@ pub struct MemberView {
     pub suspended_until: Option<Time>,
     /// Banned for good.
     pub banned: bool,
+    /// When a sweep cleared it ([`Config::sweep_min_blocks`]).
+    pub cleared_at: Option<Time>,
 }
 
 /// A relay's health, for operators.
@@ -277,6 +287,13 @@ struct Member {
     /// Whether its next replacement is a no-fault one.
     #[serde(default)]
     no_fault_due: bool,
+    /// Whether its next replacement is free and uncounted: it lost a relay
+    /// in a sweep ([`Config::sweep_min_blocks`]).
+    #[serde(default)]
+    free_due: bool,
+    /// When a sweep cleared it: it held a relay the censor did not know.
+    #[serde(default)]
+    cleared_at: Option<Time>,
     suspended_until: Option<Time>,
     banned: bool,
 }
@@ -311,6 +328,15 @@ struct Bucket {
     members: BTreeSet<MemberId>,
 }
 
+/// A day on which a country's censor blocked many relays at once.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct Sweep {
+    /// Its first day.
+    day: u64,
+    /// Whether the members whose relays survived it were cleared.
+    settled: bool,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Invite {
     from: MemberId,
@@ -340,6 +366,9 @@ pub struct Distributor {
     /// relays were blocked there that day.
     #[serde(default)]
     blocks_today: BTreeMap<Country, (u64, u32)>,
+    /// Per country, the last sweep ([`Config::sweep_min_blocks`]).
+    #[serde(default)]
+    sweeps: BTreeMap<Country, Sweep>,
     /// Bumped whenever room may appear on a relay or bucket.
     #[serde(skip)]
     epoch: u64,
@@ -378,6 +407,7 @@ impl Distributor {
             network_day: 0,
             network_counts: BTreeMap::new(),
             blocks_today: BTreeMap::new(),
+            sweeps: BTreeMap::new(),
             epoch: 0,
             no_room: BTreeMap::new(),
         })
@@ -664,6 +694,7 @@ impl Distributor {
             invited_by: m.invited_by,
             suspended_until: m.suspended_until,
             banned: m.banned,
+            cleared_at: m.cleared_at,
         })
     }
 
@@ -756,6 +787,8 @@ impl Distributor {
                 untrusted_replacements: 0,
                 no_fault_used: 0,
                 no_fault_due: false,
+                free_due: false,
+                cleared_at: None,
                 suspended_until: None,
                 banned: false,
             },
@@ -790,6 +823,57 @@ impl Distributor {
         if now.day() != self.network_day {
             self.network_day = now.day();
             self.network_counts.clear();
+        }
+        self.settle_sweeps(now);
+    }
+
+    /// Whether a block of a relay in `country` now belongs to a sweep.
+    fn in_sweep(&self, country: Country, now: Time) -> bool {
+        let settle = u64::from(self.config.sweep_settle_days);
+        self.sweeps
+            .get(&country)
+            .is_some_and(|s| now.day() >= s.day && now.day() <= s.day + settle)
+    }
+
+    /// Clears, once a sweep has settled, every member of its country that
+    /// held since before it a relay that is still live and not reported:
+    /// a censor blocking all it knew did not know that relay, so none of
+    /// its holders is the censor's.
+    fn settle_sweeps(&mut self, now: Time) {
+        let settle = u64::from(self.config.sweep_settle_days);
+        let due: Vec<(Country, u64)> = self
+            .sweeps
+            .iter()
+            .filter(|(_, s)| !s.settled && now.day() > s.day + settle)
+            .map(|(c, s)| (*c, s.day))
+            .collect();
+        for (country, day) in due {
+            let start = Time::from_days(day);
+            let mut cleared = BTreeSet::new();
+            for r in self.relays.values() {
+                let live = !r.retired
+                    && r.countries
+                        .get(&country)
+                        .is_none_or(|s| s.blocked_since.is_none() && s.reporters.is_empty());
+                if !live {
+                    continue;
+                }
+                for (id, since) in &r.members {
+                    if *since < start {
+                        cleared.insert(*id);
+                    }
+                }
+            }
+            for id in cleared {
+                if let Some(m) = self.members.get_mut(&id)
+                    && m.country == country
+                    && !m.banned
+                    && m.cleared_at.is_none()
+                {
+                    m.cleared_at = Some(start);
+                }
+            }
+            self.sweeps.get_mut(&country).expect("listed").settled = true;
         }
     }
 
@@ -911,6 +995,10 @@ impl Distributor {
         if net + count > self.config.network_handouts_per_day {
             return false;
         }
+        if m.needs_replacement && m.free_due {
+            // Lost in a sweep: bounded by the sweeps and by blame.
+            return true;
+        }
         if m.needs_replacement && m.level == 0 && m.no_fault_due {
             // Not its fault: bounded by `no_fault_replacements`.
             return true;
@@ -956,7 +1044,12 @@ impl Distributor {
         let window = u64::from(self.config.replacement_window_days);
         let m = self.members.get_mut(&id).expect("member exists");
         self.network_counts.entry(m.network).or_default().handouts += count;
-        if m.needs_replacement && m.level == 0 && m.no_fault_due {
+        if m.needs_replacement && m.free_due {
+            m.replacements.retain(|t| now.days_since(*t) < window);
+            m.replacements.push(now);
+            m.needs_replacement = false;
+            m.free_due = false;
+        } else if m.needs_replacement && m.level == 0 && m.no_fault_due {
             m.replacements.retain(|t| now.days_since(*t) < window);
             m.replacements.push(now);
             m.needs_replacement = false;
@@ -1156,7 +1249,8 @@ impl Distributor {
     fn least_loaded_open(&self, id: MemberId, now: Time) -> Option<(usize, RelayId)> {
         let m = &self.members[&id];
         let by_exposure = self.config.seat_by_exposure;
-        let candidates: Vec<(usize, usize, usize, RelayId)> = self
+        let swept = self.sweeps.contains_key(&m.country);
+        let candidates: Vec<(usize, usize, usize, usize, RelayId)> = self
             .relays
             .iter()
             .filter(|(rid, r)| {
@@ -1167,21 +1261,28 @@ impl Distributor {
                     && self.is_live(**rid, m.country)
             })
             .map(|(rid, r)| {
-                let (mut newcomers, mut exposed) = (0, 0);
+                let (mut untested, mut newcomers, mut exposed) = (0, 0, 0);
                 for o in r.members.keys().filter_map(|o| self.members.get(o)) {
+                    untested += usize::from(swept && o.cleared_at.is_none());
                     newcomers += usize::from(o.level == 0);
                     exposed += usize::from(by_exposure && self.exposed(o, now));
                 }
-                (exposed, newcomers, r.members.len(), *rid)
+                (untested, exposed, newcomers, r.members.len(), *rid)
             })
             .collect();
-        let crowd = candidates.iter().map(|c| c.1).min()?;
+        let crowd = candidates.iter().map(|c| c.2).min()?;
         candidates
             .into_iter()
-            .min_by_key(|(exposed, newcomers, members, rid)| {
-                (*exposed, *newcomers, *members, mix(self.salt, id.0, rid.0))
+            .min_by_key(|(untested, exposed, newcomers, members, rid)| {
+                (
+                    *untested,
+                    *exposed,
+                    *newcomers,
+                    *members,
+                    mix(self.salt, id.0, rid.0),
+                )
             })
-            .map(|(_, _, _, rid)| (crowd, rid))
+            .map(|(_, _, _, _, rid)| (crowd, rid))
     }
 
     /// Whether a blockage of its relays would leave the member with nothing
@@ -1301,11 +1402,32 @@ impl Distributor {
         }
         today.1 += 1;
         let mass = today.1 > self.config.no_fault_max_blocks_per_day;
+        let count = today.1;
         for (m, _) in &affected {
             r.members.remove(m);
         }
         self.epoch += 1;
         decisions.push(Decision::RelayBlocked { relay, country });
+        let min = self.config.sweep_min_blocks;
+        if min > 0 && count >= min && !self.in_sweep(country, now) {
+            // An earlier sweep settles before a new one starts.
+            self.settle_sweeps(now.plus_days(u64::from(self.config.sweep_settle_days) + 1));
+            self.sweeps.insert(
+                country,
+                Sweep {
+                    day: now.day(),
+                    settled: false,
+                },
+            );
+        }
+        let uncleared = affected
+            .iter()
+            .filter(|(id, _)| self.members[id].cleared_at.is_none())
+            .count();
+        if uncleared > 0 && self.in_sweep(country, now) {
+            self.blame_sweep(relay, affected, uncleared, now, decisions);
+            return;
+        }
         for (id, weight) in affected {
             self.accrue(id, now);
             self.lose_relay(id, relay, true);
@@ -1317,6 +1439,51 @@ impl Distributor {
                 continue;
             }
             self.count_blockage(id, now, decisions);
+        }
+    }
+
+    /// A relay blocked in a sweep: its holders not yet cleared share the
+    /// blame equally, and those at level 0 start their trust clock again
+    /// without a blockage counted (a new seat is a new test). Cleared
+    /// holders carry none of it and get a replacement without credit,
+    /// uncounted, up to [`Config::no_fault_replacements`] times in all;
+    /// after that their blockages count as usual. A censor that spares
+    /// some of its accounts' relays in one sweep to have them cleared
+    /// gains those free replacements and no more.
+    fn blame_sweep(
+        &mut self,
+        relay: RelayId,
+        affected: Vec<(MemberId, f64)>,
+        uncleared: usize,
+        now: Time,
+        decisions: &mut Vec<Decision>,
+    ) {
+        let share = 1.0 / uncleared as f64;
+        let limit = self.config.no_fault_replacements;
+        for (id, _) in affected {
+            self.accrue(id, now);
+            self.lose_relay(id, relay, true);
+            decisions.push(Decision::Revoked { member: id, relay });
+            let m = &self.members[&id];
+            if m.cleared_at.is_none() {
+                if self.add_suspicion(id, share, now, decisions) {
+                    continue;
+                }
+                let m = self.members.get_mut(&id).expect("exists");
+                if m.level == 0 {
+                    m.level_since = now;
+                } else {
+                    self.count_blockage(id, now, decisions);
+                }
+            } else if m.no_fault_used < limit {
+                let m = self.members.get_mut(&id).expect("exists");
+                if m.needs_replacement {
+                    m.free_due = true;
+                    m.no_fault_used += 1;
+                }
+            } else {
+                self.count_blockage(id, now, decisions);
+            }
         }
     }
 

@@ -547,6 +547,97 @@ fn no_fault_replacements_are_limited() {
     assert_eq!(blocked_after_a_late_arrival(cfg), (vec![], vec![]));
 }
 
+/// Four members alone on four relays; two of them are blocked on day 10
+/// (a sweep when `sweep_min_blocks` is 2). Member 5 joins on day 20 beside
+/// one of the two survivors' holders, member 6 alone on a new relay; on
+/// day 40 both their relays are blocked. Returns the distributor, the
+/// holder member 5 sat beside, and the day-40 decisions.
+fn a_sweep_then_another(cfg: Config) -> (Distributor, MemberId, Vec<Decision>) {
+    let mut d = with_relays(cfg, 4);
+    let mut seat = BTreeMap::new();
+    for m in 1..=4 {
+        let got = join(&mut d, m, day(0));
+        assert_eq!(got.len(), 1);
+        assert!(seat.insert(got[0], MemberId(m)).is_none(), "own relays");
+    }
+    let relay_of = |m: u64| *seat.iter().find(|(_, o)| o.0 == m).unwrap().0;
+    block(&mut d, relay_of(1), day(10));
+    block(&mut d, relay_of(2), day(10));
+    let fifth = join(&mut d, 5, day(20));
+    assert_eq!(fifth.len(), 1, "member 5 is seated");
+    let beside = seat[&fifth[0]];
+    assert!(beside == MemberId(3) || beside == MemberId(4));
+    // A bucket's worth of new relays, opened to newcomers as needed.
+    for r in 10..13 {
+        d.add_relay(RelayId(r), NetworkId(2000 + r), day(20))
+            .unwrap();
+    }
+    let sixth = join(&mut d, 6, day(20));
+    assert!(
+        sixth.len() == 1 && sixth[0].0 >= 10,
+        "member 6 alone on a new relay: {sixth:?}"
+    );
+    for m in [3, 4, 5] {
+        d.assign(MemberId(m), day(30)).unwrap();
+    }
+    let mut decisions = block(&mut d, sixth[0], day(40));
+    decisions.extend(block(&mut d, fifth[0], day(40)));
+    (d, beside, decisions)
+}
+
+#[test]
+fn a_sweep_clears_the_members_whose_relays_it_spared() {
+    let cfg = Config {
+        sweep_min_blocks: 2,
+        ..Config::default()
+    };
+    let (d, _, _) = a_sweep_then_another(cfg.clone());
+    for m in [3, 4] {
+        let view = d.member(MemberId(m), day(40)).unwrap();
+        assert_eq!(view.cleared_at, Some(day(10)), "member {m}");
+    }
+    // Joined after the sweep: not cleared by it.
+    assert_eq!(d.member(MemberId(5), day(40)).unwrap().cleared_at, None);
+    let off = Config {
+        sweep_min_blocks: 0,
+        ..cfg
+    };
+    let (d, _, _) = a_sweep_then_another(off);
+    assert_eq!(d.member(MemberId(3), day(40)).unwrap().cleared_at, None);
+}
+
+#[test]
+fn in_a_sweep_the_blame_falls_on_the_member_not_cleared() {
+    let cfg = Config {
+        sweep_min_blocks: 2,
+        ..Config::default()
+    };
+    let (mut d, beside, decisions) = a_sweep_then_another(cfg.clone());
+    assert!(
+        decisions.contains(&Decision::Banned {
+            member: MemberId(5)
+        }),
+        "{decisions:?}"
+    );
+    // The cleared member beside it keeps its level (it would be on
+    // probation) and gets another relay at once.
+    let view = d.member(beside, day(40)).unwrap();
+    assert_eq!((view.level, view.blockages, view.suspicion), (1, 0, 0.0));
+    assert_eq!(d.assign(beside, day(40)).unwrap().relays.len(), 1);
+
+    // Without the rule, blame goes by recency: member 5 is not banned, and
+    // the member beside it goes back to level 0.
+    let off = Config {
+        sweep_min_blocks: 0,
+        ..cfg
+    };
+    let (d, beside, decisions) = a_sweep_then_another(off);
+    assert!(!decisions.contains(&Decision::Banned {
+        member: MemberId(5)
+    }));
+    assert_eq!(d.member(beside, day(40)).unwrap().level, 0);
+}
+
 #[test]
 fn newcomers_who_could_be_replaced_still_count_for_opening_relays() {
     // Member 1 has earned a replacement by day 10, but a relay with a
@@ -784,15 +875,24 @@ fn state_saved_before_the_newcomer_rules_still_loads() {
         "no_fault_blame_ratio",
         "no_fault_replacements",
         "no_fault_max_blocks_per_day",
+        "sweep_min_blocks",
+        "sweep_settle_days",
     ] {
         assert!(config.remove(field).is_some(), "{field}");
     }
     for m in v["members"].as_object_mut().unwrap().values_mut() {
-        for field in ["untrusted_replacements", "no_fault_used", "no_fault_due"] {
+        for field in [
+            "untrusted_replacements",
+            "no_fault_used",
+            "no_fault_due",
+            "free_due",
+            "cleared_at",
+        ] {
             m.as_object_mut().unwrap().remove(field).unwrap();
         }
     }
     v.as_object_mut().unwrap().remove("blocks_today").unwrap();
+    v.as_object_mut().unwrap().remove("sweeps").unwrap();
     let mut back: Distributor = serde_json::from_value(v).unwrap();
     assert_eq!(back.config(), &Config::default());
     assert_eq!(back.assign(MemberId(1), day(30)).unwrap().level, 1);
