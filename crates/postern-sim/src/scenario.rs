@@ -103,9 +103,18 @@ pub enum Strategy {
     None,
     /// Blocks every relay its agents learn, the next step.
     Aggressive,
-    /// Lets its agents behave and earn trust; blocks everything learned
-    /// every `period` steps.
+    /// The FOCI 2026 ProxySimulator's conservative censor: each step it
+    /// blocks a random `fraction` of the relays its agents know that are
+    /// not blocked yet, and leaves the rest working, for now.
     Conservative {
+        /// Share of the known, unblocked relays blocked each step (the
+        /// ProxySimulator's `CONSERVATIVE_FRACTION`, 0.5).
+        fraction: f64,
+    },
+    /// Lets its agents behave and earn trust, then blocks everything they
+    /// learned at once, every `period` steps (the conservative censor of
+    /// Salmon, PETS 2016, made periodic).
+    Sweep {
         /// Steps between mass blocks.
         period: u32,
     },
@@ -137,6 +146,7 @@ impl Strategy {
             Strategy::None => "none".into(),
             Strategy::Aggressive => "aggressive".into(),
             Strategy::Conservative { .. } => "conservative".into(),
+            Strategy::Sweep { .. } => "sweep".into(),
             Strategy::Zigzag { .. } => "zigzag".into(),
             Strategy::Profiling { window, threshold } => format!("profiling-{window}-{threshold}"),
             Strategy::Insider => "insider".into(),
@@ -219,7 +229,8 @@ impl Default for Censor {
             block_networks_after: 0,
             strategies: vec![
                 Strategy::Aggressive,
-                Strategy::Conservative { period: 30 },
+                Strategy::Conservative { fraction: 0.5 },
+                Strategy::Sweep { period: 30 },
                 Strategy::Zigzag { rounds: 3 },
                 Strategy::Profiling {
                     window: 5,
@@ -313,14 +324,15 @@ impl Scenario {
         }
         for s in &self.censor.strategies {
             let bad = match s {
-                Strategy::Conservative { period } => *period == 0,
+                Strategy::Conservative { fraction } => !(*fraction > 0.0 && *fraction <= 1.0),
+                Strategy::Sweep { period } => *period == 0,
                 Strategy::Zigzag { rounds } => *rounds == 0,
                 Strategy::Profiling { window, .. } => *window == 0,
                 _ => false,
             };
             if bad {
                 return Err(ScenarioError::Invalid(format!(
-                    "strategy {}: its period, rounds or window must be at least 1",
+                    "strategy {}: its period, rounds or window must be at least 1, its fraction above 0 and at most 1",
                     s.name()
                 )));
             }

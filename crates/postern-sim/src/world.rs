@@ -348,7 +348,23 @@ impl<'a> World<'a> {
         let to_block: Vec<u32> = match self.strategy.clone() {
             Strategy::None => Vec::new(),
             Strategy::Aggressive => self.known.iter().copied().collect(),
-            Strategy::Conservative { period } => {
+            Strategy::Conservative { fraction } => {
+                let mut known: Vec<u32> = self
+                    .known
+                    .iter()
+                    .copied()
+                    .filter(|r| !self.relays[*r as usize].blocked)
+                    .collect();
+                let take = (fraction * known.len() as f64) as usize;
+                // A random sample: the first `take` of a partial shuffle.
+                for i in 0..take {
+                    let j = self.censor_rng.gen_range(i..known.len());
+                    known.swap(i, j);
+                }
+                known.truncate(take);
+                known
+            }
+            Strategy::Sweep { period } => {
                 if t > 0 && t.is_multiple_of(period) {
                     self.known.iter().copied().collect()
                 } else {
@@ -577,7 +593,7 @@ impl<'a> World<'a> {
         let active = self.scenario.users.active;
         let reports_all = matches!(
             self.strategy,
-            Strategy::Aggressive | Strategy::Zigzag { .. }
+            Strategy::Aggressive | Strategy::Conservative { .. } | Strategy::Zigzag { .. }
         );
         let mut connections = Vec::new();
         for i in 0..self.members.len() {
@@ -609,8 +625,8 @@ impl<'a> World<'a> {
                 && reports_all
                 && let Held::Relays(rs) = &self.members[i].held
             {
-                // An agent that blocks everything it learns reports it all
-                // blocked, to be handed replacements.
+                // An agent of a censor that blocks as it learns reports
+                // what it blocked, to be handed replacements.
                 let blocked: Vec<u32> = rs
                     .iter()
                     .copied()

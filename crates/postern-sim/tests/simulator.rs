@@ -89,7 +89,8 @@ fn a_censor_owning_every_account_leaves_nothing_it_learned_unblocked() {
 fn more_censor_agents_never_raise_honest_connectivity_on_average() {
     let strategies = [
         r#"[{ kind = "aggressive" }]"#,
-        r#"[{ kind = "conservative", period = 10 }]"#,
+        r#"[{ kind = "conservative", fraction = 0.5 }]"#,
+        r#"[{ kind = "sweep", period = 10 }]"#,
     ];
     for strategies in strategies {
         let s = small(strategies, "[0.0, 0.1, 0.3]", Some(0.0));
