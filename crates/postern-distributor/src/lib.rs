@@ -328,6 +328,17 @@ struct Bucket {
     members: BTreeSet<MemberId>,
 }
 
+/// How a replacement is granted (see [`Distributor::replacement_path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replacement {
+    /// Lost in a sweep, by a cleared member.
+    Free,
+    /// Blame points at another holder.
+    NoFault,
+    /// Paid with credit, within the member's limits.
+    Paid,
+}
+
 /// A day on which a country's censor blocked many relays at once.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Sweep {
@@ -995,33 +1006,31 @@ impl Distributor {
         if net + count > self.config.network_handouts_per_day {
             return false;
         }
-        if m.needs_replacement && m.free_due {
-            // Lost in a sweep: bounded by the sweeps and by blame.
-            return true;
+        !m.needs_replacement || self.replacement_path(m, now).is_some()
+    }
+
+    /// How a member that lost relays to blocking may get a replacement, if
+    /// at all (not counting the network's limit).
+    fn replacement_path(&self, m: &Member, now: Time) -> Option<Replacement> {
+        let cfg = &self.config;
+        if m.free_due {
+            // Lost in a sweep: bounded by `no_fault_replacements`.
+            return Some(Replacement::Free);
         }
-        if m.needs_replacement && m.level == 0 && m.no_fault_due {
+        if m.level == 0 && m.no_fault_due {
             // Not its fault: bounded by `no_fault_replacements`.
-            return true;
+            return Some(Replacement::NoFault);
         }
-        if m.needs_replacement {
-            let window = u64::from(self.config.replacement_window_days);
-            let recent = m
-                .replacements
-                .iter()
-                .filter(|t| now.days_since(**t) < window)
-                .count();
-            if m.level == 0 && m.untrusted_replacements >= self.config.untrusted_replacements {
-                return false;
-            }
-            let allowed = self.config.replacements_per_window[usize::from(m.level)];
-            if recent as u32 >= allowed {
-                return false;
-            }
-            if m.credit < self.config.replacement_cost_days && m.free_replacements == 0 {
-                return false;
-            }
-        }
-        true
+        let window = u64::from(cfg.replacement_window_days);
+        let recent = m
+            .replacements
+            .iter()
+            .filter(|t| now.days_since(**t) < window)
+            .count();
+        let paid = !(m.level == 0 && m.untrusted_replacements >= cfg.untrusted_replacements)
+            && (recent as u32) < cfg.replacements_per_window[usize::from(m.level)]
+            && (m.credit >= cfg.replacement_cost_days || m.free_replacements > 0);
+        paid.then_some(Replacement::Paid)
     }
 
     /// Brings the member's credit up to `now`: a day of credit for each day
@@ -1042,30 +1051,35 @@ impl Distributor {
 
     fn record_hand_out(&mut self, id: MemberId, count: u32, now: Time) {
         let window = u64::from(self.config.replacement_window_days);
+        let cost = self.config.replacement_cost_days;
+        let path = self
+            .members
+            .get(&id)
+            .filter(|m| m.needs_replacement)
+            .and_then(|m| self.replacement_path(m, now));
         let m = self.members.get_mut(&id).expect("member exists");
         self.network_counts.entry(m.network).or_default().handouts += count;
-        if m.needs_replacement && m.free_due {
-            m.replacements.retain(|t| now.days_since(*t) < window);
-            m.replacements.push(now);
-            m.needs_replacement = false;
-            m.free_due = false;
-        } else if m.needs_replacement && m.level == 0 && m.no_fault_due {
-            m.replacements.retain(|t| now.days_since(*t) < window);
-            m.replacements.push(now);
-            m.needs_replacement = false;
-            m.no_fault_due = false;
-            m.no_fault_used += 1;
-        } else if m.needs_replacement {
-            m.replacements.retain(|t| now.days_since(*t) < window);
-            m.replacements.push(now);
-            m.needs_replacement = false;
-            if m.level == 0 {
-                m.untrusted_replacements += 1;
+        let Some(path) = path else {
+            return;
+        };
+        m.replacements.retain(|t| now.days_since(*t) < window);
+        m.replacements.push(now);
+        m.needs_replacement = false;
+        match path {
+            Replacement::Free => m.free_due = false,
+            Replacement::NoFault => {
+                m.no_fault_due = false;
+                m.no_fault_used += 1;
             }
-            if m.credit >= self.config.replacement_cost_days {
-                m.credit -= self.config.replacement_cost_days;
-            } else {
-                m.free_replacements = m.free_replacements.saturating_sub(1);
+            Replacement::Paid => {
+                if m.level == 0 {
+                    m.untrusted_replacements += 1;
+                }
+                if m.credit >= cost {
+                    m.credit -= cost;
+                } else {
+                    m.free_replacements = m.free_replacements.saturating_sub(1);
+                }
             }
         }
     }
