@@ -118,6 +118,17 @@ pub struct Config {
     /// all before any earned a replacement; with it, they are mixed with
     /// older newcomers who can be replaced.
     pub seat_by_exposure: bool,
+    /// Most *exposed* members (see `seat_by_exposure`: newcomers without
+    /// the credit or the allowance for a replacement, members on
+    /// probation) on one open-entry relay; an exposed member finds no seat
+    /// on a relay that has as many, and waits for one (0: no limit), once
+    /// a relay has been blocked in its country. A
+    /// censor account seated on a relay strands its exposed members when
+    /// it burns it, and they stay cut off; a newcomer that waits a few days
+    /// for room is cut off only while it waits. Where relays are scarce
+    /// (the first days of a deployment) this trades a short wait for many
+    /// against losing some for good.
+    pub max_exposed_per_relay: usize,
     /// Most relays ever handed to the open-entry pool (new members), as a
     /// share of all relays; the rest go to buckets. 1.0 sets no limit: the
     /// simulator found that starving new members cost more than the relays
@@ -198,6 +209,7 @@ impl Default for Config {
             max_members_per_relay: 40,
             open_members_target: 1,
             seat_by_exposure: true,
+            max_exposed_per_relay: 4,
             open_pool_fraction: 1.0,
             replacement_window_days: 7,
             replacements_per_window: [1, 2, 3, 3, 3],

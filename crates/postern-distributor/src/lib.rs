@@ -42,7 +42,10 @@
 //!   blocked relay goes only to its holders not cleared, and newcomers are
 //!   seated where the fewest such members are, so an account seated among
 //!   cleared members is found at the first sweep.
-//! - **Caps** on how many members see one relay.
+//! - **Caps** on how many members see one relay, and, once a relay has
+//!   been blocked in a country, on how many *exposed* members (who could
+//!   not get a replacement) share one: a newcomer waits for room rather
+//!   than join four others a censor account could strand at once.
 //!
 //! The crate is sans-IO: no clock, no randomness, no storage. The caller
 //! passes the time and random invitation codes in, and gets [`Decision`]s
@@ -383,11 +386,13 @@ pub struct Distributor {
     /// Bumped whenever room may appear on a relay or bucket.
     #[serde(skip)]
     epoch: u64,
-    /// Per country and kind (bucket or open relay), the epoch at which a
-    /// search for room found none: until the epoch moves, the answer stands.
-    /// A cache only: it changes no decision.
+    /// Per country, kind (bucket or open relay) and whether the member
+    /// seated is held to [`Config::max_exposed_per_relay`], the epoch and
+    /// time at which a search for room found none: until either moves, the
+    /// answer stands (who is exposed changes with time). A cache only: it
+    /// changes no decision.
     #[serde(skip)]
-    no_room: BTreeMap<(Country, bool), u64>,
+    no_room: BTreeMap<(Country, bool, bool), (u64, Time)>,
 }
 
 /// A stable, keyed mix of two numbers (SplitMix64's finaliser). It breaks
@@ -1119,7 +1124,7 @@ impl Distributor {
         if !self.may_hand_out(&self.members[&id], count, now) {
             return;
         }
-        if let Some(b) = self.pick_bucket(id) {
+        if let Some(b) = self.pick_bucket(id, now) {
             self.record_hand_out(id, count, now);
             self.join_bucket(id, b, now);
             // A bucket replaces the open-entry relay, which goes back to new
@@ -1170,19 +1175,32 @@ impl Distributor {
         m.bucket.is_none() && m.open.is_empty() && m.kept.is_empty()
     }
 
-    fn known_full(&self, country: Country, bucket: bool) -> bool {
-        self.no_room.get(&(country, bucket)) == Some(&self.epoch)
+    fn known_full(&self, country: Country, bucket: bool, capped: bool, now: Time) -> bool {
+        self.no_room.get(&(country, bucket, capped)) == Some(&(self.epoch, now))
     }
 
-    fn remember_full(&mut self, id: MemberId, country: Country, bucket: bool) {
+    fn remember_full(&mut self, id: MemberId, bucket: bool, capped: bool, now: Time) {
         if self.holds_nothing(id) {
-            self.no_room.insert((country, bucket), self.epoch);
+            let country = self.members[&id].country;
+            self.no_room
+                .insert((country, bucket, capped), (self.epoch, now));
         }
     }
 
-    fn pick_bucket(&mut self, id: MemberId) -> Option<BucketId> {
+    /// Whether seating this member on an open-entry relay is held to
+    /// [`Config::max_exposed_per_relay`]: only an exposed member, and only
+    /// once a relay was blocked in its country (where no censor is seen,
+    /// nobody waits).
+    fn capped(&self, id: MemberId, now: Time) -> bool {
+        let m = &self.members[&id];
+        self.config.max_exposed_per_relay > 0
+            && self.blocks_today.contains_key(&m.country)
+            && self.exposed(m, now)
+    }
+
+    fn pick_bucket(&mut self, id: MemberId, now: Time) -> Option<BucketId> {
         let country = self.members[&id].country;
-        if self.holds_nothing(id) && self.known_full(country, true) {
+        if self.holds_nothing(id) && self.known_full(country, true, false, now) {
             return None;
         }
         let best = self
@@ -1192,7 +1210,7 @@ impl Distributor {
             .min_by_key(|(b, bucket)| (bucket.members.len(), mix(self.salt, id.0, b.0)))
             .map(|(b, _)| *b);
         if best.is_none() {
-            self.remember_full(id, country, true);
+            self.remember_full(id, true, false, now);
         }
         best
     }
@@ -1241,7 +1259,8 @@ impl Distributor {
 
     fn pick_open(&mut self, id: MemberId, now: Time) -> Option<RelayId> {
         let country = self.members[&id].country;
-        if self.holds_nothing(id) && self.known_full(country, false) {
+        let capped = self.capped(id, now);
+        if self.holds_nothing(id) && self.known_full(country, false, capped, now) {
             return None;
         }
         let mut best = self.least_loaded_open(id, now);
@@ -1250,7 +1269,7 @@ impl Distributor {
             best = self.least_loaded_open(id, now);
         }
         if best.is_none() {
-            self.remember_full(id, country, false);
+            self.remember_full(id, false, capped, now);
         }
         best.map(|(_, r)| r)
     }
@@ -1263,6 +1282,8 @@ impl Distributor {
     fn least_loaded_open(&self, id: MemberId, now: Time) -> Option<(usize, RelayId)> {
         let m = &self.members[&id];
         let by_exposure = self.config.seat_by_exposure;
+        let capped = self.capped(id, now);
+        let count_exposed = by_exposure || capped;
         let swept = self.sweeps.contains_key(&m.country);
         let candidates: Vec<(usize, usize, usize, usize, RelayId)> = self
             .relays
@@ -1279,10 +1300,11 @@ impl Distributor {
                 for o in r.members.keys().filter_map(|o| self.members.get(o)) {
                     untested += usize::from(swept && o.cleared_at.is_none());
                     newcomers += usize::from(o.level == 0);
-                    exposed += usize::from(by_exposure && self.exposed(o, now));
+                    exposed += usize::from(count_exposed && self.exposed(o, now));
                 }
                 (untested, exposed, newcomers, r.members.len(), *rid)
             })
+            .filter(|c| !capped || c.1 < self.config.max_exposed_per_relay)
             .collect();
         let crowd = candidates.iter().map(|c| c.2).min()?;
         candidates
@@ -1290,7 +1312,7 @@ impl Distributor {
             .min_by_key(|(untested, exposed, newcomers, members, rid)| {
                 (
                     *untested,
-                    *exposed,
+                    if by_exposure { *exposed } else { 0 },
                     *newcomers,
                     *members,
                     mix(self.salt, id.0, rid.0),

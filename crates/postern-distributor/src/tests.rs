@@ -638,6 +638,51 @@ fn in_a_sweep_the_blame_falls_on_the_member_not_cleared() {
     assert_eq!(d.member(beside, day(40)).unwrap().level, 0);
 }
 
+/// One exposed member at most per relay: three relays opened to
+/// newcomers on day 2, four newcomers. With `block_first`, a relay was
+/// blocked in Russia on day 1. Returns what the fourth gets on day 2 and
+/// on day 9, when the first three have a week of credit.
+fn a_fourth_newcomer(block_first: bool) -> (Vec<RelayId>, Vec<RelayId>) {
+    let cfg = Config {
+        max_exposed_per_relay: 1,
+        ..Config::default()
+    };
+    let mut d = with_relays(cfg, 1);
+    if block_first {
+        join(&mut d, 1, day(0));
+        block(&mut d, RelayId(0), day(1));
+    }
+    for r in 1..4 {
+        d.add_relay(RelayId(r), NetworkId(1000 + r), day(1))
+            .unwrap();
+    }
+    let mut seats = BTreeSet::new();
+    for m in 2..5 {
+        let got = join(&mut d, m, day(2));
+        assert_eq!(got.len(), 1, "member {m}");
+        seats.insert(got[0]);
+    }
+    let first = join(&mut d, 5, day(2));
+    for m in 2..5 {
+        d.assign(MemberId(m), day(9)).unwrap();
+    }
+    let later = d.assign(MemberId(5), day(9)).unwrap().relays;
+    if block_first {
+        assert_eq!(seats.len(), 3, "one newcomer per relay: {seats:?}");
+    }
+    (first, later)
+}
+
+#[test]
+fn once_a_censor_is_seen_a_newcomer_waits_rather_than_crowd_exposed_members() {
+    let (first, later) = a_fourth_newcomer(true);
+    assert!(first.is_empty(), "{first:?}");
+    assert_eq!(later.len(), 1, "seated once the others earned a week");
+    // No relay blocked yet: nobody waits.
+    let (first, _) = a_fourth_newcomer(false);
+    assert_eq!(first.len(), 1);
+}
+
 #[test]
 fn newcomers_who_could_be_replaced_still_count_for_opening_relays() {
     // Member 1 has earned a replacement by day 10, but a relay with a
@@ -877,6 +922,7 @@ fn state_saved_before_the_newcomer_rules_still_loads() {
         "no_fault_max_blocks_per_day",
         "sweep_min_blocks",
         "sweep_settle_days",
+        "max_exposed_per_relay",
     ] {
         assert!(config.remove(field).is_some(), "{field}");
     }
