@@ -75,7 +75,10 @@ pub struct Config {
     /// last means nothing): an account alone among cleared members on a
     /// relay blocked in a sweep carries all of it and is banned. Holders
     /// not cleared at level 0 restart their trust clock without a
-    /// blockage counted (their replacement follows the usual rules);
+    /// blockage counted, and get no replacement paid with credit (every
+    /// account the censor ran is among them; so are the honest newcomers
+    /// who shared a relay with one, which is what seating by who is
+    /// cleared keeps few);
     /// cleared holders get a replacement without credit and without a
     /// blockage counted, within [`Config::no_fault_replacements`].
     /// Newcomers are seated where the fewest members not yet cleared sit,

@@ -1479,8 +1479,9 @@ impl Distributor {
     }
 
     /// A relay blocked in a sweep: its holders not yet cleared share the
-    /// blame equally, and those at level 0 start their trust clock again
-    /// without a blockage counted (a new seat is a new test). Cleared
+    /// blame equally; those at level 0 start their trust clock again
+    /// without a blockage counted, and get no replacement paid with credit
+    /// (every account the censor ran is among them). Cleared
     /// holders carry none of it and get a replacement without credit,
     /// uncounted, up to [`Config::no_fault_replacements`] times in all;
     /// after that their blockages count as usual. A censor that spares
@@ -1507,7 +1508,11 @@ impl Distributor {
                 }
                 let m = self.members.get_mut(&id).expect("exists");
                 if m.level == 0 {
+                    // A test failed: no replacement paid with credit.
                     m.level_since = now;
+                    m.untrusted_replacements = m
+                        .untrusted_replacements
+                        .max(self.config.untrusted_replacements);
                 } else {
                     self.count_blockage(id, now, decisions);
                 }

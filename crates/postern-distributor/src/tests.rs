@@ -638,6 +638,67 @@ fn in_a_sweep_the_blame_falls_on_the_member_not_cleared() {
     assert_eq!(d.member(beside, day(40)).unwrap().level, 0);
 }
 
+/// Members 1–4 alone on relays 0–3; relays 0 and 1 are blocked on day 10
+/// (a sweep: 3 and 4 are cleared). Members 5, 6 and 7 join on day 20, two
+/// of them beside the same cleared member. On day 40 relays 2 and 3 are
+/// blocked, the shared one second, three new relays having arrived.
+/// Returns the two newcomers
+/// that shared a relay, and what each then gets.
+fn two_newcomers_in_a_sweep(cfg: Config) -> Vec<(MemberId, Vec<RelayId>)> {
+    let mut d = with_relays(cfg, 4);
+    for m in 1..=4 {
+        assert_eq!(join(&mut d, m, day(0)).len(), 1);
+    }
+    let holder = |d: &Distributor, m: u64| d.member(MemberId(m), day(0)).unwrap().relays[0];
+    let (r1, r2) = (holder(&d, 1), holder(&d, 2));
+    block(&mut d, r1, day(10));
+    block(&mut d, r2, day(10));
+    let mut on: BTreeMap<RelayId, Vec<MemberId>> = BTreeMap::new();
+    for m in 5..=7 {
+        let got = join(&mut d, m, day(20));
+        assert_eq!(got.len(), 1, "member {m}");
+        on.entry(got[0]).or_default().push(MemberId(m));
+    }
+    let (&both, shared) = on.iter().find(|(_, v)| v.len() == 2).expect("two share");
+    let shared = shared.clone();
+    for r in 10..13 {
+        d.add_relay(RelayId(r), NetworkId(2000 + r), day(40))
+            .unwrap();
+    }
+    // The other relay first: the sweep is recognised at the second block.
+    let other = *on.keys().find(|r| **r != both).unwrap();
+    block(&mut d, other, day(40));
+    block(&mut d, both, day(40));
+    shared
+        .into_iter()
+        .map(|m| {
+            (
+                m,
+                d.assign(m, day(40)).map(|a| a.relays).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn newcomers_not_cleared_by_a_sweep_get_no_paid_replacement() {
+    let cfg = Config {
+        sweep_min_blocks: 2,
+        ..no_bans()
+    };
+    for (m, got) in two_newcomers_in_a_sweep(cfg.clone()) {
+        assert!(got.is_empty(), "{m:?} got {got:?}");
+    }
+    // Ordinary blame: each has 20 days of credit and its one replacement.
+    let off = Config {
+        sweep_min_blocks: 0,
+        ..cfg
+    };
+    for (m, got) in two_newcomers_in_a_sweep(off) {
+        assert_eq!(got.len(), 1, "{m:?}");
+    }
+}
+
 /// One exposed member at most per relay: three relays opened to
 /// newcomers on day 2, four newcomers. With `block_first`, a relay was
 /// blocked in Russia on day 1. Returns what the fourth gets on day 2 and
