@@ -72,8 +72,7 @@ pub struct Config {
     /// *cleared*: no account the censor ran held that relay. On the days
     /// of a sweep a blocked relay's blame goes to its holders not yet
     /// cleared, in equal shares (the censor waited, so who got the relay
-    /// last means nothing): an account alone among cleared members on a
-    /// relay blocked in a sweep carries all of it and is banned. Holders
+    /// last means nothing), each at most `sweep_max_blame`. Holders
     /// not cleared at level 0 restart their trust clock without a
     /// blockage counted, and get no replacement paid with credit (every
     /// account the censor ran is among them; so are the honest newcomers
@@ -84,6 +83,12 @@ pub struct Config {
     /// Newcomers are seated where the fewest members not yet cleared sit,
     /// so that a sweep points at as few of them as possible.
     pub sweep_min_blocks: u32,
+    /// Most suspicion one sweep adds to one holder of a blocked relay
+    /// (below [`Config::ban_suspicion`], one sweep bans no one). A censor
+    /// that spared a relay in one sweep, so that its account there was
+    /// cleared, and blocks it in the next would otherwise have the newcomer
+    /// seated beside that account banned.
+    pub sweep_max_blame: f64,
     /// Days after a sweep's first day that its blocks still count as the
     /// sweep's (detection lags by a day or two), and after which the
     /// members whose relays survived it are cleared.
@@ -204,6 +209,7 @@ impl Default for Config {
             probation_days: 30,
             sweep_min_blocks: 8,
             sweep_settle_days: 2,
+            sweep_max_blame: 0.5,
             suspension_days: 30,
             untrusted_relays: 1,
             bucket_size: 3,
@@ -278,6 +284,7 @@ impl Config {
             (self.open_pool_fraction, "open_pool_fraction"),
             (self.signal_drop_ratio, "signal_drop_ratio"),
             (self.no_fault_blame_ratio, "no_fault_blame_ratio"),
+            (self.sweep_max_blame, "sweep_max_blame"),
             (self.signal_smoothing, "signal_smoothing"),
         ] {
             if !(0.0..=1.0).contains(&v) {

@@ -41,7 +41,8 @@
 //!   relay through the sweep is *cleared*; on a sweep's days the blame of a
 //!   blocked relay goes only to its holders not cleared, and newcomers are
 //!   seated where the fewest such members are, so an account seated among
-//!   cleared members is found at the first sweep.
+//!   cleared members carries the blame of the first sweep alone (up to
+//!   half a ban) and gets no replacement paid with credit.
 //! - **Caps** on how many members see one relay, and, once a relay has
 //!   been blocked in a country, on how many *exposed* members (who could
 //!   not get a replacement) share one: a newcomer waits for room rather
@@ -1479,7 +1480,8 @@ impl Distributor {
     }
 
     /// A relay blocked in a sweep: its holders not yet cleared share the
-    /// blame equally; those at level 0 start their trust clock again
+    /// blame equally (each at most [`Config::sweep_max_blame`]); those at
+    /// level 0 start their trust clock again
     /// without a blockage counted, and get no replacement paid with credit
     /// (every account the censor ran is among them). Cleared
     /// holders carry none of it and get a replacement without credit,
@@ -1495,7 +1497,7 @@ impl Distributor {
         now: Time,
         decisions: &mut Vec<Decision>,
     ) {
-        let share = 1.0 / uncleared as f64;
+        let share = (1.0 / uncleared as f64).min(self.config.sweep_max_blame);
         let limit = self.config.no_fault_replacements;
         for (id, _) in affected {
             self.accrue(id, now);

@@ -613,29 +613,44 @@ fn in_a_sweep_the_blame_falls_on_the_member_not_cleared() {
         ..Config::default()
     };
     let (mut d, beside, decisions) = a_sweep_then_another(cfg.clone());
+    // Member 5 carries all the blame, up to `sweep_max_blame`, and gets
+    // nothing more.
+    let five = d.member(MemberId(5), day(40)).unwrap();
+    assert_eq!(five.suspicion, 0.5);
+    assert!(d.assign(MemberId(5), day(40)).unwrap().relays.is_empty());
+    // With the whole unit of blame, it is banned.
+    let (_, _, whole) = a_sweep_then_another(Config {
+        sweep_max_blame: 1.0,
+        ..cfg.clone()
+    });
     assert!(
-        decisions.contains(&Decision::Banned {
+        whole.contains(&Decision::Banned {
             member: MemberId(5)
         }),
-        "{decisions:?}"
+        "{whole:?}"
     );
+    assert!(!decisions.contains(&Decision::Banned {
+        member: MemberId(5)
+    }));
     // The cleared member beside it keeps its level (it would be on
     // probation) and gets another relay at once.
     let view = d.member(beside, day(40)).unwrap();
     assert_eq!((view.level, view.blockages, view.suspicion), (1, 0, 0.0));
     assert_eq!(d.assign(beside, day(40)).unwrap().relays.len(), 1);
 
-    // Without the rule, blame goes by recency: member 5 is not banned, and
-    // the member beside it goes back to level 0.
+    // Without the rule, blame goes by recency (member 5 carries about
+    // two thirds and keeps its replacement), and the member beside it goes
+    // back to level 0.
     let off = Config {
         sweep_min_blocks: 0,
         ..cfg
     };
-    let (d, beside, decisions) = a_sweep_then_another(off);
+    let (mut d, beside, decisions) = a_sweep_then_another(off);
     assert!(!decisions.contains(&Decision::Banned {
         member: MemberId(5)
     }));
     assert_eq!(d.member(beside, day(40)).unwrap().level, 0);
+    assert_eq!(d.assign(MemberId(5), day(40)).unwrap().relays.len(), 1);
 }
 
 /// Members 1–4 alone on relays 0–3; relays 0 and 1 are blocked on day 10
@@ -983,6 +998,7 @@ fn state_saved_before_the_newcomer_rules_still_loads() {
         "no_fault_max_blocks_per_day",
         "sweep_min_blocks",
         "sweep_settle_days",
+        "sweep_max_blame",
         "max_exposed_per_relay",
     ] {
         assert!(config.remove(field).is_some(), "{field}");
