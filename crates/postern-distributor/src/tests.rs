@@ -1031,6 +1031,8 @@ enum Op {
     Invite(u8, u8),
     Retire(u8),
     Wait(u8),
+    /// Blocks the n-th known relay in Russia through its signal.
+    Block(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -1043,14 +1045,19 @@ fn op() -> impl Strategy<Value = Op> {
         (any::<u8>(), any::<u8>()).prop_map(|(m, n)| Op::Invite(m, n)),
         any::<u8>().prop_map(Op::Retire),
         (0u8..40).prop_map(Op::Wait),
+        any::<u8>().prop_map(Op::Block),
     ]
 }
 
-/// Runs the operations; errors are part of the game and ignored.
-fn run(ops: &[Op], cap: usize) -> Distributor {
+/// Runs the operations; errors are part of the game and ignored. `sweep` sets `sweep_min_blocks` and
+/// `max_exposed_per_relay` low (1 to 3) so that sweeps and waiting for room
+/// happen among few relays, or turns both off (0).
+fn run(ops: &[Op], cap: usize, sweep: u32) -> Distributor {
     let countries = [ru(), Country::new("IR").unwrap()];
     let cfg = Config {
         max_members_per_relay: cap,
+        sweep_min_blocks: sweep,
+        max_exposed_per_relay: sweep as usize,
         ..Config::default()
     };
     let mut d = Distributor::new(cfg, 9).unwrap();
@@ -1088,6 +1095,12 @@ fn run(ops: &[Op], cap: usize) -> Distributor {
                 let _ = d.retire_relay(RelayId(r.into()), now);
             }
             Op::Wait(days) => t += u64::from(days),
+            Op::Block(n) => {
+                let known: Vec<RelayId> = d.relays.keys().copied().collect();
+                if !known.is_empty() {
+                    block(&mut d, known[usize::from(n) % known.len()], now);
+                }
+            }
         }
     }
     d
@@ -1097,8 +1110,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn invariants_hold_whatever_happens(ops in proptest::collection::vec(op(), 1..300), cap in 1usize..6) {
-        let d = run(&ops, cap);
+    fn invariants_hold_whatever_happens(
+        ops in proptest::collection::vec(op(), 1..300),
+        cap in 1usize..6,
+        sweep in 0u32..4,
+    ) {
+        let d = run(&ops, cap, sweep);
         let now = Time(u64::MAX / 2);
         for (id, m) in &d.members {
             let view = d.member(*id, now).unwrap();
@@ -1113,6 +1130,10 @@ proptest! {
             prop_assert!(view.relays.len() <= d.config.bucket_size + d.config.max_kept_relays + d.config.untrusted_relays);
             if m.banned || m.suspended_until.is_some() {
                 prop_assert!(view.relays.is_empty());
+            }
+            if let Some(t) = m.cleared_at {
+                // Cleared by a sweep that happened.
+                prop_assert!(d.sweeps.get(&m.country).is_some_and(|s| s.day >= t.day()));
             }
             if m.level == 0 {
                 prop_assert!(m.bucket.is_none());
@@ -1129,9 +1150,9 @@ proptest! {
     }
 
     #[test]
-    fn the_same_calls_give_the_same_state(ops in proptest::collection::vec(op(), 1..200)) {
-        let a = serde_json::to_string(&run(&ops, 4)).unwrap();
-        let b = serde_json::to_string(&run(&ops, 4)).unwrap();
+    fn the_same_calls_give_the_same_state(ops in proptest::collection::vec(op(), 1..200), sweep in 0u32..4) {
+        let a = serde_json::to_string(&run(&ops, 4, sweep)).unwrap();
+        let b = serde_json::to_string(&run(&ops, 4, sweep)).unwrap();
         prop_assert_eq!(a, b);
     }
 }
