@@ -384,6 +384,10 @@ pub struct Distributor {
     /// Per country, the last sweep ([`Config::sweep_min_blocks`]).
     #[serde(default)]
     sweeps: BTreeMap<Country, Sweep>,
+    /// Per country, the day and the level-0 members not cleared who lost a
+    /// relay that day before it was known to be a sweep's.
+    #[serde(default)]
+    lost_today: BTreeMap<Country, (u64, Vec<MemberId>)>,
     /// Bumped whenever room may appear on a relay or bucket.
     #[serde(skip)]
     epoch: u64,
@@ -425,6 +429,7 @@ impl Distributor {
             network_counts: BTreeMap::new(),
             blocks_today: BTreeMap::new(),
             sweeps: BTreeMap::new(),
+            lost_today: BTreeMap::new(),
             epoch: 0,
             no_room: BTreeMap::new(),
         })
@@ -1456,6 +1461,7 @@ impl Distributor {
                     settled: false,
                 },
             );
+            self.sweep_the_day_before(country, now);
         }
         let uncleared = affected
             .iter()
@@ -1469,6 +1475,14 @@ impl Distributor {
             self.accrue(id, now);
             self.lose_relay(id, relay, true);
             decisions.push(Decision::Revoked { member: id, relay });
+            let m = &self.members[&id];
+            if min > 0 && m.level == 0 && m.cleared_at.is_none() {
+                let lost = self.lost_today.entry(country).or_default();
+                if lost.0 != now.day() {
+                    *lost = (now.day(), Vec::new());
+                }
+                lost.1.push(id);
+            }
             if self.add_suspicion(id, weight / total, now, decisions) {
                 continue;
             }
@@ -1476,6 +1490,30 @@ impl Distributor {
                 continue;
             }
             self.count_blockage(id, now, decisions);
+        }
+    }
+
+    /// A sweep is recognised only at its `sweep_min_blocks`-th block; the
+    /// level-0 members not cleared who lost a relay earlier that day, and
+    /// have not been given another yet, are treated as the sweep's: no
+    /// replacement paid with credit, and no no-fault one.
+    fn sweep_the_day_before(&mut self, country: Country, now: Time) {
+        let Some((day, ids)) = self.lost_today.remove(&country) else {
+            return;
+        };
+        if day != now.day() {
+            return;
+        }
+        let allowance = self.config.untrusted_replacements;
+        for id in ids {
+            if let Some(m) = self.members.get_mut(&id)
+                && m.level == 0
+                && m.cleared_at.is_none()
+                && m.needs_replacement
+            {
+                m.untrusted_replacements = m.untrusted_replacements.max(allowance);
+                m.no_fault_due = false;
+            }
         }
     }
 
