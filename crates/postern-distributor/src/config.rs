@@ -81,7 +81,10 @@ pub struct Config {
     /// cleared holders get a replacement without credit and without a
     /// blockage counted, within [`Config::no_fault_replacements`].
     /// Newcomers are seated where the fewest members not yet cleared sit,
-    /// so that a sweep points at as few of them as possible.
+    /// so that a sweep points at as few of them as possible. The blocks of
+    /// the day before the sweep is recognised are judged by the ordinary
+    /// rules, but their uncleared level-0 losers not yet replaced get no
+    /// paid or no-fault replacement once it is.
     pub sweep_min_blocks: u32,
     /// Most suspicion one sweep adds to one holder of a blocked relay
     /// (below [`Config::ban_suspicion`], one sweep bans no one). A censor
