@@ -291,6 +291,14 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// What this client says of itself in every handshake.
+fn client_hello() -> pb::ClientHello {
+    pb::ClientHello {
+        version: PROTOCOL_VERSION,
+        software: concat!("postern/", env!("CARGO_PKG_VERSION")).into(),
+    }
+}
+
 impl Client {
     /// Creates a home in `dir` bound to `link`, with fresh device keys.
     pub fn setup(dir: &Path, link: &ServerLink) -> Result<Client, ClientError> {
@@ -510,10 +518,7 @@ impl Client {
     pub async fn connect_racing(
         &self,
     ) -> Result<(Connection, Vec<connectivity::Attempt>), ClientError> {
-        let hello = pb::ClientHello {
-            version: PROTOCOL_VERSION,
-            software: concat!("postern/", env!("CARGO_PKG_VERSION")).into(),
-        };
+        let hello = client_hello();
         let settings = self.connectivity();
         let now = now_ms();
         let (health, sticky) =
@@ -587,10 +592,7 @@ impl Client {
         candidate: &Candidate,
         timeout: Duration,
     ) -> Result<Connection, ClientError> {
-        let hello = pb::ClientHello {
-            version: PROTOCOL_VERSION,
-            software: concat!("postern/", env!("CARGO_PKG_VERSION")).into(),
-        };
+        let hello = client_hello();
         let stream = postern_transport::carrier::dial(&candidate.target(), timeout).await?;
         let counter = stream.counter();
         let (conn, server_hello) = postern_transport::client_handshake(
@@ -626,10 +628,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Duration, (postern_transport::carrier::Failure, String)> {
         let start = std::time::Instant::now();
-        let hello = pb::ClientHello {
-            version: PROTOCOL_VERSION,
-            software: concat!("postern/", env!("CARGO_PKG_VERSION")).into(),
-        };
+        let hello = client_hello();
         let stream = postern_transport::carrier::dial(&candidate.target(), timeout)
             .await
             .map_err(|e| (postern_transport::carrier::classify(&e, 0), e.to_string()))?;
