@@ -4,6 +4,7 @@
 usage: scripts/sim-tables.py full OUT/summary.json
        scripts/sim-tables.py range FIELD OUT1/summary.json OUT2/summary.json ...
        scripts/sim-tables.py ceiling CAPACITY DISTRIBUTOR OUT1/steps.csv ...
+       scripts/sim-tables.py cutoff SPLIT DISTRIBUTOR OUT1/steps.csv ...
 
 `full` prints every distributor and strategy of one run; `range` prints,
 per distributor and strategy, the range of FIELD (for instance
@@ -12,6 +13,10 @@ honest_connected_mean) over several runs (seeds) of one scenario.
 connectivity next to the most the relays it had left unblocked allow when
 each serves at most CAPACITY members: the mean over steps of
 min(1, CAPACITY * unblocked relays / honest members).
+`cutoff` prints, per strategy and run, the honest members the distributor
+left cut off before step SPLIT and from it on (mean share of the honest
+members a step), each with its three main reasons (mean members a step;
+the `cut_off_*` columns).
 """
 import csv
 import json
@@ -98,11 +103,33 @@ def ceiling(capacity, distributor, paths):
                   f"| {sum(ceil) / len(ceil) * 100:.1f}% | {meas[-1] * 100:.1f}% | {ceil[-1] * 100:.1f}% |")
 
 
+def cutoff(split, distributor, paths):
+    print(f"| run | strategy | cut off, steps < {split} | main reasons | "
+          f"cut off, steps ≥ {split} | main reasons |")
+    print("|---|---|---|---|---|---|")
+    for path in paths:
+        rows = [r for r in csv.DictReader(open(path)) if r["distributor"] == distributor]
+        reasons = [k for k in rows[0] if k.startswith("cut_off_")] if rows else []
+        for strat in order({r["strategy"] for r in rows}, STRATEGIES):
+            cells = []
+            for part in ([r for r in rows if r["strategy"] == strat and int(r["step"]) < split],
+                         [r for r in rows if r["strategy"] == strat and int(r["step"]) >= split]):
+                n = max(len(part), 1)
+                share = sum(1 - float(r["honest_connected"]) for r in part) / n
+                means = {k[len("cut_off_"):]: sum(int(r[k]) for r in part) / n for k in reasons}
+                main = sorted(((v, k) for k, v in means.items() if v >= 0.05), reverse=True)[:3]
+                cells.append(f"{share * 100:.1f}%")
+                cells.append(", ".join(f"{k} {v:.0f}" for v, k in main) or "—")
+            print(f"| {path} | {strat} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "full":
         full(sys.argv[2])
     elif len(sys.argv) >= 5 and sys.argv[1] == "ceiling":
         ceiling(int(sys.argv[2]), sys.argv[3], sys.argv[4:])
+    elif len(sys.argv) >= 5 and sys.argv[1] == "cutoff":
+        cutoff(int(sys.argv[2]), sys.argv[3], sys.argv[4:])
     elif len(sys.argv) >= 4 and sys.argv[1] == "range":
         ranges(sys.argv[2], sys.argv[3:])
     else:

@@ -238,6 +238,75 @@ pub struct MemberView {
     pub banned: bool,
     /// When a sweep cleared it ([`Config::sweep_min_blocks`]).
     pub cleared_at: Option<Time>,
+    /// Why it holds no relay the distributor counts as working, or `None`
+    /// if it holds one.
+    #[serde(default)]
+    pub unserved: Option<Unserved>,
+}
+
+/// Why a member holds no relay that the distributor counts as working:
+/// what a member is told when `relay fetch` returns nothing, and what the
+/// simulator counts when honest members are cut off. A member that
+/// reported its relays blocked learns the reason after the report is
+/// confirmed; until then it holds them as far as the distributor knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Unserved {
+    /// Banned for good (see [`Config::ban_suspicion`]).
+    Banned,
+    /// Suspended for a while (until [`MemberView::suspended_until`]).
+    Suspended,
+    /// Waiting for its first relay: no relay it may be given has room for
+    /// it now (see [`Config::max_exposed_per_relay`]), or its network had
+    /// its share of hand-outs today.
+    Waiting,
+    /// Its relays were blocked and a replacement is due, but no relay or
+    /// bucket it may be given has room for it now, or its network had its
+    /// share of hand-outs today.
+    NoRoom,
+    /// Its relays were blocked and a replacement costs credit it has not
+    /// earned ([`Config::replacement_cost_days`]): a member earns credit only
+    /// while it holds a working relay, so this lasts.
+    NoCredit,
+    /// Its relays were blocked and it has had every replacement a member at
+    /// level 0 gets ([`Config::untrusted_replacements`]).
+    NoAllowance,
+    /// Its relays were blocked and it had as many replacements as its level
+    /// allows in [`Config::replacement_window_days`]; one comes when the
+    /// window moves on.
+    RateLimited,
+}
+
+impl Unserved {
+    /// A short name (`waiting`, `no_credit`, ...), for tables and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unserved::Banned => "banned",
+            Unserved::Suspended => "suspended",
+            Unserved::Waiting => "waiting",
+            Unserved::NoRoom => "no_room",
+            Unserved::NoCredit => "no_credit",
+            Unserved::NoAllowance => "no_allowance",
+            Unserved::RateLimited => "rate_limited",
+        }
+    }
+
+    /// What to tell the member, in a sentence.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Unserved::Banned => "this account may not get relays any more",
+            Unserved::Suspended => "this account is suspended from getting relays for a while",
+            Unserved::Waiting => "no relay has room for a new member right now; try again later",
+            Unserved::NoRoom => "no relay has room for your replacement right now; try again later",
+            Unserved::NoCredit => {
+                "your relay was blocked before you had earned the credit for a replacement \
+                 (credit comes a day at a time while a relay works for you)"
+            }
+            Unserved::NoAllowance => "you have had the replacements a new member gets",
+            Unserved::RateLimited => {
+                "you have had as many replacements as this week allows; try again in a few days"
+            }
+        }
+    }
 }
 
 /// A relay's health, for operators.
@@ -717,6 +786,7 @@ impl Distributor {
             suspended_until: m.suspended_until,
             banned: m.banned,
             cleared_at: m.cleared_at,
+            unserved: self.unserved(m, now),
         })
     }
 
@@ -757,6 +827,40 @@ impl Distributor {
     }
 
     // ---- internals ----
+
+    /// See [`Unserved`]. Mirrors [`Distributor::may_hand_out`] and
+    /// [`Distributor::replacement_path`]; a unit test holds it to them.
+    fn unserved(&self, m: &Member, now: Time) -> Option<Unserved> {
+        if m.banned {
+            return Some(Unserved::Banned);
+        }
+        if m.suspended_until.is_some_and(|u| u > now) {
+            return Some(Unserved::Suspended);
+        }
+        if !self.relays_of(m).is_empty() {
+            return None;
+        }
+        if !m.needs_replacement {
+            return Some(Unserved::Waiting);
+        }
+        if self.replacement_path(m, now).is_some() {
+            return Some(Unserved::NoRoom);
+        }
+        let cfg = &self.config;
+        if m.level == 0 && m.untrusted_replacements >= cfg.untrusted_replacements {
+            return Some(Unserved::NoAllowance);
+        }
+        let window = u64::from(cfg.replacement_window_days);
+        let recent = m
+            .replacements
+            .iter()
+            .filter(|t| now.days_since(**t) < window)
+            .count();
+        if recent as u32 >= cfg.replacements_per_window[usize::from(m.level)] {
+            return Some(Unserved::RateLimited);
+        }
+        Some(Unserved::NoCredit)
+    }
 
     fn insert_member(
         &mut self,

@@ -384,6 +384,97 @@ fn replacements_cost_credit_earned_with_working_relays() {
 }
 
 #[test]
+fn a_member_holding_nothing_is_told_why() {
+    let why = |d: &Distributor, m: u64, t: u64| d.member(MemberId(m), day(t)).unwrap().unserved;
+    let cfg = Config {
+        untrusted_allowed_blockages: 100,
+        ..no_bans()
+    };
+    // A single relay: the second newcomer has nowhere to go.
+    let mut d = with_relays(cfg.clone(), 1);
+    let r = join(&mut d, 1, day(0))[0];
+    assert_eq!(why(&d, 1, 0), None);
+    d.register_member(MemberId(2), ru(), NetworkId(2), day(0))
+        .unwrap();
+    d.assign(MemberId(2), day(0)).unwrap();
+    // With room for one member per relay it waits.
+    let mut capped = with_relays(
+        Config {
+            max_members_per_relay: 1,
+            ..cfg.clone()
+        },
+        1,
+    );
+    join(&mut capped, 1, day(0));
+    assert!(join(&mut capped, 2, day(0)).is_empty());
+    assert_eq!(why(&capped, 2, 0), Some(Unserved::Waiting));
+    // Blocked the next day: no credit for a replacement, for good.
+    block(&mut d, r, day(1));
+    d.assign(MemberId(1), day(1)).unwrap();
+    assert_eq!(why(&d, 1, 1), Some(Unserved::NoCredit));
+    assert_eq!(why(&d, 1, 60), Some(Unserved::NoCredit));
+    assert!(d.assign(MemberId(1), day(60)).unwrap().relays.is_empty());
+
+    // A week of credit, but no relay to replace it with.
+    let mut d = with_relays(cfg.clone(), 1);
+    let r = join(&mut d, 1, day(0))[0];
+    d.assign(MemberId(1), day(5)).unwrap();
+    block(&mut d, r, day(10));
+    d.assign(MemberId(1), day(10)).unwrap();
+    assert_eq!(why(&d, 1, 10), Some(Unserved::NoRoom));
+    // A relay arrives: the replacement comes.
+    d.add_relay(RelayId(9), NetworkId(9), day(11)).unwrap();
+    assert_eq!(
+        d.assign(MemberId(1), day(11)).unwrap().relays,
+        vec![RelayId(9)]
+    );
+    assert_eq!(why(&d, 1, 11), None);
+    // Blocked again weeks later: a new member gets one replacement in all.
+    d.assign(MemberId(1), day(25)).unwrap();
+    block(&mut d, RelayId(9), day(25));
+    d.add_relay(RelayId(10), NetworkId(10), day(25)).unwrap();
+    assert!(d.assign(MemberId(1), day(25)).unwrap().relays.is_empty());
+    assert_eq!(why(&d, 1, 25), Some(Unserved::NoAllowance));
+
+    // Replacements free and unlimited but one a week: the second waits.
+    let mut d = with_relays(
+        Config {
+            untrusted_replacements: 100,
+            replacement_cost_days: 0.0,
+            ..cfg.clone()
+        },
+        12,
+    );
+    let r = join(&mut d, 1, day(0))[0];
+    block(&mut d, r, day(1));
+    let r = d.assign(MemberId(1), day(1)).unwrap().relays[0];
+    block(&mut d, r, day(2));
+    assert!(d.assign(MemberId(1), day(2)).unwrap().relays.is_empty());
+    assert_eq!(why(&d, 1, 2), Some(Unserved::RateLimited));
+    assert_eq!(d.assign(MemberId(1), day(8)).unwrap().relays.len(), 1);
+
+    // Too many blockages at level 0: suspended.
+    let mut d = with_relays(no_bans(), 12);
+    let r = join(&mut d, 1, day(0))[0];
+    d.assign(MemberId(1), day(10)).unwrap();
+    block(&mut d, r, day(10));
+    let r = d.assign(MemberId(1), day(10)).unwrap().relays[0];
+    block(&mut d, r, day(11));
+    assert_eq!(why(&d, 1, 11), Some(Unserved::Suspended));
+    for w in [
+        Unserved::Banned,
+        Unserved::Suspended,
+        Unserved::Waiting,
+        Unserved::NoRoom,
+        Unserved::NoCredit,
+        Unserved::NoAllowance,
+        Unserved::RateLimited,
+    ] {
+        assert!(!w.name().is_empty() && !w.explain().is_empty());
+    }
+}
+
+#[test]
 fn registrations_and_hand_outs_are_rate_limited_per_network() {
     let cfg = Config {
         network_registrations_per_day: 2,
@@ -1066,6 +1157,11 @@ fn op() -> impl Strategy<Value = Op> {
 /// `max_exposed_per_relay` low (1 to 3) so that sweeps and waiting for room
 /// happen among few relays, or turns both off (0).
 fn run(ops: &[Op], cap: usize, sweep: u32) -> Distributor {
+    run_until(ops, cap, sweep).0
+}
+
+/// [`run`], and the time of the last operation.
+fn run_until(ops: &[Op], cap: usize, sweep: u32) -> (Distributor, Time) {
     let countries = [ru(), Country::new("IR").unwrap()];
     let cfg = Config {
         max_members_per_relay: cap,
@@ -1116,7 +1212,7 @@ fn run(ops: &[Op], cap: usize, sweep: u32) -> Distributor {
             }
         }
     }
-    d
+    (d, day(t))
 }
 
 proptest! {
@@ -1159,6 +1255,34 @@ proptest! {
         for b in d.buckets.values() {
             prop_assert!(b.members.len() <= cap);
             prop_assert_eq!(b.relays.len(), d.config.bucket_size);
+        }
+    }
+
+    #[test]
+    fn the_reason_a_member_is_given_for_holding_nothing_is_true(
+        ops in proptest::collection::vec(op(), 1..300),
+        cap in 1usize..6,
+        sweep in 0u32..4,
+    ) {
+        let (d, now) = run_until(&ops, cap, sweep);
+        for id in d.members.keys() {
+            let view = d.member(*id, now).unwrap();
+            // A reason exactly when it holds nothing.
+            prop_assert_eq!(view.unserved.is_none(), !view.relays.is_empty(), "{:?}", view);
+            // A reason that says no relay is coming is right: asking now
+            // gets nothing.
+            if let Some(
+                why @ (Unserved::NoCredit
+                | Unserved::NoAllowance
+                | Unserved::RateLimited
+                | Unserved::Banned
+                | Unserved::Suspended),
+            ) = view.unserved
+            {
+                let mut again = d.clone();
+                let got = again.assign(*id, now).map(|a| a.relays).unwrap_or_default();
+                prop_assert!(got.is_empty(), "{:?} yet given {:?}", why, got);
+            }
         }
     }
 

@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed().as_secs_f64()
     );
     print!("{}", postern_sim::output::table(&report));
+    print!("\n{}", postern_sim::output::cut_off_table(&report));
     postern_sim::output::write_all(&report, &out)?;
     Ok(())
 }

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod scenario;
 pub mod world;
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -87,6 +88,10 @@ pub struct Summary {
     pub honest_refused: u32,
     /// Honest members at the end.
     pub honest: u32,
+    /// Mean over steps of the honest members not connected, by why (see
+    /// [`world::CutOff`]); they add up to `(1 - honest_connected)` times
+    /// the honest members, step by step.
+    pub cut_off_mean: BTreeMap<String, f64>,
 }
 
 /// One run's results.
@@ -204,6 +209,16 @@ fn summarise(rows: &[StepRow], waits: &world::Waits) -> Summary {
         collateral_addresses: last.map_or(0, |r| r.collateral_addresses),
         honest_refused: last.map_or(0, |r| r.honest_refused),
         honest: last.map_or(0, |r| r.honest),
+        cut_off_mean: {
+            let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+            for r in rows {
+                for (why, count) in r.cut_off.pairs() {
+                    *sums.entry(why.to_string()).or_default() += f64::from(count);
+                }
+            }
+            sums.values_mut().for_each(|v| *v /= n);
+            sums
+        },
     }
 }
 

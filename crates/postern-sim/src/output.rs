@@ -71,11 +71,15 @@ pub fn steps_csv(report: &Report) -> String {
     let mut out = String::from(
         "distributor,strategy,agents,step,honest,honest_connected,relays,relays_unblocked,\
          learned_per_identity,relays_learned,waiting_mean,collateral_servers,\
-         collateral_addresses,honest_refused\n",
+         collateral_addresses,honest_refused",
     );
+    for (why, _) in crate::world::CutOff::default().pairs() {
+        let _ = write!(out, ",cut_off_{why}");
+    }
+    out.push('\n');
     for r in &report.runs {
         for row in &r.rows {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "{},{},{},{},{},{:.6},{},{:.6},{:.4},{},{:.4},{},{},{}",
                 r.spec.distributor,
@@ -93,6 +97,10 @@ pub fn steps_csv(report: &Report) -> String {
                 row.collateral_addresses,
                 row.honest_refused
             );
+            for (_, count) in row.cut_off.pairs() {
+                let _ = write!(out, ",{count}");
+            }
+            out.push('\n');
         }
     }
     out
@@ -133,6 +141,42 @@ pub fn table(report: &Report) -> String {
             s.served_within_1_step * 100.0,
             s.honest_refused,
             collateral
+        );
+    }
+    out
+}
+
+/// Why honest members were cut off: per run, the mean number not
+/// connected in a step and its three largest reasons (see
+/// [`crate::world::CutOff`]; all of them are in `summary.json`).
+pub fn cut_off_table(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<22} {:>9}  main reasons (mean members a step)",
+        "distrib.", "strategy", "cut off"
+    );
+    for r in &report.runs {
+        let mut reasons: Vec<(&String, &f64)> = r
+            .summary
+            .cut_off_mean
+            .iter()
+            .filter(|(_, n)| **n >= 0.05)
+            .collect();
+        reasons.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+        let total: f64 = r.summary.cut_off_mean.values().sum();
+        let main: Vec<String> = reasons
+            .iter()
+            .take(3)
+            .map(|(why, n)| format!("{why} {n:.1}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<10} {:<22} {:>9.1}  {}",
+            r.spec.distributor,
+            r.spec.strategy_label(report.sweep),
+            total,
+            main.join(", ")
         );
     }
     out

@@ -49,6 +49,11 @@ pub trait Policy: Send {
     fn refuses(&self, _member: u32, _step: u32) -> bool {
         false
     }
+    /// Why the distributor gives this member nothing, if it says
+    /// ([`postern_distributor::Unserved::name`]).
+    fn unserved(&self, _member: u32, _step: u32) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Builds the named distributor.
@@ -154,6 +159,13 @@ impl Policy for Postern {
             clients,
             time(step),
         );
+    }
+
+    fn unserved(&self, member: u32, step: u32) -> Option<&'static str> {
+        self.inner
+            .member(MemberId(member.into()), time(step))
+            .and_then(|m| m.unserved)
+            .map(|u| u.name())
     }
 
     fn refuses(&self, member: u32, step: u32) -> bool {

@@ -41,6 +41,81 @@ pub struct StepRow {
     pub collateral_addresses: u64,
     /// Honest members the distributor refuses (banned or suspended).
     pub honest_refused: u32,
+    /// Honest members not connected this step, by why.
+    pub cut_off: CutOff,
+}
+
+/// Honest members not connected in a step, by why. The first four are
+/// what the simulator sees; the rest are the distributor's own reason
+/// for giving a member nothing (Postern's [`postern_distributor::Unserved`]),
+/// and `no_relay` counts those a distributor gave nothing without saying
+/// why (the baselines).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct CutOff {
+    /// Not registered yet (a registration limit).
+    pub unregistered: u32,
+    /// Online, holding a working relay, but every one was at capacity.
+    pub busy: u32,
+    /// Holding relays that are all blocked, not yet replaced (the
+    /// distributor does not know yet, or the member was offline).
+    pub blocked: u32,
+    /// Given nothing, no reason said.
+    pub no_relay: u32,
+    /// Waiting for a first relay (no room, or the network's limit).
+    pub waiting: u32,
+    /// A replacement due, but no room for it.
+    pub no_room: u32,
+    /// No credit for a replacement.
+    pub no_credit: u32,
+    /// No replacement left at level 0.
+    pub no_allowance: u32,
+    /// Replacements of the week used.
+    pub rate_limited: u32,
+    /// Banned.
+    pub banned: u32,
+    /// Suspended.
+    pub suspended: u32,
+}
+
+impl CutOff {
+    /// Each count by name, in a fixed order (the CSV columns' order).
+    pub fn pairs(&self) -> [(&'static str, u32); 11] {
+        [
+            ("unregistered", self.unregistered),
+            ("busy", self.busy),
+            ("blocked", self.blocked),
+            ("no_relay", self.no_relay),
+            ("waiting", self.waiting),
+            ("no_room", self.no_room),
+            ("no_credit", self.no_credit),
+            ("no_allowance", self.no_allowance),
+            ("rate_limited", self.rate_limited),
+            ("banned", self.banned),
+            ("suspended", self.suspended),
+        ]
+    }
+
+    /// All of them.
+    pub fn total(&self) -> u32 {
+        self.pairs().iter().map(|(_, n)| n).sum()
+    }
+
+    fn count(&mut self, why: &str) {
+        let slot = match why {
+            "unregistered" => &mut self.unregistered,
+            "busy" => &mut self.busy,
+            "blocked" => &mut self.blocked,
+            "waiting" => &mut self.waiting,
+            "no_room" => &mut self.no_room,
+            "no_credit" => &mut self.no_credit,
+            "no_allowance" => &mut self.no_allowance,
+            "rate_limited" => &mut self.rate_limited,
+            "banned" => &mut self.banned,
+            "suspended" => &mut self.suspended,
+            _ => &mut self.no_relay,
+        };
+        *slot += 1;
+    }
 }
 
 /// How long honest members waited for a working relay, per episode (a new
@@ -740,6 +815,26 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Why honest member `i`, not connected this step, is cut off.
+    fn why_cut_off(&self, i: usize, t: u32) -> &'static str {
+        let m = &self.members[i];
+        if !m.registered {
+            return "unregistered";
+        }
+        let holds_any = match &m.held {
+            Held::Everything => true,
+            Held::Relays(rs) => !rs.is_empty(),
+        };
+        if holds_any {
+            return if self.holds_working(m) {
+                "busy"
+            } else {
+                "blocked"
+            };
+        }
+        self.policy.unserved(i as u32, t).unwrap_or("no_relay")
+    }
+
     fn measure(&mut self, t: u32) -> StepRow {
         let mut honest = 0u32;
         let mut connected = 0u32;
@@ -748,6 +843,7 @@ impl<'a> World<'a> {
         let mut waiting = 0u32;
         let mut agents = 0u32;
         let mut learned_sum = 0u64;
+        let mut cut_off = CutOff::default();
         for i in 0..self.members.len() {
             let m = &self.members[i];
             if m.agent {
@@ -776,6 +872,9 @@ impl<'a> World<'a> {
                 };
             if m.registered && self.policy.refuses(i as u32, t) {
                 refused += 1;
+            }
+            if !ok {
+                cut_off.count(self.why_cut_off(i, t));
             }
             let m = &mut self.members[i];
             if ok {
@@ -819,6 +918,7 @@ impl<'a> World<'a> {
             collateral_servers: self.collateral_servers,
             collateral_addresses: self.collateral_addresses,
             honest_refused: refused,
+            cut_off,
         }
     }
 }

@@ -146,6 +146,49 @@ fn every_distributor_meets_the_same_world() {
 }
 
 #[test]
+fn every_member_cut_off_is_counted_once_with_a_reason() {
+    let s = small(
+        r#"[{ kind = "none" }, { kind = "aggressive" }, { kind = "sweep", period = 10 }]"#,
+        "[0.2]",
+        Some(0.2),
+    );
+    let report = run_small(&s, 5);
+    let mut postern_reasons = 0;
+    for r in &report.runs {
+        for row in &r.rows {
+            // The breakdown adds up to the members not connected.
+            let not_connected = f64::from(row.honest) * (1.0 - row.honest_connected);
+            assert_eq!(
+                f64::from(row.cut_off.total()),
+                not_connected.round(),
+                "{} {} at step {}: {:?}",
+                r.spec.distributor,
+                r.spec.strategy.name(),
+                row.step,
+                row.cut_off
+            );
+            if r.spec.distributor == "postern" {
+                // Postern says why it gave a member nothing.
+                assert_eq!(row.cut_off.no_relay, 0, "{:?}", row.cut_off);
+                postern_reasons += row.cut_off.total()
+                    - row.cut_off.busy
+                    - row.cut_off.blocked
+                    - row.cut_off.unregistered;
+            }
+        }
+        let mean: f64 = r.summary.cut_off_mean.values().sum();
+        let expected: f64 = r
+            .rows
+            .iter()
+            .map(|row| f64::from(row.honest) * (1.0 - row.honest_connected))
+            .sum::<f64>()
+            / r.rows.len() as f64;
+        assert!((mean - expected).abs() < 1e-6, "{mean} vs {expected}");
+    }
+    assert!(postern_reasons > 0, "the censors cut no Postern member off");
+}
+
+#[test]
 fn outputs_are_written() {
     let s = small(r#"[{ kind = "aggressive" }]"#, "[0.05, 0.1]", None);
     let report = run_small(&s, 1);
@@ -164,9 +207,21 @@ fn outputs_are_written() {
     ] {
         assert!(postern[key].is_number(), "{key}");
     }
+    assert!(postern["cut_off_mean"]["no_credit"].is_number());
+    let csv = std::fs::read_to_string(dir.path().join("steps.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.ends_with(",cut_off_banned,cut_off_suspended"),
+        "{header}"
+    );
+    assert!(
+        csv.lines()
+            .all(|l| l.split(',').count() == header.split(',').count())
+    );
     let svg = std::fs::read_to_string(dir.path().join("aggressive-10-connected.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("postern"));
     assert!(output::table(&report).contains("aggressive@10%"));
+    assert!(output::cut_off_table(&report).contains("aggressive@10%"));
 }
 
 #[test]

@@ -63,6 +63,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         ""
     );
     print!("{}", postern_sim::output::table(&report));
+    print!("\n{}", postern_sim::output::cut_off_table(&report));
     let files = postern_sim::output::write_all(&report, &out)?;
     println!("wrote {} files to {}", files.len(), out.display());
     Ok(())
