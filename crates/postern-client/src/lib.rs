@@ -194,6 +194,10 @@ pub struct RelayAssignment {
     pub level: u32,
     /// Invitations it may still create.
     pub invitations: u32,
+    /// Why it holds no relay, when it holds none: a short name (`waiting`,
+    /// `no_credit`, ...) and a sentence for the member. `None` from a
+    /// server too old to say.
+    pub unserved: Option<(String, String)>,
 }
 
 impl From<pb::Relays> for RelayAssignment {
@@ -202,6 +206,7 @@ impl From<pb::Relays> for RelayAssignment {
             links: r.links,
             level: r.level,
             invitations: r.invitations,
+            unserved: (!r.unserved.is_empty()).then_some((r.unserved, r.unserved_text)),
         }
     }
 }

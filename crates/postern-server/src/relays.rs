@@ -31,7 +31,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use postern_distributor::{
     Config, Country, Decision, Distributor, DistributorError, InviteCode, MemberId, NetworkId,
-    RelayId, Time,
+    RelayId, Time, Unserved,
 };
 use postern_proto::ids::AccountId;
 use postern_store::Store;
@@ -104,6 +104,8 @@ pub struct Holding {
     pub level: u8,
     /// Invitations it may still create.
     pub invitations: u32,
+    /// Why it holds no relay, if it holds none.
+    pub unserved: Option<Unserved>,
 }
 
 /// One relay in the operators' view: nothing about who holds it.
@@ -502,13 +504,27 @@ impl Relays {
         t: Time,
     ) -> Holding {
         let catalog = self.catalog.read().expect("catalog lock");
+        let view = d.member(member, t);
+        let links: Vec<String> = relays
+            .iter()
+            .filter_map(|r| catalog.listed.get(r).map(|l| l.link.clone()))
+            .collect();
         Holding {
-            links: relays
-                .iter()
-                .filter_map(|r| catalog.listed.get(r).map(|l| l.link.clone()))
-                .collect(),
+            // Relays it holds but the catalog no longer lists (retired
+            // since) are replaced at its next request, like any retired
+            // relay; until then it waits for room.
+            unserved: if links.is_empty() {
+                Some(
+                    view.as_ref()
+                        .and_then(|m| m.unserved)
+                        .unwrap_or(Unserved::NoRoom),
+                )
+            } else {
+                None
+            },
+            links,
             level,
-            invitations: d.member(member, t).map_or(0, |m| m.invitations),
+            invitations: view.map_or(0, |m| m.invitations),
         }
     }
 

@@ -949,6 +949,11 @@ fn relays_response(h: Holding) -> Resp {
         links: h.links,
         level: u32::from(h.level),
         invitations: h.invitations,
+        unserved: h.unserved.map(|u| u.name().to_string()).unwrap_or_default(),
+        unserved_text: h
+            .unserved
+            .map(|u| u.explain().to_string())
+            .unwrap_or_default(),
     })
 }
 

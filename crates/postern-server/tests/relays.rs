@@ -420,3 +420,22 @@ async fn an_account_alone_on_a_relay_it_gets_blocked_gets_no_more() {
     assert_eq!(relays_json(&t).await["blocked_per_country"]["US"], 1);
     assert_eq!(boris.fetch_relays().await.unwrap().links.len(), 1);
 }
+
+#[tokio::test]
+async fn a_member_given_no_relay_is_told_why() {
+    let t = TestServer::start_with(|cfg| {
+        cfg.relays = relays(1);
+        cfg.distributor.max_members_per_relay = 1;
+    })
+    .await;
+    let (_a, alice) = t.member("alice", "+14155552671").await;
+    let got = alice.fetch_relays().await.unwrap();
+    assert_eq!((got.links.len(), got.unserved), (1, None));
+    // The one relay is full: bob waits, and is told so.
+    let (_b, bob) = t.member("bob", "+14155552672").await;
+    let got = bob.fetch_relays().await.unwrap();
+    assert!(got.links.is_empty());
+    let (why, text) = got.unserved.expect("a reason");
+    assert_eq!(why, "waiting");
+    assert!(text.contains("room"), "{text}");
+}

@@ -203,12 +203,16 @@ fn print_relays(held: &postern_client::RelayAssignment, json: bool) {
                 "links": held.links,
                 "level": held.level,
                 "invitations": held.invitations,
+                "unserved": held.unserved.as_ref().map(|(why, _)| why),
             })
         );
         return;
     }
     if held.links.is_empty() {
-        eprintln!("No relay for you right now (none free, or a limit); try again later.");
+        match &held.unserved {
+            Some((_, text)) if !text.is_empty() => eprintln!("No relay for you: {text}."),
+            _ => eprintln!("No relay for you right now (none free, or a limit); try again later."),
+        }
     }
     for link in &held.links {
         println!("{link}");
