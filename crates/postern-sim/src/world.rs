@@ -821,16 +821,17 @@ impl<'a> World<'a> {
         if !m.registered {
             return "unregistered";
         }
-        let holds_any = match &m.held {
-            Held::Everything => true,
-            Held::Relays(rs) => !rs.is_empty(),
+        // `unblocked` is this step's list: nothing is blocked after the
+        // censor's move.
+        let (holds_any, working) = match &m.held {
+            Held::Everything => (true, !self.unblocked.is_empty()),
+            Held::Relays(rs) => (
+                !rs.is_empty(),
+                rs.iter().any(|r| !self.relays[*r as usize].blocked),
+            ),
         };
         if holds_any {
-            return if self.holds_working(m) {
-                "busy"
-            } else {
-                "blocked"
-            };
+            return if working { "busy" } else { "blocked" };
         }
         self.policy.unserved(i as u32, t).unwrap_or("no_relay")
     }
