@@ -43,6 +43,10 @@
 //!   seated where the fewest such members are, so an account seated among
 //!   cleared members carries the blame of the first sweep alone (up to
 //!   half a ban) and gets no replacement paid with credit.
+//! - **Saying why**: a member holding no relay is given the reason
+//!   ([`Unserved`], in [`MemberView`]): waiting for room, no room for its
+//!   replacement, no credit or allowance left for one, rate-limited,
+//!   banned or suspended.
 //! - **Caps** on how many members see one relay, and, once a relay has
 //!   been blocked in a country, on how many *exposed* members (who could
 //!   not get a replacement) share one: a newcomer waits for room rather
