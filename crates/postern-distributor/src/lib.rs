@@ -832,8 +832,8 @@ impl Distributor {
 
     // ---- internals ----
 
-    /// See [`Unserved`]. Mirrors [`Distributor::may_hand_out`] and
-    /// [`Distributor::replacement_path`]; a unit test holds it to them.
+    /// See [`Unserved`]: what [`Distributor::may_hand_out`] and
+    /// [`Distributor::replacement_path`] decide.
     fn unserved(&self, m: &Member, now: Time) -> Option<Unserved> {
         if m.banned {
             return Some(Unserved::Banned);
@@ -847,23 +847,13 @@ impl Distributor {
         if !m.needs_replacement {
             return Some(Unserved::Waiting);
         }
-        if self.replacement_path(m, now).is_some() {
-            return Some(Unserved::NoRoom);
-        }
-        let cfg = &self.config;
-        if m.level == 0 && m.untrusted_replacements >= cfg.untrusted_replacements {
-            return Some(Unserved::NoAllowance);
-        }
-        let window = u64::from(cfg.replacement_window_days);
-        let recent = m
-            .replacements
-            .iter()
-            .filter(|t| now.days_since(**t) < window)
-            .count();
-        if recent as u32 >= cfg.replacements_per_window[usize::from(m.level)] {
-            return Some(Unserved::RateLimited);
-        }
-        Some(Unserved::NoCredit)
+        // A replacement it may have, but no room for it (or its network's
+        // limit); else why it may not.
+        Some(
+            self.replacement_path(m, now)
+                .err()
+                .unwrap_or(Unserved::NoRoom),
+        )
     }
 
     fn insert_member(
@@ -1125,20 +1115,23 @@ impl Distributor {
         if net + count > self.config.network_handouts_per_day {
             return false;
         }
-        !m.needs_replacement || self.replacement_path(m, now).is_some()
+        !m.needs_replacement || self.replacement_path(m, now).is_ok()
     }
 
     /// How a member that lost relays to blocking may get a replacement, if
     /// at all (not counting the network's limit).
-    fn replacement_path(&self, m: &Member, now: Time) -> Option<Replacement> {
+    fn replacement_path(&self, m: &Member, now: Time) -> Result<Replacement, Unserved> {
         let cfg = &self.config;
         if m.free_due {
             // Lost in a sweep: bounded by `no_fault_replacements`.
-            return Some(Replacement::Free);
+            return Ok(Replacement::Free);
         }
         if m.level == 0 && m.no_fault_due {
             // Not its fault: bounded by `no_fault_replacements`.
-            return Some(Replacement::NoFault);
+            return Ok(Replacement::NoFault);
+        }
+        if m.level == 0 && m.untrusted_replacements >= cfg.untrusted_replacements {
+            return Err(Unserved::NoAllowance);
         }
         let window = u64::from(cfg.replacement_window_days);
         let recent = m
@@ -1146,10 +1139,14 @@ impl Distributor {
             .iter()
             .filter(|t| now.days_since(**t) < window)
             .count();
-        let paid = !(m.level == 0 && m.untrusted_replacements >= cfg.untrusted_replacements)
-            && (recent as u32) < cfg.replacements_per_window[usize::from(m.level)]
-            && (m.credit >= cfg.replacement_cost_days || m.free_replacements > 0);
-        paid.then_some(Replacement::Paid)
+        if recent as u32 >= cfg.replacements_per_window[usize::from(m.level)] {
+            return Err(Unserved::RateLimited);
+        }
+        if m.credit >= cfg.replacement_cost_days || m.free_replacements > 0 {
+            Ok(Replacement::Paid)
+        } else {
+            Err(Unserved::NoCredit)
+        }
     }
 
     /// Brings the member's credit up to `now`: a day of credit for each day
@@ -1175,7 +1172,7 @@ impl Distributor {
             .members
             .get(&id)
             .filter(|m| m.needs_replacement)
-            .and_then(|m| self.replacement_path(m, now));
+            .and_then(|m| self.replacement_path(m, now).ok());
         let m = self.members.get_mut(&id).expect("member exists");
         self.network_counts.entry(m.network).or_default().handouts += count;
         let Some(path) = path else {
