@@ -45,11 +45,11 @@ pub struct StepRow {
     pub cut_off: CutOff,
 }
 
-/// Honest members not connected in a step, by why. The first four are
-/// what the simulator sees; the rest are the distributor's own reason
-/// for giving a member nothing (Postern's [`postern_distributor::Unserved`]),
-/// and `no_relay` counts those a distributor gave nothing without saying
-/// why (the baselines).
+/// Honest members not connected in a step, by why. `unregistered`, `busy`
+/// and `blocked` are what the simulator sees; for a member holding nothing,
+/// the distributor's own reason (Postern's
+/// [`postern_distributor::Unserved`], by its name), or `no_relay` when the
+/// distributor gives none (the baselines).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct CutOff {
     /// Not registered yet (a registration limit).
@@ -824,7 +824,8 @@ impl<'a> World<'a> {
         // `unblocked` is this step's list: nothing is blocked after the
         // censor's move.
         let (holds_any, working) = match &m.held {
-            Held::Everything => (true, !self.unblocked.is_empty()),
+            // A public-list member offline counts only its last relay.
+            Held::Everything => (true, m.online && !self.unblocked.is_empty()),
             Held::Relays(rs) => (
                 !rs.is_empty(),
                 rs.iter().any(|r| !self.relays[*r as usize].blocked),
