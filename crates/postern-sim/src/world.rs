@@ -419,17 +419,21 @@ impl<'a> World<'a> {
         *self.blocked_per_network.entry(network).or_default() += 1;
     }
 
+    /// The relays the censor knows that are not blocked yet, in id order.
+    fn known_unblocked(&self) -> Vec<u32> {
+        self.known
+            .iter()
+            .copied()
+            .filter(|r| !self.relays[*r as usize].blocked)
+            .collect()
+    }
+
     fn censor_blocks(&mut self, t: u32) {
         let to_block: Vec<u32> = match self.strategy.clone() {
             Strategy::None => Vec::new(),
             Strategy::Aggressive => self.known.iter().copied().collect(),
             Strategy::Conservative { fraction } => {
-                let mut known: Vec<u32> = self
-                    .known
-                    .iter()
-                    .copied()
-                    .filter(|r| !self.relays[*r as usize].blocked)
-                    .collect();
+                let mut known = self.known_unblocked();
                 let take = (fraction * known.len() as f64) as usize;
                 // A random sample: the first `take` of a partial shuffle.
                 for i in 0..take {
@@ -547,12 +551,7 @@ impl<'a> World<'a> {
             }
         }
         let mut chosen: BTreeSet<u32> = BTreeSet::new();
-        let mut candidates: Vec<u32> = self
-            .known
-            .iter()
-            .copied()
-            .filter(|r| !self.relays[*r as usize].blocked)
-            .collect();
+        let mut candidates = self.known_unblocked();
         // The censor's own order of consideration.
         for i in (1..candidates.len()).rev() {
             let j = self.censor_rng.gen_range(0..=i);
