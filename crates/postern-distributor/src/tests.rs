@@ -390,14 +390,10 @@ fn a_member_holding_nothing_is_told_why() {
         untrusted_allowed_blockages: 100,
         ..no_bans()
     };
-    // A single relay: the second newcomer has nowhere to go.
     let mut d = with_relays(cfg.clone(), 1);
     let r = join(&mut d, 1, day(0))[0];
     assert_eq!(why(&d, 1, 0), None);
-    d.register_member(MemberId(2), ru(), NetworkId(2), day(0))
-        .unwrap();
-    d.assign(MemberId(2), day(0)).unwrap();
-    // With room for one member per relay it waits.
+    // With room for one member on the only relay, a second newcomer waits.
     let mut capped = with_relays(
         Config {
             max_members_per_relay: 1,
